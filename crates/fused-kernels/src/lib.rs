@@ -1,0 +1,47 @@
+//! Fused SIMD CPU kernels for squish's tiny language models.
+//!
+//! * [`PackedWeight`]: F32 / F16 / INT8 / INT4 (symmetric or asymmetric,
+//!   grouped) weights validated from checkpoint parts and repacked for the
+//!   kernels; [`PackedWeight::matvec`] / [`PackedWeight::matmul`] (float
+//!   activations) and `*_q8` (int8 activations) with dequantization fused into
+//!   the dot product.
+//! * [`Ops`]: RMSNorm, softmax, RoPE, SwiGLU (incl. the fused two-matrix
+//!   [`Ops::swiglu_matmul`]) and the Mamba selective-scan step.
+//! * [`SimdLevel`]: scalar / AVX2 / AVX-512 (+VNNI) / NEON chosen at run time;
+//!   `SQUISH_SIMD=scalar|avx2|avx512` forces a lower path.
+//!
+//! No hot call allocates once its [`Scratch`] is large enough
+//! ([`Scratch::for_weight`]).
+#![deny(missing_docs)]
+// Kernels take (weights, activations, strides, row/token ranges, output) by
+// design, and register tiles are indexed `acc[i][j]` by row/token on purpose.
+// `drive!` compares `r + R <= end` for generic tile heights (R may be 1).
+#![allow(
+    clippy::too_many_arguments,
+    clippy::needless_range_loop,
+    clippy::int_plus_one
+)]
+
+mod dispatch;
+mod error;
+mod matmul;
+mod ops;
+mod pack;
+mod scalar;
+mod scratch;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(target_arch = "x86_64")]
+mod ops_avx2;
+
+pub use dispatch::{SimdLevel, vnni_supported};
+pub use error::{KernelError, Result};
+pub use matmul::{Activations, MatOpts, SWIGLU_TILE};
+pub use ops::Ops;
+pub use pack::{CHUNK, PackedWeight, QuantFormat, QuantParts, RawWeight};
+pub use scratch::{RmsNorm, Scratch};

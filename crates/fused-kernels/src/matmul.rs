@@ -1,0 +1,269 @@
+//! Public matvec / matmul entry points and per-path dispatch.
+
+use crate::dispatch::SimdLevel;
+use crate::error::{KernelError, Result, check_len};
+use crate::pack::{PackedWeight, Repr};
+use crate::scalar;
+use crate::scratch::{RmsNorm, Scratch, Staged};
+
+/// Rows per SwiGLU tile (gate and up are computed tile by tile and combined).
+pub const SWIGLU_TILE: usize = 64;
+
+/// Activation precision used with quantized weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Activations {
+    /// Float activations, weights dequantized in registers.
+    #[default]
+    F32,
+    /// Activations quantized per weight group to int8 (scale absmax/127), integer
+    /// dot products. Ignored (treated as `F32`) for F32/F16 weights.
+    Int8,
+}
+
+/// Options for [`PackedWeight::matmul_opts`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MatOpts<'a> {
+    /// Activation precision for quantized weights.
+    pub act: Activations,
+    /// Requested SIMD path (`None` = [`SimdLevel::active`]); clamped to the hardware.
+    pub level: Option<SimdLevel>,
+    /// RMSNorm fused into the activation staging pass.
+    pub norm: Option<RmsNorm<'a>>,
+    /// Worker threads (0 or 1 = run on the calling thread). One token: output
+    /// rows are split across threads; several tokens: tokens are split.
+    pub threads: usize,
+}
+
+impl PackedWeight {
+    /// Decode GEMV `y[out] = W · x[in]` with float activations.
+    pub fn matvec(&self, x: &[f32], y: &mut [f32], scratch: &mut Scratch) -> Result<()> {
+        self.matmul_opts(x, 1, y, scratch, &MatOpts::default())
+    }
+
+    /// Decode GEMV with int8 activations (quantized weights; F32/F16 fall back to float).
+    pub fn matvec_q8(&self, x: &[f32], y: &mut [f32], scratch: &mut Scratch) -> Result<()> {
+        let opts = MatOpts {
+            act: Activations::Int8,
+            ..MatOpts::default()
+        };
+        self.matmul_opts(x, 1, y, scratch, &opts)
+    }
+
+    /// Prefill GEMM: `x: [n, in]` → `y: [n, out]` (`y[t] = W · x[t]`).
+    pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32], scratch: &mut Scratch) -> Result<()> {
+        self.matmul_opts(x, n, y, scratch, &MatOpts::default())
+    }
+
+    /// Prefill GEMM with int8 activations.
+    pub fn matmul_q8(
+        &self,
+        x: &[f32],
+        n: usize,
+        y: &mut [f32],
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        let opts = MatOpts {
+            act: Activations::Int8,
+            ..MatOpts::default()
+        };
+        self.matmul_opts(x, n, y, scratch, &opts)
+    }
+
+    /// General entry point: `x: [n, in]` → `y: [n, out]` with [`MatOpts`].
+    pub fn matmul_opts(
+        &self,
+        x: &[f32], // [n, in]
+        n: usize,
+        y: &mut [f32], // [n, out]
+        scratch: &mut Scratch,
+        opts: &MatOpts<'_>,
+    ) -> Result<()> {
+        check_len("x", n * self.inp, x.len())?;
+        check_len("y", n * self.out, y.len())?;
+        if let Some(nm) = opts.norm {
+            check_len("norm weight", self.inp, nm.weight.len())?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let level = SimdLevel::resolve(opts.level);
+        let st = stage(self, x, n, scratch, opts);
+        run_threaded(level, self, st, n, y, opts.threads);
+        Ok(())
+    }
+}
+
+/// Stages activations for `w` according to `opts`.
+pub(crate) fn stage<'s>(
+    w: &PackedWeight,
+    x: &'s [f32],
+    n: usize,
+    scratch: &'s mut Scratch,
+    opts: &MatOpts<'_>,
+) -> Staged<'s> {
+    let q8 = opts.act == Activations::Int8 && matches!(w.repr, Repr::Quant(_));
+    if q8 {
+        scratch.stage_q8(w, x, n, opts.norm)
+    } else {
+        scratch.stage_f32(w, x, n, opts.norm)
+    }
+}
+
+/// Computes all rows for `n` staged tokens, optionally on several threads.
+pub(crate) fn run_threaded(
+    level: SimdLevel,
+    w: &PackedWeight,
+    st: Staged<'_>,
+    n: usize,
+    y: &mut [f32], // [n, out]
+    threads: usize,
+) {
+    let out = w.out;
+    if threads <= 1 {
+        return run_rows(level, w, st, n, 0, out, y, out);
+    }
+    if n == 1 {
+        let per = out.div_ceil(threads).div_ceil(8) * 8;
+        std::thread::scope(|s| {
+            let mut chunks = y.chunks_mut(per).enumerate();
+            let first = chunks.next();
+            for (k, yc) in chunks {
+                let (r0, r1) = (k * per, k * per + yc.len());
+                s.spawn(move || run_rows(level, w, st, 1, r0, r1, yc, r1 - r0));
+            }
+            if let Some((_, yc)) = first {
+                let len = yc.len();
+                run_rows(level, w, st, 1, 0, len, yc, len);
+            }
+        });
+    } else {
+        let per = n.div_ceil(threads);
+        std::thread::scope(|s| {
+            let mut chunks = y.chunks_mut(per * out).enumerate();
+            let first = chunks.next();
+            for (k, yc) in chunks {
+                let (t0, t1) = (k * per, k * per + yc.len() / out);
+                let st = st.tokens(t0, t1);
+                s.spawn(move || run_rows(level, w, st, t1 - t0, 0, out, yc, out));
+            }
+            if let Some((_, yc)) = first {
+                let nt = yc.len() / out;
+                run_rows(level, w, st.tokens(0, nt), nt, 0, out, yc, out);
+            }
+        });
+    }
+}
+
+/// Computes rows `r0..r1` for `n` staged tokens into `y[t * ldy + (r - r0)]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_rows(
+    level: SimdLevel,
+    w: &PackedWeight,
+    st: Staged<'_>,
+    n: usize,
+    r0: usize,
+    r1: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let inp = w.inp;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
+    match (&w.repr, st) {
+        (Repr::F32(wv), Staged::F32 { x, ld }) => {
+            #[cfg(target_arch = "x86_64")]
+            match level {
+                // SAFETY: `level` comes from SimdLevel::resolve, so the CPU supports it.
+                SimdLevel::Avx512 => unsafe {
+                    return crate::avx512::f32_rows(wv, inp, x, ld, n, r0, r1, y, ldy);
+                },
+                // SAFETY: as above, AVX2+FMA+F16C were detected.
+                SimdLevel::Avx2 => unsafe {
+                    return crate::avx2::f32_rows(wv, inp, x, ld, n, r0, r1, y, ldy);
+                },
+                _ => {}
+            }
+            #[cfg(target_arch = "aarch64")]
+            if level == SimdLevel::Neon {
+                return crate::neon::f32_rows(wv, inp, x, ld, n, r0, r1, y, ldy);
+            }
+            scalar::f32_rows(wv, inp, x, ld, n, r0, r1, y, ldy)
+        }
+        (Repr::F16(wv), Staged::F32 { x, ld }) => {
+            #[cfg(target_arch = "x86_64")]
+            match level {
+                // SAFETY: `level` comes from SimdLevel::resolve, so the CPU supports it.
+                SimdLevel::Avx512 => unsafe {
+                    return crate::avx512::f16_rows(wv, inp, x, ld, n, r0, r1, y, ldy);
+                },
+                // SAFETY: as above, AVX2+FMA+F16C were detected.
+                SimdLevel::Avx2 => unsafe {
+                    return crate::avx2::f16_rows(wv, inp, x, ld, n, r0, r1, y, ldy);
+                },
+                _ => {}
+            }
+            scalar::f16_rows(wv, inp, x, ld, n, r0, r1, y, ldy)
+        }
+        (Repr::Quant(q), Staged::F32 { x, ld }) => {
+            #[cfg(target_arch = "x86_64")]
+            match level {
+                // SAFETY: `level` comes from SimdLevel::resolve, so the CPU supports it.
+                SimdLevel::Avx512 => unsafe {
+                    return crate::avx512::qf_rows(q, x, ld, n, r0, r1, y, ldy);
+                },
+                // SAFETY: as above, AVX2+FMA+F16C were detected.
+                SimdLevel::Avx2 => unsafe {
+                    return crate::avx2::qf_rows(q, x, ld, n, r0, r1, y, ldy);
+                },
+                _ => {}
+            }
+            #[cfg(target_arch = "aarch64")]
+            if level == SimdLevel::Neon {
+                return crate::neon::qf_rows(q, x, ld, n, r0, r1, y, ldy);
+            }
+            scalar::qf_rows(q, x, ld, n, r0, r1, y, ldy)
+        }
+        (Repr::Quant(q), Staged::Q8 { xq, ld, a, b, .. }) => {
+            #[cfg(target_arch = "x86_64")]
+            match level {
+                // SAFETY: AVX-512 F/BW/VL + VNNI were detected.
+                SimdLevel::Avx512 if crate::dispatch::vnni_supported() => unsafe {
+                    return crate::avx512::q8_rows(q, xq, ld, a, b, n, r0, r1, y, ldy);
+                },
+                // SAFETY: Avx2 or Avx512 level implies AVX2+FMA+F16C were detected.
+                SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe {
+                    return crate::avx2::q8_rows(q, xq, ld, a, b, n, r0, r1, y, ldy);
+                },
+                _ => {}
+            }
+            scalar::q8_rows(q, xq, ld, a, b, n, r0, r1, y, ldy)
+        }
+        (_, Staged::Q8 { .. }) => {
+            unreachable!("int8 activations are only staged for quantized weights")
+        }
+    }
+}
+
+/// Checks that SwiGLU gate (`w1`) and up (`w3`) weights are compatible.
+pub(crate) fn check_pair(w1: &PackedWeight, w3: &PackedWeight) -> Result<()> {
+    let same = w1.out == w3.out
+        && w1.inp == w3.inp
+        && match (&w1.repr, &w3.repr) {
+            (Repr::F32(_), Repr::F32(_)) | (Repr::F16(_), Repr::F16(_)) => true,
+            (Repr::Quant(a), Repr::Quant(b)) => a.bits == b.bits && a.group == b.group,
+            _ => false,
+        };
+    if same {
+        Ok(())
+    } else {
+        Err(KernelError::Incompatible(format!(
+            "swiglu gate {}[{}x{}] vs up {}[{}x{}]",
+            w1.format_name(),
+            w1.out,
+            w1.inp,
+            w3.format_name(),
+            w3.out,
+            w3.inp
+        )))
+    }
+}

@@ -1,0 +1,226 @@
+//! Caller-owned scratch buffers and the activation staging pass.
+//!
+//! Staging copies the activations into the layout the kernels read (padded
+//! groups for quantized weights), applies a fused RMSNorm if requested, and for
+//! the int8-activation path quantizes each weight group's block of activations
+//! to `i8` with scale `absmax / 127`.
+
+use crate::pack::{CHUNK, PackedWeight, Repr};
+
+/// Optional RMSNorm applied to each activation row while it is staged
+/// (llama2.c convention: `out = w ⊙ x / sqrt(mean(x²) + eps)`).
+#[derive(Debug, Clone, Copy)]
+pub struct RmsNorm<'a> {
+    /// `[in]` norm weight.
+    pub weight: &'a [f32],
+    /// Epsilon added to the mean square.
+    pub eps: f32,
+}
+
+/// Reusable buffers for the kernels. Grows only when too small: build it with
+/// [`Scratch::for_weight`] (or warm it up once) and no later call allocates.
+#[derive(Debug, Default, Clone)]
+pub struct Scratch {
+    /// `[n, padded_in]` staged f32 activations.
+    pub(crate) xp: Vec<f32>,
+    /// `[n, padded_in]` int8 activations.
+    pub(crate) xq: Vec<i8>,
+    /// `[n, n_groups]` activation scales `a_g`.
+    pub(crate) a: Vec<f32>,
+    /// `[n, n_groups]` `a_g · Σ xq` (zero-point correction term).
+    pub(crate) b: Vec<f32>,
+    /// `[2, tile]` SwiGLU temporaries.
+    pub(crate) tmp: Vec<f32>,
+}
+
+/// Staged activations handed to the row kernels.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Staged<'a> {
+    /// `[n, ld]` f32 activations (dense weights read them directly).
+    F32 { x: &'a [f32], ld: usize },
+    /// `[n, ld]` int8 activations + `[n, ng]` scales `a` + `[n, ng]` corrections `b`.
+    Q8 {
+        xq: &'a [i8],
+        ld: usize,
+        a: &'a [f32],
+        b: &'a [f32],
+        ng: usize,
+    },
+}
+
+impl<'a> Staged<'a> {
+    /// Restricts to tokens `t0..t1`.
+    pub fn tokens(self, t0: usize, t1: usize) -> Staged<'a> {
+        match self {
+            Staged::F32 { x, ld } => Staged::F32 {
+                x: &x[t0 * ld..t1 * ld],
+                ld,
+            },
+            Staged::Q8 { xq, ld, a, b, ng } => Staged::Q8 {
+                xq: &xq[t0 * ld..t1 * ld],
+                ld,
+                a: &a[t0 * ng..t1 * ng],
+                b: &b[t0 * ng..t1 * ng],
+                ng,
+            },
+        }
+    }
+}
+
+fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+impl Scratch {
+    /// Empty scratch (grows on first use).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Scratch big enough for `max_tokens` rows of activations for `w`
+    /// (both activation modes, norm, SwiGLU) so no later call allocates.
+    pub fn for_weight(w: &PackedWeight, max_tokens: usize) -> Self {
+        let mut s = Scratch::new();
+        s.reserve(w, max_tokens);
+        s
+    }
+
+    /// Grows the buffers (if needed) for `n` tokens of `w`.
+    pub fn reserve(&mut self, w: &PackedWeight, n: usize) {
+        let (ld, ng) = match &w.repr {
+            Repr::Quant(q) => (q.padded_in(), q.n_groups),
+            _ => (w.inp, 1),
+        };
+        grow(&mut self.xp, n * ld);
+        grow(&mut self.xq, n * ld);
+        grow(&mut self.a, n * ng);
+        grow(&mut self.b, n * ng);
+        grow(&mut self.tmp, 2 * crate::matmul::SWIGLU_TILE);
+    }
+
+    /// Stages float activations `x: [n, in]` for `w`. Dense weights without a
+    /// norm read `x` in place; otherwise it is copied (normalized / padded).
+    pub(crate) fn stage_f32<'s>(
+        &'s mut self,
+        w: &PackedWeight,
+        x: &'s [f32],
+        n: usize,
+        norm: Option<RmsNorm<'_>>,
+    ) -> Staged<'s> {
+        let inp = w.inp;
+        let (ld, group, gp) = match &w.repr {
+            Repr::Quant(q) => (q.padded_in(), q.group, q.gp),
+            _ if norm.is_none() => return Staged::F32 { x, ld: inp },
+            _ => (inp, inp, inp),
+        };
+        grow(&mut self.xp, n * ld);
+        let xp = &mut self.xp[..n * ld];
+        for (dst, src) in xp.chunks_mut(ld).zip(x.chunks(inp)) {
+            let inv = norm.map(|nm| inv_rms(src, nm.eps));
+            dst.fill(0.0);
+            for (dg, sg) in dst.chunks_mut(gp).zip(src.chunks(group)) {
+                dg[..sg.len()].copy_from_slice(sg);
+            }
+            if let (Some(nm), Some(inv)) = (norm, inv) {
+                for (dg, (sg, wg)) in dst
+                    .chunks_mut(gp)
+                    .zip(src.chunks(group).zip(nm.weight.chunks(group)))
+                {
+                    for ((d, s), wv) in dg.iter_mut().zip(sg).zip(wg) {
+                        *d = wv * (s * inv);
+                    }
+                }
+            }
+        }
+        Staged::F32 {
+            x: &self.xp[..n * ld],
+            ld,
+        }
+    }
+
+    /// Stages int8 activations for a quantized `w` (per-group absmax/127).
+    pub(crate) fn stage_q8<'s>(
+        &'s mut self,
+        w: &PackedWeight,
+        x: &[f32],
+        n: usize,
+        norm: Option<RmsNorm<'_>>,
+    ) -> Staged<'s> {
+        let Repr::Quant(q) = &w.repr else {
+            unreachable!("stage_q8 is only called for quantized weights")
+        };
+        let (inp, ld, ng, group) = (w.inp, q.padded_in(), q.n_groups, q.group);
+        let cpg = q.gp / CHUNK;
+        grow(&mut self.xq, n * ld);
+        grow(&mut self.a, n * ng);
+        grow(&mut self.b, n * ng);
+        let mut blk = [0f32; 1024]; // normalized block (groups longer than this are done in pieces)
+        for t in 0..n {
+            let src = &x[t * inp..(t + 1) * inp];
+            let inv = norm.map(|nm| inv_rms(src, nm.eps));
+            for g in 0..ng {
+                let (c0, c1) = (g * group, ((g + 1) * group).min(inp));
+                let row = &mut self.xq[t * ld..(t + 1) * ld];
+                if g == 0 {
+                    row.fill(0);
+                }
+                // Pass 1: absmax of the (normalized) block.
+                let mut amax = 0f32;
+                let mut c = c0;
+                while c < c1 {
+                    let m = (c1 - c).min(blk.len());
+                    load_block(&mut blk[..m], src, c, norm, inv);
+                    amax = blk[..m].iter().fold(amax, |m, v| m.max(v.abs()));
+                    c += m;
+                }
+                let a = amax / 127.0;
+                let qi = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                // Pass 2: quantize.
+                let mut sum = 0i32;
+                let mut c = c0;
+                while c < c1 {
+                    let m = (c1 - c).min(blk.len());
+                    load_block(&mut blk[..m], src, c, norm, inv);
+                    for (k, v) in blk[..m].iter().enumerate() {
+                        // Round half away from zero (cheap cast instead of libm `round`).
+                        let r = v * qi;
+                        let qv = ((r + 0.5f32.copysign(r)) as i32).clamp(-127, 127) as i8;
+                        sum += qv as i32;
+                        let j = c - c0 + k; // index inside the group
+                        row[q.q8_pos(g * cpg + j / CHUNK, j % CHUNK)] = qv;
+                    }
+                    c += m;
+                }
+                self.a[t * ng + g] = a;
+                self.b[t * ng + g] = a * sum as f32;
+            }
+        }
+        Staged::Q8 {
+            xq: &self.xq[..n * ld],
+            ld,
+            a: &self.a[..n * ng],
+            b: &self.b[..n * ng],
+            ng,
+        }
+    }
+}
+
+fn load_block(blk: &mut [f32], src: &[f32], c: usize, norm: Option<RmsNorm<'_>>, inv: Option<f32>) {
+    let m = blk.len();
+    match (norm, inv) {
+        (Some(nm), Some(inv)) => {
+            for ((d, s), w) in blk.iter_mut().zip(&src[c..c + m]).zip(&nm.weight[c..c + m]) {
+                *d = w * (s * inv);
+            }
+        }
+        _ => blk.copy_from_slice(&src[c..c + m]),
+    }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`.
+pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ss + eps).sqrt()
+}
