@@ -1,0 +1,422 @@
+//! Reading and writing checkpoints as safetensors, deterministically and with strict checks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use half::f16;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    Checkpoint, FORMAT_VERSION, Provenance, TensorData, TokenizerRef, WeightTensor, Weights,
+};
+use crate::config::ModelConfig;
+use crate::quant::{QBits, QTensor};
+use crate::{Error, Result, fsutil};
+
+/// Largest JSON header accepted (bytes). A tiny model's header is a few KB; this bounds the
+/// allocation a forged length could ask for.
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// One logical tensor's entry in `squish.tensors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TensorMeta {
+    format: String,
+    shape: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    asym: Option<bool>,
+}
+
+/// A stored (physical) tensor: safetensors dtype, shape and little-endian bytes.
+struct Stored {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn f16_bytes(v: &[f16]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Serializes a checkpoint to safetensors bytes (deterministic: sorted names, sorted JSON keys).
+pub fn to_bytes(ckpt: &Checkpoint) -> Result<Vec<u8>> {
+    ckpt.config.validate()?;
+    let mut metas = BTreeMap::new();
+    let mut stored: BTreeMap<String, Stored> = BTreeMap::new();
+    for (name, t) in ckpt.weights.iter() {
+        let mut meta = TensorMeta {
+            format: t.format_name().into(),
+            shape: t.shape.clone(),
+            group: None,
+            asym: None,
+        };
+        match &t.data {
+            TensorData::F32(v) => {
+                check_finite_f32(name, v)?;
+                stored.insert(
+                    name.clone(),
+                    Stored {
+                        dtype: Dtype::F32,
+                        shape: t.shape.clone(),
+                        bytes: f32_bytes(v),
+                    },
+                );
+            }
+            TensorData::F16(v) => {
+                stored.insert(
+                    name.clone(),
+                    Stored {
+                        dtype: Dtype::F16,
+                        shape: t.shape.clone(),
+                        bytes: f16_bytes(v),
+                    },
+                );
+            }
+            TensorData::Quant(q) => {
+                q.validate(name)?;
+                if t.shape != [q.rows, q.cols] {
+                    return Err(Error::tensor(
+                        name,
+                        format!(
+                            "logical shape {:?} but packed as [{}, {}]",
+                            t.shape, q.rows, q.cols
+                        ),
+                    ));
+                }
+                meta.group = Some(q.group);
+                meta.asym = Some(q.is_asymmetric());
+                let ng = q.n_groups();
+                stored.insert(
+                    format!("{name}.qweight"),
+                    Stored {
+                        dtype: Dtype::U8,
+                        shape: vec![q.rows, q.bits.row_bytes(q.cols)],
+                        bytes: q.qweight.clone(),
+                    },
+                );
+                stored.insert(
+                    format!("{name}.scales"),
+                    Stored {
+                        dtype: Dtype::F16,
+                        shape: vec![q.rows, ng],
+                        bytes: f16_bytes(&q.scales),
+                    },
+                );
+                if let Some(z) = &q.zeros {
+                    stored.insert(
+                        format!("{name}.zeros"),
+                        Stored {
+                            dtype: Dtype::U8,
+                            shape: vec![q.rows, ng],
+                            bytes: z.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        metas.insert(name.clone(), meta);
+    }
+
+    let mut metadata = serde_json::Map::new();
+    let s = |v: &dyn erased::Ser| v.json();
+    metadata.insert(
+        "squish.format".into(),
+        Value::String(FORMAT_VERSION.to_string()),
+    );
+    metadata.insert(
+        "squish.arch".into(),
+        Value::String(ckpt.config.arch().into()),
+    );
+    metadata.insert("squish.config".into(), Value::String(s(&ckpt.config)?));
+    metadata.insert("squish.tensors".into(), Value::String(s(&metas)?));
+    metadata.insert(
+        "squish.provenance".into(),
+        Value::String(s(&ckpt.provenance)?),
+    );
+    metadata.insert("squish.metrics".into(), Value::String(s(&ckpt.metrics)?));
+    if let Some(tok) = &ckpt.tokenizer {
+        metadata.insert("squish.tokenizer".into(), Value::String(s(tok)?));
+    }
+
+    // Widest dtype first keeps every tensor aligned to its element size.
+    let mut order: Vec<(&String, &Stored)> = stored.iter().collect();
+    order.sort_by(|(an, a), (bn, b)| b.dtype.bitsize().cmp(&a.dtype.bitsize()).then(an.cmp(bn)));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), Value::Object(metadata));
+    let mut offset = 0usize;
+    for (name, st) in &order {
+        let end = offset + st.bytes.len();
+        header.insert((*name).clone(), json!({"dtype": dtype_name(st.dtype), "shape": st.shape, "data_offsets": [offset, end]}));
+        offset = end;
+    }
+    let mut header_bytes = serde_json::to_vec(&Value::Object(header))
+        .map_err(|e| Error::invalid(format!("encoding header: {e}")))?;
+    while header_bytes.len() % 8 != 0 {
+        header_bytes.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header_bytes.len() + offset);
+    out.extend_from_slice(&(header_bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header_bytes);
+    for (_, st) in order {
+        out.extend_from_slice(&st.bytes);
+    }
+    Ok(out)
+}
+
+mod erased {
+    /// Object-safe JSON encoding for the metadata values.
+    pub trait Ser {
+        fn json(&self) -> crate::Result<String>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn json(&self) -> crate::Result<String> {
+            serde_json::to_string(self)
+                .map_err(|e| crate::Error::invalid(format!("encoding metadata: {e}")))
+        }
+    }
+}
+
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F32 => "F32",
+        Dtype::F16 => "F16",
+        _ => "U8",
+    }
+}
+
+/// Writes a checkpoint atomically to `path`.
+pub fn save(ckpt: &Checkpoint, path: &Path) -> Result<()> {
+    fsutil::atomic_write(path, &to_bytes(ckpt)?)
+}
+
+/// Loads and fully validates a checkpoint file.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = fsutil::read(path)?;
+    load_bytes(&bytes).map_err(|e| match e {
+        Error::Format { message, .. } => Error::format(path, message),
+        Error::Tensor { name, message } => Error::format(path, format!("tensor {name}: {message}")),
+        Error::Invalid(message) | Error::Config { message, .. } => Error::format(path, message),
+        other => other,
+    })
+}
+
+fn fmt_err(message: impl Into<String>) -> Error {
+    Error::format("<checkpoint>", message)
+}
+
+/// Parses and validates checkpoint bytes (see [`load`]).
+pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
+    if bytes.len() < 8 {
+        return Err(fmt_err(format!(
+            "file is {} bytes, shorter than the 8-byte safetensors length prefix (truncated?)",
+            bytes.len()
+        )));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let rest = (bytes.len() - 8) as u64;
+    if n > MAX_HEADER_BYTES || n > rest {
+        return Err(fmt_err(format!(
+            "header length {n} exceeds the {rest} bytes after the prefix (limit {MAX_HEADER_BYTES}); truncated or forged file"
+        )));
+    }
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| fmt_err(format!("invalid safetensors: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| fmt_err(format!("invalid safetensors header: {e}")))?;
+    let md = meta
+        .metadata()
+        .clone()
+        .ok_or_else(|| fmt_err("no __metadata__: not a squish checkpoint"))?;
+    let get = |k: &str| {
+        md.get(k)
+            .ok_or_else(|| fmt_err(format!("metadata key `{k}` missing")))
+    };
+    let version = get("squish.format")?;
+    if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+        return Err(fmt_err(format!(
+            "unknown squish.format version `{version}` (this build reads version {FORMAT_VERSION})"
+        )));
+    }
+    let parse = |k: &str, v: &str| -> Result<Value> {
+        serde_json::from_str(v)
+            .map_err(|e| fmt_err(format!("metadata `{k}` is not valid JSON: {e}")))
+    };
+    let config: ModelConfig =
+        serde_json::from_value(parse("squish.config", get("squish.config")?)?)
+            .map_err(|e| fmt_err(format!("squish.config: {e}")))?;
+    config.validate()?;
+    if get("squish.arch")? != config.arch() {
+        return Err(fmt_err(format!(
+            "squish.arch `{}` disagrees with squish.config arch `{}`",
+            get("squish.arch")?,
+            config.arch()
+        )));
+    }
+    let metas: BTreeMap<String, TensorMeta> =
+        serde_json::from_value(parse("squish.tensors", get("squish.tensors")?)?)
+            .map_err(|e| fmt_err(format!("squish.tensors: {e}")))?;
+    let provenance: Provenance =
+        serde_json::from_value(parse("squish.provenance", get("squish.provenance")?)?)
+            .map_err(|e| fmt_err(format!("squish.provenance: {e}")))?;
+    let metrics: BTreeMap<String, f64> = match md.get("squish.metrics") {
+        Some(v) => serde_json::from_value(parse("squish.metrics", v)?)
+            .map_err(|e| fmt_err(format!("squish.metrics: {e}")))?,
+        None => BTreeMap::new(),
+    };
+    let tokenizer: Option<TokenizerRef> = match md.get("squish.tokenizer") {
+        Some(v) => Some(
+            serde_json::from_value(parse("squish.tokenizer", v)?)
+                .map_err(|e| fmt_err(format!("squish.tokenizer: {e}")))?,
+        ),
+        None => None,
+    };
+
+    let mut used = std::collections::BTreeSet::new();
+    let mut fetch = |name: String, dtype: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
+        let view = st
+            .tensor(&name)
+            .map_err(|_| Error::tensor(&name, "described in squish.tensors but not stored"))?;
+        if view.dtype() != dtype || view.shape() != shape {
+            return Err(Error::tensor(
+                &name,
+                format!(
+                    "stored as {:?} {:?}, metadata says {:?} {:?}",
+                    view.dtype(),
+                    view.shape(),
+                    dtype,
+                    shape
+                ),
+            ));
+        }
+        used.insert(name);
+        Ok(view.data().to_vec())
+    };
+    let mut weights = Weights::new();
+    for (name, m) in &metas {
+        let numel = m
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::tensor(name, "shape overflows"))?;
+        let data = match m.format.as_str() {
+            "f32" => {
+                let b = fetch(name.clone(), Dtype::F32, &m.shape)?;
+                let v: Vec<f32> = b
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                    .collect();
+                check_finite_f32(name, &v)?;
+                TensorData::F32(v)
+            }
+            "f16" => {
+                let b = fetch(name.clone(), Dtype::F16, &m.shape)?;
+                let v: Vec<f16> = b
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(Error::tensor(
+                        name,
+                        format!("non-finite value {} at index {i}", v[i]),
+                    ));
+                }
+                TensorData::F16(v)
+            }
+            "q4" | "q8" => {
+                let bits = if m.format == "q4" {
+                    QBits::Int4
+                } else {
+                    QBits::Int8
+                };
+                let [rows, cols] = m.shape[..] else {
+                    return Err(Error::tensor(
+                        name,
+                        format!("quantized tensors are 2-D, metadata shape {:?}", m.shape),
+                    ));
+                };
+                let group = m
+                    .group
+                    .ok_or_else(|| Error::tensor(name, "quantized tensor without `group`"))?;
+                if group == 0 || group > cols {
+                    return Err(Error::tensor(
+                        name,
+                        format!("group {group} not in 1..={cols}"),
+                    ));
+                }
+                let ng = cols.div_ceil(group);
+                let qweight = fetch(
+                    format!("{name}.qweight"),
+                    Dtype::U8,
+                    &[rows, bits.row_bytes(cols)],
+                )?;
+                let sb = fetch(format!("{name}.scales"), Dtype::F16, &[rows, ng])?;
+                let scales = sb
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                let zeros = if m.asym.unwrap_or(false) {
+                    Some(fetch(format!("{name}.zeros"), Dtype::U8, &[rows, ng])?)
+                } else {
+                    None
+                };
+                let q = QTensor {
+                    bits,
+                    rows,
+                    cols,
+                    group,
+                    qweight,
+                    scales,
+                    zeros,
+                };
+                q.validate(name)?;
+                TensorData::Quant(q)
+            }
+            other => {
+                return Err(Error::tensor(
+                    name,
+                    format!("unknown format `{other}` (expected f32, f16, q4, q8)"),
+                ));
+            }
+        };
+        let _ = numel;
+        weights.insert(
+            name.clone(),
+            WeightTensor {
+                shape: m.shape.clone(),
+                data,
+            },
+        );
+    }
+    for (name, _) in st.tensors() {
+        if !used.contains(&name) {
+            return Err(Error::tensor(
+                &name,
+                "stored but not described in squish.tensors",
+            ));
+        }
+    }
+    Ok(Checkpoint {
+        config,
+        weights,
+        provenance,
+        metrics,
+        tokenizer,
+    })
+}
+
+fn check_finite_f32(name: &str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::tensor(
+            name,
+            format!("non-finite value {} at index {i}", v[i]),
+        )),
+        None => Ok(()),
+    }
+}
