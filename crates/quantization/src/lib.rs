@@ -1,0 +1,72 @@
+//! squish-quant: the quantization stage — F32 checkpoint in, packed INT4/INT8 checkpoint out.
+//!
+//! - [`spec`]: [`QuantFormat`] (INT4/INT8, group size or per-row, sym/asym), [`Method`], and the
+//!   [`Quantizer`] trait (one impl per method: [`rtn::Rtn`], [`mse::MseClip`], [`gptq::Gptq`]).
+//! - [`grid`]: F16 scales (rounded *before* codes are chosen), zero points, levels, packing into
+//!   `squish_core::quant::QTensor` (any row width; the last group may be short).
+//! - [`calibration`]: per-linear input statistics (`XᵀX`, `Σ|x|`) from `forward_captured`.
+//! - [`awq`]: activation-aware per-channel scaling, folded only where exact.
+//! - [`pipeline`]: [`quantize_checkpoint`]; [`report`]: [`QuantReport`].
+//!
+//! ```no_run
+//! use squish_quant::{Method, QuantConfig, QuantFormat, quantize_checkpoint};
+//! let ckpt = squish_core::checkpoint::load("checkpoints/stories260k/f32.safetensors".as_ref())?;
+//! let cfg = QuantConfig::new(QuantFormat::new(4, Some(32), false)?, Method::Rtn);
+//! let (q, report) = quantize_checkpoint(&ckpt, &cfg, None)?;
+//! squish_core::checkpoint::save(&q, "checkpoints/stories260k/int4.safetensors".as_ref())?;
+//! println!("{} bytes of tensors", report.tensor_bytes);
+//! # Ok::<(), squish_core::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod awq;
+pub mod calibration;
+pub mod gptq;
+pub mod grid;
+pub mod mse;
+pub mod pipeline;
+pub mod report;
+pub mod rtn;
+pub mod spec;
+
+pub use awq::AwqConfig;
+pub use calibration::{Calibration, TensorStats, calibration_windows};
+pub use gptq::GptqConfig;
+pub use mse::MseConfig;
+pub use pipeline::{QuantConfig, SmallFormat, quantize_checkpoint};
+pub use report::QuantReport;
+pub use spec::{Method, QuantFormat, QuantSpec, Quantizer};
+
+use squish_core::quant::QTensor;
+use squish_core::{Error, Result};
+
+/// Quantizes one row-major weight `w [rows, cols]` with `spec`. `stats` (the layer's input
+/// statistics) is required by GPTQ and optional for MSE (importance weighting).
+/// Errors: wrong length, non-finite values, group 0 or wider than `cols`, missing or mismatched
+/// statistics.
+pub fn quantize_tensor(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    spec: &QuantSpec,
+    stats: Option<&TensorStats>,
+) -> Result<QTensor> {
+    spec::check_weights(w, rows, cols)?;
+    spec.format.group_for(cols)?;
+    if let Some(s) = stats
+        && s.cols != cols
+    {
+        return Err(Error::invalid(format!(
+            "calibration statistics have {} columns, the weight has {cols}",
+            s.cols
+        )));
+    }
+    let q = spec.method.quantizer();
+    if q.needs_stats() && stats.is_none() {
+        return Err(Error::invalid(format!(
+            "method {} needs calibration statistics",
+            q.name()
+        )));
+    }
+    q.quantize(w, rows, cols, &spec.format, stats)
+}
