@@ -1,0 +1,142 @@
+//! The pipeline configuration file (`configs/*.toml`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// A whole pipeline configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Where outputs go and what the run is called.
+    pub run: RunConfig,
+    /// Stage names in execution order.
+    pub order: Vec<String>,
+    /// Per-stage settings, keyed by stage name.
+    pub stages: Stages,
+}
+
+/// Output locations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run name; reports are `<report_dir>/<name>_<stage>.{md,json}`.
+    pub name: String,
+    /// Checkpoints land in `<checkpoint_dir>/<stage>/`.
+    pub checkpoint_dir: PathBuf,
+    /// Reports land here.
+    pub report_dir: PathBuf,
+}
+
+/// Settings of every stage kind (a stage is present when its table is).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stages {
+    /// `import`: a llama2.c checkpoint.
+    pub import: Option<ImportStage>,
+    /// `eval`: perplexity of another stage's checkpoint.
+    pub eval: Option<EvalStage>,
+    /// `diagnostics`: probe the hardware (squish-hwdiag).
+    pub diagnostics: Option<crate::cmd_diagnose::DiagnosticsStage>,
+    /// `baseline`: train the SsmMoe model (and its tokenizer) from text.
+    pub baseline: Option<crate::stage_baseline::BaselineStage>,
+}
+
+/// `[stages.import]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportStage {
+    /// llama2.c v0 checkpoint.
+    pub model: PathBuf,
+    /// llama2.c tokenizer.bin.
+    pub tokenizer: PathBuf,
+}
+
+/// `[stages.eval]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalStage {
+    /// The stage whose checkpoint is evaluated.
+    pub input: String,
+    /// Text to score.
+    pub data: PathBuf,
+    /// Context length.
+    #[serde(default = "default_ctx")]
+    pub ctx: usize,
+    /// Protocol.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Chunks per batch.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// burn backend.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+}
+
+fn default_ctx() -> usize {
+    256
+}
+fn default_protocol() -> String {
+    "llama-cpp".into()
+}
+fn default_batch() -> usize {
+    8
+}
+fn default_backend() -> String {
+    "flex".into()
+}
+
+impl PipelineConfig {
+    /// Loads and validates a pipeline config; errors carry the file, line and key.
+    pub fn load(path: &Path) -> Result<Self> {
+        let cfg: PipelineConfig = squish_core::config::load_toml(path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        for (i, name) in self.order.iter().enumerate() {
+            if !self.has_stage(name) {
+                bail!(
+                    "config {}: `order` names stage `{name}` but there is no [stages.{name}] table",
+                    path.display()
+                );
+            }
+            if self.order[..i].contains(name) {
+                bail!(
+                    "config {}: stage `{name}` appears twice in `order`",
+                    path.display()
+                );
+            }
+        }
+        if let Some(e) = &self.stages.eval {
+            let pos = |n: &str| self.order.iter().position(|s| s == n);
+            match (pos(&e.input), pos("eval")) {
+                (Some(i), Some(j)) if i < j => {}
+                (None, _) => bail!(
+                    "config {}: [stages.eval] input `{}` is not a stage in `order`",
+                    path.display(),
+                    e.input
+                ),
+                _ => bail!(
+                    "config {}: [stages.eval] input `{}` must come before eval in `order`",
+                    path.display(),
+                    e.input
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn has_stage(&self, name: &str) -> bool {
+        match name {
+            "import" => self.stages.import.is_some(),
+            "eval" => self.stages.eval.is_some(),
+            "baseline" => self.stages.baseline.is_some(),
+            "diagnostics" => self.stages.diagnostics.is_some(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The stage runner behind `cargo xtask pipeline`.
+//!
+//! Each stage has a *fingerprint*: the sha256 of its name, its settings (as JSON) and the sha256
+//! of every input file (the parent stage's checkpoint, source files). After a stage succeeds its
+//! outputs are written atomically and then a stamp `<checkpoint_dir>/<stage>/stage.json` records
+//! the fingerprint and the outputs' hashes. A rerun skips a stage whose stamp matches and whose
+//! outputs are intact, and says why; anything else reruns it.
+
+pub mod config;
+mod stages;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use squish_core::fsutil;
+
+pub use config::PipelineConfig;
+
+/// Arguments of `pipeline`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// Pipeline configuration.
+    #[arg(long, default_value = "configs/phase7.toml")]
+    pub config: PathBuf,
+    /// Rerun stages even when up to date.
+    #[arg(long)]
+    pub force: bool,
+    /// Run only this stage (its inputs must exist).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Run from this stage on (forcing it and the ones after it).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Print the plan and which stages are up to date; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What a finished stage leaves behind, recorded in its stamp.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stamp {
+    /// The stage's name.
+    pub stage: String,
+    /// Fingerprint of its inputs and settings.
+    pub fingerprint: String,
+    /// Output path → sha256.
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// Shared state of a pipeline run.
+pub struct Ctx<'a> {
+    /// The configuration.
+    pub cfg: &'a PipelineConfig,
+    /// The config file (for reports).
+    pub config_path: &'a Path,
+}
+
+impl Ctx<'_> {
+    /// The checkpoint a stage writes.
+    pub fn checkpoint_path(&self, stage: &str) -> PathBuf {
+        self.cfg
+            .run
+            .checkpoint_dir
+            .join(stage)
+            .join("model.safetensors")
+    }
+    /// The report files of a stage: (json, md).
+    pub fn report_paths(&self, stage: &str) -> (PathBuf, PathBuf) {
+        let base = format!("{}_{stage}", self.cfg.run.name);
+        (
+            self.cfg.run.report_dir.join(format!("{base}.json")),
+            self.cfg.run.report_dir.join(format!("{base}.md")),
+        )
+    }
+    fn stamp_path(&self, stage: &str) -> PathBuf {
+        self.cfg.run.checkpoint_dir.join(stage).join("stage.json")
+    }
+}
+
+/// Why a stage will or will not run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// Stamp matches, outputs intact.
+    UpToDate,
+    /// Needs to run, with the reason.
+    Stale(String),
+}
+
+fn status(ctx: &Ctx, stage: &str, fingerprint: &str) -> Status {
+    let path = ctx.stamp_path(stage);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Status::Stale("never run (no stamp)".into());
+    };
+    let Ok(stamp) = serde_json::from_str::<Stamp>(&text) else {
+        return Status::Stale(format!("stamp {} unreadable", path.display()));
+    };
+    if stamp.fingerprint != fingerprint {
+        return Status::Stale("inputs or settings changed".into());
+    }
+    for (out, sha) in &stamp.outputs {
+        match fsutil::sha256_file(Path::new(out)) {
+            Ok(s) if &s == sha => {}
+            Ok(_) => return Status::Stale(format!("output {out} was modified")),
+            Err(_) => return Status::Stale(format!("output {out} is missing")),
+        }
+    }
+    Status::UpToDate
+}
+
+fn write_stamp(ctx: &Ctx, stage: &str, fingerprint: &str, outputs: &[PathBuf]) -> Result<()> {
+    let mut map = BTreeMap::new();
+    for o in outputs {
+        map.insert(o.display().to_string(), fsutil::sha256_file(o)?);
+    }
+    let stamp = Stamp {
+        stage: stage.into(),
+        fingerprint: fingerprint.into(),
+        outputs: map,
+    };
+    fsutil::atomic_write(
+        &ctx.stamp_path(stage),
+        serde_json::to_string_pretty(&stamp)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Entry point of `pipeline`.
+pub fn run(a: &PipelineArgs) -> Result<()> {
+    let cfg = PipelineConfig::load(&a.config)?;
+    let ctx = Ctx {
+        cfg: &cfg,
+        config_path: &a.config,
+    };
+    for name in [&a.only, &a.from].into_iter().flatten() {
+        if !cfg.order.contains(name) {
+            bail!(
+                "stage `{name}` is not in this config's order {:?}",
+                cfg.order
+            );
+        }
+    }
+    let from_idx = a
+        .from
+        .as_ref()
+        .and_then(|f| cfg.order.iter().position(|s| s == f));
+    let selected: Vec<(usize, &String)> = cfg
+        .order
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| a.only.as_ref().is_none_or(|o| o == *s))
+        .collect();
+    let overall = crate::common::progress_bar(selected.len() as u64, "pipeline");
+    if a.dry_run {
+        overall.finish_and_clear();
+    }
+    println!(
+        "pipeline {} ({}): {}",
+        cfg.run.name,
+        a.config.display(),
+        cfg.order.join(" → ")
+    );
+    for (idx, stage) in selected {
+        let fingerprint = stages::fingerprint(&ctx, stage)
+            .with_context(|| format!("fingerprinting stage `{stage}`"))?;
+        let forced = a.force || from_idx.is_some_and(|f| idx >= f);
+        let st = status(&ctx, stage, &fingerprint);
+        match (&st, forced) {
+            (Status::UpToDate, false) => {
+                println!(
+                    "  [{stage}] up to date — skipped (inputs unchanged, fingerprint {})",
+                    &fingerprint[..12]
+                );
+            }
+            _ => {
+                let why = match (&st, forced) {
+                    (_, true) => "forced".to_string(),
+                    (Status::Stale(r), _) => r.clone(),
+                    (Status::UpToDate, _) => unreachable!("handled above"),
+                };
+                if a.dry_run {
+                    println!("  [{stage}] would run: {why}");
+                } else {
+                    println!("  [{stage}] running: {why}");
+                    let t0 = std::time::Instant::now();
+                    let outputs = stages::run_stage(&ctx, stage, &fingerprint)
+                        .with_context(|| format!("stage `{stage}` failed"))?;
+                    write_stamp(&ctx, stage, &fingerprint, &outputs)?;
+                    println!(
+                        "  [{stage}] done in {:.1} s → {}",
+                        t0.elapsed().as_secs_f64(),
+                        outputs
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+        }
+        if !a.dry_run {
+            overall.inc(1);
+        }
+    }
+    overall.finish_and_clear();
+    Ok(())
+}
