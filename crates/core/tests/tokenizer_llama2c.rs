@@ -103,7 +103,9 @@ fn valid_txt_matches_sentencepiece_fixture() {
         fx["ids_sha256_le_u32"].as_str().unwrap(),
         "ids sha256"
     );
-    assert!(dt.as_secs_f64() < 2.0, "encoding valid.txt took {dt:?}");
+    // Generous bound for a loaded shared machine: it catches a fall back to O(n²), which would
+    // take hours here; typical release timing is a few hundred ms.
+    assert!(dt.as_secs_f64() < 30.0, "encoding valid.txt took {dt:?}");
 }
 
 /// decode(encode(text)) reproduces valid.txt byte for byte: BOS makes decode strip the dummy

@@ -14,10 +14,10 @@
 //! a doubly linked list (over an array indexed by original position) and the candidate pairs in
 //! a binary heap ordered by (score descending, original position of the left token ascending).
 //! Entries made stale by earlier merges are dropped when popped (lazy invalidation): an entry is
-//! valid iff its left node is alive, its right node is still the left node's successor, and both
-//! still hold the token ids the entry was computed from, in which case the entry describes a pair
-//! that exists right now with exactly that score. Since the list keeps the original order,
-//! "leftmost in the current sequence" equals "smallest original position of the left token", so
+//! valid iff its left node is alive and it and its current successor hold the token ids the
+//! entry was computed from; then the entry describes a pair that exists right now, with exactly
+//! that score and left position. Since the list keeps the original order, "leftmost in the
+//! current sequence" equals "smallest original position of the left token", so
 //! the heap pops exactly the pair llama2.c's scan would pick, and the merge sequences are equal.
 //!
 //! Two deliberate, documented departures from the C code, both for inputs C cannot express:
