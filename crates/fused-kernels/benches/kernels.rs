@@ -1,11 +1,15 @@
-//! Criterion benches: matvec / matmul throughput per format × SIMD path × shape.
+//! Benches: matvec / matmul throughput per format × SIMD path × shape.
+//!
+//! A minimal criterion-like harness (`mini` below) replaces criterion: criterion's
+//! dev-dependencies (regex with `std`, …) would change the feature set of crates
+//! shared with burn once this crate depends on `squish-core`, forcing a burn rebuild.
 //!
 //! Throughput is reported in elements/s where one element = one FLOP
 //! (2·out·in per matvec), so `Gelem/s` reads as GFLOP/s (GOP/s for int8 activations).
 //! Run: `CARGO_TARGET_DIR=/work/target-kernels cargo bench -p squish-kernels --bench kernels`
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
+use mini::{BenchmarkId, Criterion, Throughput};
 use squish_kernels::*;
 use std::hint::black_box;
 use std::time::Duration;
@@ -160,9 +164,114 @@ fn bench_matmul_threads(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default();
-    targets = bench_matvec, bench_matmul_threads
+fn main() {
+    let mut c = Criterion;
+    bench_matvec(&mut c);
+    bench_matmul_threads(&mut c);
 }
-criterion_main!(benches);
+
+/// The subset of criterion's API used above: mean time over `sample_size`
+/// samples after a warm-up, printed with the throughput.
+mod mini {
+    use std::time::{Duration, Instant};
+
+    /// Work per iteration.
+    pub enum Throughput {
+        Elements(u64),
+    }
+
+    /// `function/parameter` label.
+    pub struct BenchmarkId(String);
+    impl BenchmarkId {
+        pub fn new(f: impl std::fmt::Display, p: impl std::fmt::Display) -> Self {
+            BenchmarkId(format!("{f}/{p}"))
+        }
+    }
+
+    #[derive(Default)]
+    pub struct Criterion;
+    impl Criterion {
+        pub fn benchmark_group(&mut self, name: String) -> Group {
+            Group {
+                name,
+                measure: Duration::from_millis(700),
+                warm: Duration::from_millis(200),
+                samples: 10,
+                elems: 1,
+            }
+        }
+    }
+
+    pub struct Group {
+        name: String,
+        measure: Duration,
+        warm: Duration,
+        samples: usize,
+        elems: u64,
+    }
+
+    pub struct Bencher {
+        iters: u64,
+        elapsed: Duration,
+    }
+    impl Bencher {
+        pub fn iter<R>(&mut self, mut f: impl FnMut() -> R) {
+            let t = Instant::now();
+            for _ in 0..self.iters {
+                std::hint::black_box(f());
+            }
+            self.elapsed = t.elapsed();
+        }
+    }
+
+    impl Group {
+        pub fn measurement_time(&mut self, d: Duration) -> &mut Self {
+            self.measure = d;
+            self
+        }
+        pub fn warm_up_time(&mut self, d: Duration) -> &mut Self {
+            self.warm = d;
+            self
+        }
+        pub fn sample_size(&mut self, n: usize) -> &mut Self {
+            self.samples = n;
+            self
+        }
+        pub fn throughput(&mut self, t: Throughput) -> &mut Self {
+            let Throughput::Elements(n) = t;
+            self.elems = n;
+            self
+        }
+        pub fn bench_function(&mut self, id: BenchmarkId, mut f: impl FnMut(&mut Bencher)) {
+            // Warm up and calibrate the iterations per sample.
+            let mut b = Bencher {
+                iters: 1,
+                elapsed: Duration::ZERO,
+            };
+            let start = Instant::now();
+            while start.elapsed() < self.warm {
+                f(&mut b);
+                if b.elapsed < Duration::from_micros(100) {
+                    b.iters *= 2;
+                }
+            }
+            let per_iter = b.elapsed.as_secs_f64() / b.iters as f64;
+            let per_sample = self.measure.as_secs_f64() / self.samples as f64;
+            b.iters = ((per_sample / per_iter.max(1e-9)) as u64).max(1);
+            let mut total = 0.0;
+            for _ in 0..self.samples {
+                f(&mut b);
+                total += b.elapsed.as_secs_f64() / b.iters as f64;
+            }
+            let mean = total / self.samples as f64;
+            println!(
+                "{}/{:<28} {:>10.3} us  {:>8.2} Gelem/s",
+                self.name,
+                id.0,
+                mean * 1e6,
+                self.elems as f64 / mean / 1e9
+            );
+        }
+        pub fn finish(&mut self) {}
+    }
+}

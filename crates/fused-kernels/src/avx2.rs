@@ -11,39 +11,49 @@
 use crate::pack::{CHUNK, QuantRepr};
 use std::arch::x86_64::*;
 
-/// Runs a tile kernel over tokens `0..n` and rows `r0..r1`: 4-token tiles with
-/// `$r4` rows, then single tokens with `$r1` rows, then 1-row remainders.
+/// Runs a tile kernel over tokens `0..n` and rows `r0..r1`: rows are walked in
+/// blocks of [`ROW_BLOCK`] (so a block of weights stays in L1 while every token
+/// passes over it — the weights stream from memory once per GEMM, not once per
+/// 4 tokens); inside a block, 4-token tiles with `$r4` rows, then single tokens
+/// with `$r1` rows, then 1-row remainders.
 macro_rules! drive {
     ($tile:ident, [$($g:tt),*], $r1:literal, $r4:literal, $n:expr, $r0:expr, $rend:expr,
      ($($arg:expr),*), $y:expr, $ldy:expr) => {{
-        let (n, r0, rend) = ($n, $r0, $rend);
-        let mut t = 0;
-        while t + 4 <= n {
-            let mut r = r0;
-            while r + $r4 <= rend {
-                $tile::<$($g,)* $r4, 4>($($arg,)* r, t, $y, $ldy, r0);
-                r += $r4;
+        let (n, r0, rall) = ($n, $r0, $rend);
+        let mut rb = r0;
+        while rb < rall {
+            let rend = if n > 1 { (rb + crate::avx2::ROW_BLOCK).min(rall) } else { rall };
+            let mut t = 0;
+            while t + 4 <= n {
+                let mut r = rb;
+                while r + $r4 <= rend {
+                    $tile::<$($g,)* $r4, 4>($($arg,)* r, t, $y, $ldy, r0);
+                    r += $r4;
+                }
+                while r < rend {
+                    $tile::<$($g,)* 1, 4>($($arg,)* r, t, $y, $ldy, r0);
+                    r += 1;
+                }
+                t += 4;
             }
-            while r < rend {
-                $tile::<$($g,)* 1, 4>($($arg,)* r, t, $y, $ldy, r0);
-                r += 1;
+            while t < n {
+                let mut r = rb;
+                while r + $r1 <= rend {
+                    $tile::<$($g,)* $r1, 1>($($arg,)* r, t, $y, $ldy, r0);
+                    r += $r1;
+                }
+                while r < rend {
+                    $tile::<$($g,)* 1, 1>($($arg,)* r, t, $y, $ldy, r0);
+                    r += 1;
+                }
+                t += 1;
             }
-            t += 4;
-        }
-        while t < n {
-            let mut r = r0;
-            while r + $r1 <= rend {
-                $tile::<$($g,)* $r1, 1>($($arg,)* r, t, $y, $ldy, r0);
-                r += $r1;
-            }
-            while r < rend {
-                $tile::<$($g,)* 1, 1>($($arg,)* r, t, $y, $ldy, r0);
-                r += 1;
-            }
-            t += 1;
+            rb = rend;
         }
     }};
 }
+/// Rows per weight block in multi-token calls (a multiple of every tile height).
+pub(crate) const ROW_BLOCK: usize = 32;
 pub(crate) use drive;
 
 /// Horizontal sum of 8 lanes.
@@ -54,6 +64,31 @@ pub(crate) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
     _mm_cvtss_f32(s)
+}
+
+/// Lane `j` = horizontal sum of `a[j]`, bit-identical to [`hsum`]`(a[j])`
+/// (same addition order) for a fraction of the cost of 8 separate reductions.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn hsum8(a: &[__m256; 8]) -> __m256 {
+    // u_i = lo(a_i) + hi(a_i); U_k holds u_k (low lane) and u_{k+4} (high lane).
+    let u: [__m256; 4] = std::array::from_fn(|k| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a[k], a[k + 4]),
+            _mm256_permute2f128_ps::<0x31>(a[k], a[k + 4]),
+        )
+    });
+    // 4×4 transpose inside each 128-bit lane: c_m[i] = u_i[m].
+    let t0 = _mm256_unpacklo_ps(u[0], u[1]);
+    let t1 = _mm256_unpacklo_ps(u[2], u[3]);
+    let t2 = _mm256_unpackhi_ps(u[0], u[1]);
+    let t3 = _mm256_unpackhi_ps(u[2], u[3]);
+    let c0 = _mm256_shuffle_ps::<0x44>(t0, t1);
+    let c1 = _mm256_shuffle_ps::<0xEE>(t0, t1);
+    let c2 = _mm256_shuffle_ps::<0x44>(t2, t3);
+    let c3 = _mm256_shuffle_ps::<0xEE>(t2, t3);
+    // hsum's order: (u0 + u2) + (u1 + u3).
+    _mm256_add_ps(_mm256_add_ps(c0, c2), _mm256_add_ps(c1, c3))
 }
 
 /// Dense f32 or f16 tile (`H` = weights are f16 bit patterns).
@@ -98,6 +133,27 @@ fn dense_tile<const H: bool, const R: usize, const T: usize>(
             }
         }
         c += 8;
+    }
+    if R * T == 8 {
+        // 8 accumulators (8 rows × 1 token or 2 rows × 4 tokens): reduce them together.
+        let a: [__m256; 8] = std::array::from_fn(|k| acc[k / T][k % T]);
+        let mut sums = [0f32; 8];
+        // SAFETY: `sums` holds 8 floats.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), hsum8(&a)) };
+        for (k, mut s) in sums.into_iter().enumerate() {
+            let (i, j) = (k / T, k % T);
+            for cc in full..inp {
+                let o = (r + i) * inp + cc;
+                let wv = if H {
+                    half::f16::from_bits(wh[o]).to_f32()
+                } else {
+                    wf[o]
+                };
+                s += wv * x[(t + j) * ld + cc];
+            }
+            y[(t + j) * ldy + r + i - ybase] = s;
+        }
+        return;
     }
     for i in 0..R {
         for j in 0..T {

@@ -10,6 +10,9 @@
 //! * [`SimdLevel`]: scalar / AVX2 / AVX-512 (+VNNI) / NEON chosen at run time;
 //!   `SQUISH_SIMD=scalar|avx2|avx512` forces a lower path.
 //!
+//! * [`runtime::Runtime`]: the native inference runtime for both model families
+//!   (Llama, SsmMoe) built on these kernels.
+//!
 //! No hot call allocates once its [`Scratch`] is large enough
 //! ([`Scratch::for_weight`]).
 #![deny(missing_docs)]
@@ -27,6 +30,7 @@ mod error;
 mod matmul;
 mod ops;
 mod pack;
+pub mod runtime;
 mod scalar;
 mod scratch;
 

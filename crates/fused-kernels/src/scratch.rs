@@ -100,6 +100,12 @@ impl Scratch {
         grow(&mut self.tmp, 2 * crate::matmul::SWIGLU_TILE);
     }
 
+    /// Grows the SwiGLU tile buffers for `n` tokens
+    /// ([`crate::Ops::swiglu_matmul`] then never allocates for up to `n` tokens).
+    pub fn reserve_swiglu(&mut self, n: usize) {
+        grow(&mut self.tmp, 2 * n * crate::matmul::SWIGLU_TILE);
+    }
+
     /// Stages float activations `x: [n, in]` for `w`. Dense weights without a
     /// norm read `x` in place; otherwise it is copied (normalized / padded).
     pub(crate) fn stage_f32<'s>(

@@ -1,0 +1,296 @@
+//! The Llama family on the native runtime (llama2.c semantics, equal to
+//! `squish_core::model::llama::Llama`): RMSNorm (fused into the next matmul),
+//! stacked Q/K/V GEMM + RoPE on interleaved pairs, GQA attention over a
+//! transposed KV cache, fused SwiGLU FFN, tied or separate classifier.
+
+use squish_core::Result;
+use squish_core::checkpoint::Weights;
+use squish_core::config::LlamaConfig;
+use squish_core::model::llama::layer_tensor_names;
+
+use super::load::{self, Stacked};
+use super::vecops::{add, attend};
+use super::{Exec, Family, Head, Logits, SwiGlu, reserve};
+use crate::scratch::{RmsNorm, Scratch};
+
+/// One transformer block.
+#[derive(Debug)]
+struct Layer {
+    /// `[d]`.
+    attn_norm: Vec<f32>,
+    /// wq ‖ wk ‖ wv: `[qd + 2·kvd, d]`.
+    qkv: Stacked,
+    /// `[d, qd]`.
+    wo: crate::PackedWeight,
+    /// `[d]`.
+    ffn_norm: Vec<f32>,
+    /// w1/w3 `[hidden, d]`, w2 `[d, hidden]`.
+    ffn: SwiGlu,
+}
+
+/// Llama weights, KV cache and preallocated activations.
+#[derive(Debug)]
+pub(crate) struct LlamaRt {
+    head: Head,
+    layers: Vec<Layer>,
+    eps: f32,
+    cap: usize,
+    seq: usize,
+    /// Cache row stride: `seq` rounded up to a multiple of 8.
+    ld: usize,
+    hs: usize,
+    nh: usize,
+    nkv: usize,
+    /// `[seq, hs/2]` RoPE tables (llama2.c: angle `pos / θ^(2i/hs)` in f32).
+    cos: Vec<f32>,
+    /// `[seq, hs/2]`.
+    sin: Vec<f32>,
+    /// `[layers, nkv, hs, ld]` keys, positions contiguous.
+    kc: Vec<f32>,
+    /// `[layers, nkv, hs, ld]` values, positions contiguous.
+    vc: Vec<f32>,
+    /// `[cap, d]` residual stream.
+    x: Vec<f32>,
+    /// `[cap, qd + 2·kvd]` projected q ‖ k ‖ v.
+    qkv: Vec<f32>,
+    /// `[cap, max part rows]` one Q/K/V part when they cannot be stacked.
+    part: Vec<f32>,
+    /// `[cap, qd]` attention output.
+    att: Vec<f32>,
+    /// `[cap, d]` projection output before the residual add.
+    o: Vec<f32>,
+    /// `[cap, max hidden]` SwiGLU activations.
+    hid: Vec<f32>,
+    /// `[ld]` attention weights of one head.
+    sc: Vec<f32>,
+    /// `[hs]` scaled query of one head.
+    qh: Vec<f32>,
+    s: Scratch,
+}
+
+impl LlamaRt {
+    /// Loads and repacks every tensor; per-layer FFN widths come from `w1`'s shape.
+    pub fn load(c: &LlamaConfig, w: &Weights, cap: usize) -> Result<Self> {
+        let (d, hs, seq) = (c.dim, c.head_size(), c.seq_len);
+        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        let (qd, kvd) = (nh * hs, nkv * hs);
+        let cap = cap.min(seq);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let n = layer_tensor_names(i);
+            let qkv = load::stacked(
+                w,
+                &[(n[1].clone(), qd), (n[2].clone(), kvd), (n[3].clone(), kvd)],
+                d,
+            )?;
+            layers.push(Layer {
+                attn_norm: load::vector(w, &n[0], &[d])?,
+                qkv,
+                wo: load::matrix(w, &n[4], d, qd)?,
+                ffn_norm: load::vector(w, &n[5], &[d])?,
+                ffn: SwiGlu::load(w, [&n[6], &n[7], &n[8]], d, cap)?,
+            });
+        }
+        let head = Head::load(
+            w,
+            c.vocab_size,
+            d,
+            c.norm_eps,
+            (!c.shared_classifier).then_some("output.weight"),
+        )?;
+        let half = hs / 2;
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(seq * half),
+            Vec::with_capacity(seq * half),
+        );
+        for pos in 0..seq {
+            for i in 0..half {
+                let freq = 1.0f32 / c.rope_theta.powf((2 * i) as f32 / hs as f32);
+                let (s, co) = (pos as f32 * freq).sin_cos();
+                cos.push(co);
+                sin.push(s);
+            }
+        }
+        let hmax = layers.iter().map(|l| l.ffn.hidden).max().unwrap_or(0);
+        let pmax = layers
+            .iter()
+            .filter(|l| matches!(l.qkv, Stacked::Split(_)))
+            .map(|_| qd.max(kvd))
+            .max()
+            .unwrap_or(0);
+        let mut s = Scratch::new();
+        for l in &layers {
+            reserve(
+                &mut s,
+                l.qkv
+                    .weights()
+                    .into_iter()
+                    .chain([&l.wo])
+                    .chain(l.ffn.weights()),
+                cap,
+            );
+        }
+        reserve(&mut s, [&head.cls], cap);
+        let ld = seq.next_multiple_of(8);
+        let cache = c.n_layers * kvd * ld;
+        Ok(LlamaRt {
+            layers,
+            eps: c.norm_eps,
+            cap,
+            seq,
+            ld,
+            hs,
+            nh,
+            nkv,
+            cos,
+            sin,
+            kc: vec![0.0; cache],
+            vc: vec![0.0; cache],
+            x: vec![0.0; cap * d],
+            qkv: vec![0.0; cap * (qd + 2 * kvd)],
+            part: vec![0.0; cap * pmax],
+            att: vec![0.0; cap * qd],
+            o: vec![0.0; cap * d],
+            hid: vec![0.0; cap * hmax],
+            sc: vec![0.0; ld],
+            qh: vec![0.0; hs],
+            s,
+            head,
+        })
+    }
+}
+
+/// Rotates the interleaved pairs of every head in `v` (`[heads·hs]`).
+fn rope(v: &mut [f32], cos: &[f32], sin: &[f32], hs: usize) {
+    for head in v.chunks_exact_mut(hs) {
+        for (i, (c, s)) in cos.iter().zip(sin).enumerate() {
+            let (v0, v1) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = v0 * c - v1 * s;
+            head[2 * i + 1] = v0 * s + v1 * c;
+        }
+    }
+}
+
+impl Family for LlamaRt {
+    fn cap(&self) -> usize {
+        self.cap
+    }
+    fn max_positions(&self) -> usize {
+        self.seq
+    }
+    fn can_rewind(&self) -> bool {
+        true
+    }
+    fn reset(&mut self) {
+        // Attention only reads cache positions written since the last reset.
+    }
+
+    fn forward(&mut self, ex: &Exec, tokens: &[u32], pos0: usize, out: Logits<'_>) -> Result<()> {
+        let LlamaRt {
+            head,
+            layers,
+            eps,
+            ld,
+            hs,
+            nh,
+            nkv,
+            cos,
+            sin,
+            kc,
+            vc,
+            x,
+            qkv,
+            part,
+            att,
+            o,
+            hid,
+            sc,
+            qh,
+            s,
+            ..
+        } = self;
+        let (n, d, hs, ld, nh, nkv) = (tokens.len(), head.d, *hs, *ld, *nh, *nkv);
+        let (qd, kvd) = (nh * hs, nkv * hs);
+        let tot = qd + 2 * kvd;
+        let (rep, half) = (nh / nkv, hs / 2);
+        let scale = 1.0 / (hs as f32).sqrt();
+        head.embed(tokens, x)?;
+        for l in 0..layers.len() {
+            if n == 1 {
+                // Decode: pull this layer's post-attention weights toward L2 while
+                // the (compute-bound) attention runs.
+                layers[l].wo.prefetch();
+                layers[l].ffn.weights().iter().for_each(|w| w.prefetch());
+            }
+            let layer = &mut layers[l];
+            let norm = Some(RmsNorm {
+                weight: &layer.attn_norm,
+                eps: *eps,
+            });
+            match &layer.qkv {
+                Stacked::Fused(w) => ex.mm(w, x, n, qkv, s, norm)?,
+                Stacked::Split(ws) => {
+                    let mut col = 0;
+                    for w in ws {
+                        let r = w.out();
+                        ex.mm(w, x, n, part, s, norm)?;
+                        for t in 0..n {
+                            qkv[t * tot + col..t * tot + col + r]
+                                .copy_from_slice(&part[t * r..(t + 1) * r]);
+                        }
+                        col += r;
+                    }
+                }
+            }
+            let lbase = l * kvd * ld;
+            for t in 0..n {
+                let p = pos0 + t;
+                let row = &mut qkv[t * tot..(t + 1) * tot];
+                // RoPE on q (nh heads) and k (nkv heads), right after the projection.
+                rope(
+                    &mut row[..qd + kvd],
+                    &cos[p * half..(p + 1) * half],
+                    &sin[p * half..(p + 1) * half],
+                    hs,
+                );
+                for j in 0..kvd {
+                    kc[lbase + j * ld + p] = row[qd + j];
+                    vc[lbase + j * ld + p] = row[qd + kvd + j];
+                }
+            }
+            for t in 0..n {
+                let p = pos0 + t;
+                for h in 0..nh {
+                    let kb = lbase + (h / rep) * hs * ld;
+                    for (qv, v) in qh
+                        .iter_mut()
+                        .zip(&qkv[t * tot + h * hs..t * tot + (h + 1) * hs])
+                    {
+                        *qv = v * scale;
+                    }
+                    let (kt, vt) = (&kc[kb..kb + hs * ld], &vc[kb..kb + hs * ld]);
+                    attend(
+                        &ex.ops,
+                        qh,
+                        kt,
+                        vt,
+                        ld,
+                        p + 1,
+                        sc,
+                        &mut att[t * qd + h * hs..t * qd + (h + 1) * hs],
+                    );
+                }
+            }
+            ex.mm(&layer.wo, att, n, o, s, None)?;
+            add(&mut x[..n * d], &o[..n * d]);
+            let norm = Some(RmsNorm {
+                weight: &layer.ffn_norm,
+                eps: *eps,
+            });
+            layer.ffn.up(ex, x, n, hid, s, norm)?;
+            ex.mm(&layer.ffn.w2, hid, n, o, s, None)?;
+            add(&mut x[..n * d], &o[..n * d]);
+        }
+        head.logits(ex, x, n, out, s)
+    }
+}

@@ -1,0 +1,481 @@
+//! Native inference runtime: a checkpoint of either family (Llama, SsmMoe), in any
+//! mix of F32 / F16 / INT8 / INT4 tensors, repacked once at load time and run on
+//! the fused kernels of this crate.
+//!
+//! * [`Runtime::prefill`] runs a prompt as GEMMs over all its tokens (chunks of
+//!   [`RuntimeOptions::max_batch`]) and returns the last position's logits;
+//!   [`Runtime::prefill_all`] returns every position's logits.
+//! * [`Runtime::step`] decodes one token (GEMVs) against the KV cache (Llama,
+//!   preallocated to `seq_len`) or the O(1) recurrent state (SsmMoe). Nothing is
+//!   allocated after [`Runtime::load`]: caches, states, activations and kernel
+//!   scratch are sized up front.
+//! * Fusions: RMSNorm is applied inside the activation staging of the matmul that
+//!   follows it; Q/K/V are one stacked GEMM (when their formats match) with RoPE
+//!   applied right after; SwiGLU gate/up run in one tiled pass; the selective scan
+//!   is one fused step per token; MoE runs only the routed experts (tokens are
+//!   grouped per expert in prefill).
+//! * [`squish_core::eval::LogitsModel`] and [`squish_core::generate::StepModel`]
+//!   are implemented, so `eval` / `generate` run unchanged on the runtime.
+//!
+//! Threads: the matrices of the tiny models are far too small for per-call thread
+//! spawning, so `threads > 1` only parallelizes matmuls of at least
+//! [`PAR_MIN_MACS`] multiply-adds and everything smaller runs on the calling
+//! thread (the 1-thread path).
+
+mod llama;
+mod load;
+mod rtn;
+mod ssm_moe;
+mod vecops;
+
+use squish_core::checkpoint::{Checkpoint, Weights};
+use squish_core::config::ModelConfig;
+use squish_core::{Error, Result};
+
+pub use rtn::{is_matmul_weight, rtn_quantize};
+
+use crate::dispatch::SimdLevel;
+use crate::matmul::{Activations, MatOpts};
+use crate::ops::Ops;
+use crate::pack::PackedWeight;
+use crate::scratch::{RmsNorm, Scratch};
+
+/// Smallest matmul (`tokens · out · in` multiply-adds) that is split over threads
+/// when [`RuntimeOptions::threads`] > 1.
+pub const PAR_MIN_MACS: usize = 1 << 22;
+
+/// Options of [`Runtime::load_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeOptions {
+    /// Kernel path (`None` = [`SimdLevel::active`], i.e. the best detected path
+    /// lowered by `SQUISH_SIMD`); clamped to the hardware.
+    pub level: Option<SimdLevel>,
+    /// Activation precision used with quantized weights (F32/F16 weights ignore it).
+    pub act: Activations,
+    /// Worker threads for large matmuls (see [`PAR_MIN_MACS`]); 0 or 1 = one thread.
+    pub threads: usize,
+    /// Tokens per prefill GEMM (longer prompts are processed in chunks).
+    pub max_batch: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            level: None,
+            act: Activations::F32,
+            threads: 1,
+            max_batch: 256,
+        }
+    }
+}
+
+/// Resolved execution settings shared by the families.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exec {
+    pub ops: Ops,
+    pub level: SimdLevel,
+    pub act: Activations,
+    pub threads: usize,
+}
+
+impl Exec {
+    /// `y [n, out] = W · x [n, in]` with an optional fused RMSNorm on `x`.
+    pub fn mm(
+        &self,
+        w: &PackedWeight,
+        x: &[f32],
+        n: usize,
+        y: &mut [f32],
+        s: &mut Scratch,
+        norm: Option<RmsNorm<'_>>,
+    ) -> Result<()> {
+        let threads = if self.threads > 1 && n * w.out() * w.inp() >= PAR_MIN_MACS {
+            self.threads
+        } else {
+            1
+        };
+        let opts = MatOpts {
+            act: self.act,
+            level: Some(self.level),
+            norm,
+            threads,
+        };
+        w.matmul_opts(&x[..n * w.inp()], n, &mut y[..n * w.out()], s, &opts)
+            .map_err(|e| Error::invalid(format!("matmul: {e}")))
+    }
+}
+
+/// A SwiGLU FFN `W2 (silu(W1 x) ⊙ W3 x)`; gate/up fused when W1/W3 share a format.
+#[derive(Debug)]
+pub(crate) struct SwiGlu {
+    /// `[hidden, d]`.
+    pub w1: PackedWeight,
+    /// `[hidden, d]`.
+    pub w3: PackedWeight,
+    /// `[d, hidden]`.
+    pub w2: PackedWeight,
+    /// Hidden width (per layer / per expert).
+    pub hidden: usize,
+    /// `[2, cap, hidden]` gate/up outputs when the pair cannot be fused (else empty).
+    tmp: Vec<f32>,
+}
+
+impl SwiGlu {
+    /// Loads `w1`, `w2`, `w3` named by `names` for model width `d`.
+    pub fn load(w: &Weights, names: [&str; 3], d: usize, cap: usize) -> Result<Self> {
+        let hidden = load::dim0(w, names[0])?;
+        let w1 = load::matrix(w, names[0], hidden, d)?;
+        let w2 = load::matrix(w, names[1], d, hidden)?;
+        let w3 = load::matrix(w, names[2], hidden, d)?;
+        let fused = crate::matmul::check_pair(&w1, &w3).is_ok();
+        let tmp = if fused {
+            Vec::new()
+        } else {
+            vec![0.0; 2 * cap * hidden]
+        };
+        Ok(SwiGlu {
+            w1,
+            w3,
+            w2,
+            hidden,
+            tmp,
+        })
+    }
+
+    /// `hid [n, hidden] = silu(W1 x) ⊙ (W3 x)` for `x [n, d]` (optionally normed).
+    pub fn up(
+        &mut self,
+        ex: &Exec,
+        x: &[f32],
+        n: usize,
+        hid: &mut [f32],
+        s: &mut Scratch,
+        norm: Option<RmsNorm<'_>>,
+    ) -> Result<()> {
+        let (d, h) = (self.w1.inp(), self.hidden);
+        let (x, hid) = (&x[..n * d], &mut hid[..n * h]);
+        if self.tmp.is_empty() {
+            let opts = MatOpts {
+                act: ex.act,
+                level: Some(ex.level),
+                norm,
+                threads: 1,
+            };
+            return ex
+                .ops
+                .swiglu_matmul(&self.w1, &self.w3, x, n, hid, s, &opts)
+                .map_err(|e| Error::invalid(format!("swiglu: {e}")));
+        }
+        let half = self.tmp.len() / 2;
+        let (g, u) = self.tmp.split_at_mut(half);
+        ex.mm(&self.w1, x, n, g, s, norm)?;
+        ex.mm(&self.w3, x, n, u, s, norm)?;
+        ex.ops
+            .swiglu(hid, &g[..n * h], &u[..n * h])
+            .map_err(|e| Error::invalid(e.to_string()))
+    }
+
+    /// The weights, for scratch sizing.
+    pub fn weights(&self) -> [&PackedWeight; 3] {
+        [&self.w1, &self.w3, &self.w2]
+    }
+}
+
+/// Token embedding (F32 copy for lookups) and the classifier with its final norm.
+#[derive(Debug)]
+pub(crate) struct Head {
+    /// `[vocab, d]` dequantized embedding rows.
+    emb: Vec<f32>,
+    /// `[vocab, d]` classifier (the embedding itself when tied).
+    pub cls: PackedWeight,
+    /// `[d]` final RMSNorm gain.
+    norm: Vec<f32>,
+    eps: f32,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Model width.
+    pub d: usize,
+}
+
+impl Head {
+    /// Loads the embedding, the final norm and the classifier (`None` = tied).
+    pub fn load(w: &Weights, vocab: usize, d: usize, eps: f32, cls: Option<&str>) -> Result<Self> {
+        let emb_name = "tok_embeddings.weight";
+        let emb = load::tensor(w, emb_name, &[vocab, d])?.to_f32();
+        let cls = load::matrix(w, cls.unwrap_or(emb_name), vocab, d)?;
+        let norm = load::vector(w, "norm.weight", &[d])?;
+        Ok(Head {
+            emb,
+            cls,
+            norm,
+            eps,
+            vocab,
+            d,
+        })
+    }
+
+    /// `x [n, d]` = embedding rows of `tokens` (ids checked).
+    pub fn embed(&self, tokens: &[u32], x: &mut [f32]) -> Result<()> {
+        let d = self.d;
+        for (t, &id) in tokens.iter().enumerate() {
+            let id = id as usize;
+            if id >= self.vocab {
+                return Err(Error::invalid(format!(
+                    "token id {id} outside vocabulary of {}",
+                    self.vocab
+                )));
+            }
+            x[t * d..(t + 1) * d].copy_from_slice(&self.emb[id * d..(id + 1) * d]);
+        }
+        Ok(())
+    }
+
+    /// Final norm + classifier for the rows of `x [n, d]` that `out` asks for.
+    pub fn logits(
+        &self,
+        ex: &Exec,
+        x: &[f32],
+        n: usize,
+        out: Logits<'_>,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let d = self.d;
+        let norm = Some(RmsNorm {
+            weight: &self.norm,
+            eps: self.eps,
+        });
+        match out {
+            Logits::None => Ok(()),
+            Logits::Last(l) => ex.mm(&self.cls, &x[(n - 1) * d..n * d], 1, l, s, norm),
+            Logits::All(a) => ex.mm(&self.cls, x, n, a, s, norm),
+        }
+    }
+}
+
+/// Which logits a forward chunk must produce.
+pub(crate) enum Logits<'a> {
+    /// None (a non-final prefill chunk).
+    None,
+    /// The last position only: `[vocab]`.
+    Last(&'a mut [f32]),
+    /// Every position: `[n, vocab]`.
+    All(&'a mut [f32]),
+}
+
+/// One model family's forward over a chunk of at most [`Family::cap`] tokens.
+pub(crate) trait Family: Send + std::fmt::Debug {
+    /// Largest chunk.
+    fn cap(&self) -> usize;
+    /// Longest sequence (`usize::MAX` for recurrent models).
+    fn max_positions(&self) -> usize;
+    /// True when the position can be moved back (KV cache) without recomputation.
+    fn can_rewind(&self) -> bool;
+    /// Clears caches / state.
+    fn reset(&mut self);
+    /// Runs `tokens` at positions `pos0..` and writes the requested logits.
+    fn forward(&mut self, ex: &Exec, tokens: &[u32], pos0: usize, out: Logits<'_>) -> Result<()>;
+}
+
+/// Reserves `s` for `n` tokens of every weight (plus the SwiGLU tiles).
+pub(crate) fn reserve<'a>(
+    s: &mut Scratch,
+    ws: impl IntoIterator<Item = &'a PackedWeight>,
+    n: usize,
+) {
+    for w in ws {
+        s.reserve(w, n);
+    }
+    s.reserve_swiglu(n);
+}
+
+/// The native runtime of one checkpoint (see the module docs).
+#[derive(Debug)]
+pub struct Runtime {
+    fam: Box<dyn Family>,
+    ex: Exec,
+    pos: usize,
+    /// `[vocab]` logits of the last position.
+    logits: Vec<f32>,
+    vocab: usize,
+    summary: String,
+}
+
+impl Runtime {
+    /// Loads a checkpoint with [`RuntimeOptions::default`].
+    pub fn load(ckpt: &Checkpoint) -> Result<Runtime> {
+        Runtime::load_with(ckpt, RuntimeOptions::default())
+    }
+
+    /// Loads a checkpoint with explicit options.
+    pub fn load_with(ckpt: &Checkpoint, opts: RuntimeOptions) -> Result<Runtime> {
+        Runtime::from_weights(&ckpt.config, &ckpt.weights, opts)
+    }
+
+    /// Builds the runtime from a config and weights (any storage format per tensor).
+    pub fn from_weights(
+        config: &ModelConfig,
+        w: &Weights,
+        opts: RuntimeOptions,
+    ) -> Result<Runtime> {
+        config.validate()?;
+        let cap = opts.max_batch.max(1);
+        let fam: Box<dyn Family> = match config {
+            ModelConfig::Llama(c) => Box::new(llama::LlamaRt::load(c, w, cap)?),
+            ModelConfig::SsmMoe(c) => Box::new(ssm_moe::SsmRt::load(c, w, cap)?),
+        };
+        let level = SimdLevel::resolve(opts.level);
+        let ex = Exec {
+            ops: Ops::new(Some(level)),
+            level,
+            act: opts.act,
+            threads: opts.threads,
+        };
+        let vocab = config.vocab_size();
+        Ok(Runtime {
+            fam,
+            ex,
+            pos: 0,
+            logits: vec![0.0; vocab],
+            vocab,
+            summary: load::format_summary(w),
+        })
+    }
+
+    /// The kernel path in use.
+    pub fn level(&self) -> SimdLevel {
+        self.ex.level
+    }
+
+    /// Tensor formats of the loaded checkpoint, e.g. `"f32×12 q4×35, 0.13 MB"`.
+    pub fn format_summary(&self) -> &str {
+        &self.summary
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// Longest sequence (`seq_len` for Llama, unbounded for SsmMoe).
+    pub fn max_positions(&self) -> usize {
+        self.fam.max_positions()
+    }
+
+    /// Tokens consumed since the last [`Runtime::reset`].
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Back to position 0 (clears the KV cache / recurrent state).
+    pub fn reset(&mut self) {
+        self.fam.reset();
+        self.pos = 0;
+    }
+
+    fn check(&self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::invalid("no tokens to run"));
+        }
+        if self.pos + n > self.fam.max_positions() {
+            return Err(Error::invalid(format!(
+                "position {} exceeds the model's {} positions",
+                self.pos + n,
+                self.fam.max_positions()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` from the current position as GEMMs; returns the last position's
+    /// logits `[vocab]`.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        self.check(tokens.len())?;
+        let cap = self.fam.cap();
+        let chunks = tokens.len().div_ceil(cap);
+        for (i, ch) in tokens.chunks(cap).enumerate() {
+            let out = if i + 1 == chunks {
+                Logits::Last(&mut self.logits)
+            } else {
+                Logits::None
+            };
+            self.fam.forward(&self.ex, ch, self.pos, out)?;
+            self.pos += ch.len();
+        }
+        Ok(&self.logits)
+    }
+
+    /// Runs `tokens` from the current position and writes every position's logits
+    /// into `out [tokens.len(), vocab]`.
+    pub fn prefill_all(&mut self, tokens: &[u32], out: &mut [f32]) -> Result<()> {
+        self.check(tokens.len())?;
+        let v = self.vocab;
+        if out.len() != tokens.len() * v {
+            return Err(Error::invalid(format!(
+                "logits buffer holds {} values, {} tokens need {}",
+                out.len(),
+                tokens.len(),
+                tokens.len() * v
+            )));
+        }
+        let cap = self.fam.cap();
+        for (ch, o) in tokens.chunks(cap).zip(out.chunks_mut(cap * v)) {
+            self.fam.forward(&self.ex, ch, self.pos, Logits::All(o))?;
+            self.pos += ch.len();
+        }
+        self.logits.copy_from_slice(&out[out.len() - v..]);
+        Ok(())
+    }
+
+    /// Decodes one token at the current position; returns its logits `[vocab]`.
+    pub fn step(&mut self, token: u32) -> Result<&[f32]> {
+        self.check(1)?;
+        self.fam
+            .forward(&self.ex, &[token], self.pos, Logits::Last(&mut self.logits))?;
+        self.pos += 1;
+        Ok(&self.logits)
+    }
+
+    /// Logits of the last position run.
+    pub fn last_logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
+impl squish_core::eval::LogitsModel for Runtime {
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+    fn logits(&mut self, batch: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let seq = batch.first().map_or(0, Vec::len);
+        if batch.iter().any(|r| r.len() != seq) {
+            return Err(Error::invalid("token batch must be rectangular"));
+        }
+        let mut out = vec![0.0; batch.len() * seq * self.vocab];
+        for (row, o) in batch.iter().zip(out.chunks_mut(seq * self.vocab)) {
+            self.reset();
+            self.prefill_all(row, o)?;
+        }
+        Ok(out)
+    }
+}
+
+impl squish_core::generate::StepModel for Runtime {
+    fn step(&mut self, token: u32, pos: usize) -> Result<Vec<f32>> {
+        if pos == 0 {
+            self.reset();
+        } else if pos != self.pos {
+            if pos < self.pos && self.fam.can_rewind() {
+                self.pos = pos;
+            } else {
+                return Err(Error::invalid(format!(
+                    "step at position {pos}, but the runtime is at {}",
+                    self.pos
+                )));
+            }
+        }
+        Ok(Runtime::step(self, token)?.to_vec())
+    }
+    fn max_positions(&self) -> usize {
+        self.fam.max_positions()
+    }
+}

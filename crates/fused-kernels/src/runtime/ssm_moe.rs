@@ -1,0 +1,346 @@
+//! The SsmMoe family on the native runtime (equal to
+//! `squish_core::model::ssm_moe::SsmMoe`): per block
+//! `x += SSM(RMSNorm(x)); x += MoE(RMSNorm(x))`, tied classifier.
+//!
+//! SSM: `in_proj` (norm fused) → x ‖ z; causal depthwise conv over a rolling
+//! window of the last `d_conv − 1` inputs + SiLU; `x_proj` → (dt, B, C);
+//! `Δ = softplus(dt_proj·dt + bias)`; one fused selective-scan step per token on
+//! the `[d_inner, N]` state; `y ⊙ SiLU(z)`; `out_proj`. MoE: softmax router,
+//! experts with probability ≥ the k-th largest (burn's tie rule), gates
+//! renormalised over the chosen; tokens are grouped per expert so only routed
+//! experts run, each as one GEMM over its tokens. Widths per layer / expert come
+//! from the tensor shapes (pruned checkpoints).
+
+use squish_core::checkpoint::Weights;
+use squish_core::config::SsmMoeConfig;
+use squish_core::model::ssm_moe_weights::{expert_name, experts_in_layer, router_name, ssm_name};
+use squish_core::{Error, Result};
+
+use super::load;
+use super::vecops::{add, axpy, silu, softplus};
+use super::{Exec, Family, Head, Logits, SwiGlu, reserve};
+use crate::PackedWeight;
+use crate::scratch::{RmsNorm, Scratch};
+
+/// One block's weights and recurrent state.
+#[derive(Debug)]
+struct Layer {
+    /// Inner width of this layer.
+    di: usize,
+    /// `[d]`.
+    ssm_norm: Vec<f32>,
+    /// `[2·di, d]`.
+    in_proj: PackedWeight,
+    /// `[di, k]` conv taps (tap `k−1` on the current step).
+    conv_w: Vec<f32>,
+    /// `[di]`.
+    conv_b: Vec<f32>,
+    /// `[r + 2N, di]`.
+    x_proj: PackedWeight,
+    /// `[di, r]`.
+    dt_proj: PackedWeight,
+    /// `[di]`.
+    dt_bias: Vec<f32>,
+    /// `[di, N]` `A = −exp(A_log)`.
+    a: Vec<f32>,
+    /// `[di]` skip.
+    dskip: Vec<f32>,
+    /// `[d, di]`.
+    out_proj: PackedWeight,
+    /// `[d]`.
+    moe_norm: Vec<f32>,
+    /// `[E, d]`.
+    router: PackedWeight,
+    /// The experts (uneven hidden widths allowed).
+    experts: Vec<SwiGlu>,
+    /// `[k−1, di]` last pre-conv inputs, oldest first.
+    win: Vec<f32>,
+    /// `[di, N]` SSM state.
+    h: Vec<f32>,
+}
+
+/// SsmMoe weights, state and preallocated activations.
+#[derive(Debug)]
+pub(crate) struct SsmRt {
+    head: Head,
+    layers: Vec<Layer>,
+    eps: f32,
+    cap: usize,
+    k: usize,
+    ns: usize,
+    r: usize,
+    top_k: usize,
+    /// `[cap, d]` residual stream.
+    x: Vec<f32>,
+    /// `[cap, 2·di_max]` in_proj output x ‖ z.
+    xz: Vec<f32>,
+    /// `[cap, di_max]` conv + SiLU output.
+    xc: Vec<f32>,
+    /// `[cap, r + 2N]` x_proj output (dt, B, C).
+    dbc: Vec<f32>,
+    /// `[cap, r]` dt part, contiguous.
+    dt: Vec<f32>,
+    /// `[cap, di_max]` Δ.
+    delta: Vec<f32>,
+    /// `[cap, di_max]` scan output.
+    y: Vec<f32>,
+    /// `[cap, d]` projection output.
+    o: Vec<f32>,
+    /// `[cap, d]` MoE-normed input.
+    hn: Vec<f32>,
+    /// `[cap, E_max]` router logits → probabilities.
+    rl: Vec<f32>,
+    /// `[E_max]` sorted probabilities of one token.
+    sorted: Vec<f32>,
+    /// Per expert: (token, gate) routed to it; capacity `cap` each.
+    routes: Vec<Vec<(usize, f32)>>,
+    /// `[cap, d]` gathered expert inputs.
+    g: Vec<f32>,
+    /// `[cap, h_max]` expert hidden activations.
+    hid: Vec<f32>,
+    /// `[cap, d]` one expert's output.
+    eo: Vec<f32>,
+    /// `[cap, d]` gated sum of expert outputs.
+    moe: Vec<f32>,
+    s: Scratch,
+}
+
+impl SsmRt {
+    /// Loads and repacks every tensor; per-layer `d_inner` and expert count and
+    /// per-expert widths are read from the shapes.
+    pub fn load(c: &SsmMoeConfig, w: &Weights, cap: usize) -> Result<Self> {
+        let (d, ns, r, k) = (c.d_model, c.d_state, c.dt_rank, c.d_conv);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let di = load::dim0(w, &ssm_name(i, "D"))?;
+            let ne = experts_in_layer(w, i);
+            if ne == 0 {
+                return Err(Error::tensor(
+                    expert_name(i, 0, "w1"),
+                    "layer has no experts",
+                ));
+            }
+            let experts = (0..ne)
+                .map(|e| {
+                    let n = ["w1", "w2", "w3"].map(|m| expert_name(i, e, m));
+                    SwiGlu::load(w, [&n[0], &n[1], &n[2]], d, cap)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let a_log = load::vector(w, &ssm_name(i, "A_log"), &[di, ns])?;
+            layers.push(Layer {
+                di,
+                ssm_norm: load::vector(w, &format!("layers.{i}.ssm_norm.weight"), &[d])?,
+                in_proj: load::matrix(w, &ssm_name(i, "in_proj.weight"), 2 * di, d)?,
+                conv_w: load::vector(w, &ssm_name(i, "conv.weight"), &[di, k])?,
+                conv_b: load::vector(w, &ssm_name(i, "conv.bias"), &[di])?,
+                x_proj: load::matrix(w, &ssm_name(i, "x_proj.weight"), r + 2 * ns, di)?,
+                dt_proj: load::matrix(w, &ssm_name(i, "dt_proj.weight"), di, r)?,
+                dt_bias: load::vector(w, &ssm_name(i, "dt_proj.bias"), &[di])?,
+                a: a_log.iter().map(|v| -v.exp()).collect(),
+                dskip: load::vector(w, &ssm_name(i, "D"), &[di])?,
+                out_proj: load::matrix(w, &ssm_name(i, "out_proj.weight"), d, di)?,
+                moe_norm: load::vector(w, &format!("layers.{i}.moe_norm.weight"), &[d])?,
+                router: load::matrix(w, &router_name(i), ne, d)?,
+                experts,
+                win: vec![0.0; (k - 1) * di],
+                h: vec![0.0; di * ns],
+            });
+        }
+        let head = Head::load(w, c.vocab_size, d, c.norm_eps, None)?;
+        let dimax = layers.iter().map(|l| l.di).max().unwrap_or(0);
+        let emax = layers.iter().map(|l| l.experts.len()).max().unwrap_or(0);
+        let hmax = layers
+            .iter()
+            .flat_map(|l| l.experts.iter().map(|e| e.hidden))
+            .max()
+            .unwrap_or(0);
+        let mut s = Scratch::new();
+        for l in &layers {
+            let ws = [&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj, &l.router];
+            reserve(
+                &mut s,
+                ws.into_iter()
+                    .chain(l.experts.iter().flat_map(|e| e.weights())),
+                cap,
+            );
+        }
+        reserve(&mut s, [&head.cls], cap);
+        Ok(SsmRt {
+            layers,
+            eps: c.norm_eps,
+            cap,
+            k,
+            ns,
+            r,
+            top_k: c.top_k,
+            x: vec![0.0; cap * d],
+            xz: vec![0.0; cap * 2 * dimax],
+            xc: vec![0.0; cap * dimax],
+            dbc: vec![0.0; cap * (r + 2 * ns)],
+            dt: vec![0.0; cap * r],
+            delta: vec![0.0; cap * dimax],
+            y: vec![0.0; cap * dimax],
+            o: vec![0.0; cap * d],
+            hn: vec![0.0; cap * d],
+            rl: vec![0.0; cap * emax],
+            sorted: vec![0.0; emax],
+            routes: (0..emax).map(|_| Vec::with_capacity(cap)).collect(),
+            g: vec![0.0; cap * d],
+            hid: vec![0.0; cap * hmax],
+            eo: vec![0.0; cap * d],
+            moe: vec![0.0; cap * d],
+            s,
+            head,
+        })
+    }
+}
+
+impl Family for SsmRt {
+    fn cap(&self) -> usize {
+        self.cap
+    }
+    fn max_positions(&self) -> usize {
+        usize::MAX
+    }
+    fn can_rewind(&self) -> bool {
+        false
+    }
+    fn reset(&mut self) {
+        for l in &mut self.layers {
+            l.win.fill(0.0);
+            l.h.fill(0.0);
+        }
+    }
+
+    fn forward(&mut self, ex: &Exec, tokens: &[u32], _pos0: usize, out: Logits<'_>) -> Result<()> {
+        let SsmRt {
+            head,
+            layers,
+            eps,
+            k,
+            ns,
+            r,
+            top_k,
+            x,
+            xz,
+            xc,
+            dbc,
+            dt,
+            delta,
+            y,
+            o,
+            hn,
+            rl,
+            sorted,
+            routes,
+            g,
+            hid,
+            eo,
+            moe,
+            s,
+            ..
+        } = self;
+        let (n, d, k, ns, r) = (tokens.len(), head.d, *k, *ns, *r);
+        let nd = n * d;
+        let w = r + 2 * ns;
+        head.embed(tokens, x)?;
+        for l in layers.iter_mut() {
+            let di = l.di;
+            // --- SSM mixer ---
+            ex.mm(
+                &l.in_proj,
+                x,
+                n,
+                xz,
+                s,
+                Some(RmsNorm {
+                    weight: &l.ssm_norm,
+                    eps: *eps,
+                }),
+            )?;
+            for t in 0..n {
+                let xin = &xz[t * 2 * di..t * 2 * di + di];
+                let xo = &mut xc[t * di..(t + 1) * di];
+                for i in 0..di {
+                    let taps = &l.conv_w[i * k..(i + 1) * k];
+                    let mut acc = l.conv_b[i];
+                    for j in 0..k - 1 {
+                        acc += l.win[j * di + i] * taps[j];
+                    }
+                    acc += xin[i] * taps[k - 1];
+                    xo[i] = silu(acc);
+                }
+                if k > 1 {
+                    l.win.copy_within(di.., 0);
+                    l.win[(k - 2) * di..].copy_from_slice(xin);
+                }
+            }
+            ex.mm(&l.x_proj, xc, n, dbc, s, None)?;
+            for t in 0..n {
+                dt[t * r..(t + 1) * r].copy_from_slice(&dbc[t * w..t * w + r]);
+            }
+            ex.mm(&l.dt_proj, dt, n, delta, s, None)?;
+            for row in delta[..n * di].chunks_exact_mut(di) {
+                for (v, b) in row.iter_mut().zip(&l.dt_bias) {
+                    *v = softplus(*v + b);
+                }
+            }
+            for t in 0..n {
+                let bc = &dbc[t * w + r..(t + 1) * w];
+                let (b, c) = bc.split_at(ns);
+                let yt = &mut y[t * di..(t + 1) * di];
+                let (xt, dlt) = (&xc[t * di..(t + 1) * di], &delta[t * di..(t + 1) * di]);
+                ex.ops
+                    .scan_step(xt, dlt, b, c, &l.a, &l.dskip, &mut l.h, yt)
+                    .map_err(|e| Error::invalid(e.to_string()))?;
+                let z = &xz[t * 2 * di + di..(t + 1) * 2 * di];
+                for (yv, zv) in yt.iter_mut().zip(z) {
+                    *yv *= silu(*zv);
+                }
+            }
+            ex.mm(&l.out_proj, y, n, o, s, None)?;
+            add(&mut x[..nd], &o[..nd]);
+            // --- MoE ---
+            for (hr, xr) in hn[..nd].chunks_exact_mut(d).zip(x[..nd].chunks_exact(d)) {
+                ex.ops
+                    .rmsnorm(hr, xr, &l.moe_norm, *eps)
+                    .map_err(|e| Error::invalid(e.to_string()))?;
+            }
+            let ne = l.experts.len();
+            ex.mm(&l.router, hn, n, rl, s, None)?;
+            let kk = (*top_k).min(ne);
+            routes.iter_mut().for_each(Vec::clear);
+            for t in 0..n {
+                let p = &mut rl[t * ne..(t + 1) * ne];
+                ex.ops.softmax(p);
+                let so = &mut sorted[..ne];
+                so.copy_from_slice(p);
+                so.sort_unstable_by(|a, b| b.total_cmp(a));
+                let kth = so[kk - 1];
+                let sum: f32 = p.iter().filter(|&&v| v >= kth).sum();
+                for (e, &pv) in p.iter().enumerate() {
+                    if pv >= kth {
+                        routes[e].push((t, pv / sum));
+                    }
+                }
+            }
+            moe[..nd].fill(0.0);
+            for (ex_w, route) in l.experts.iter_mut().zip(routes.iter()) {
+                let m = route.len();
+                if m == 0 {
+                    continue;
+                }
+                for (j, &(t, _)) in route.iter().enumerate() {
+                    g[j * d..(j + 1) * d].copy_from_slice(&hn[t * d..(t + 1) * d]);
+                }
+                ex_w.up(ex, g, m, hid, s, None)?;
+                ex.mm(&ex_w.w2, hid, m, eo, s, None)?;
+                for (j, &(t, gate)) in route.iter().enumerate() {
+                    axpy(&mut moe[t * d..(t + 1) * d], gate, &eo[j * d..(j + 1) * d]);
+                }
+            }
+            add(&mut x[..nd], &moe[..nd]);
+        }
+        head.logits(ex, x, n, out, s)
+    }
+}

@@ -1,0 +1,108 @@
+//! The decode loop allocates nothing: a counting global allocator checks
+//! `Runtime::step` (both families) and a prefill within `max_batch` after warm-up.
+
+mod rt_common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rt_common::*;
+use squish_core::config::{LlamaConfig, ModelConfig, SsmMoeConfig};
+use squish_core::model::ssm_moe_weights::init_weights;
+use squish_kernels::runtime::{Runtime, RuntimeOptions};
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn count(f: impl FnOnce()) -> usize {
+    let before = ALLOCS.load(Ordering::SeqCst);
+    f();
+    ALLOCS.load(Ordering::SeqCst) - before
+}
+
+fn check(cfg: ModelConfig, w: &squish_core::checkpoint::Weights, vocab: usize) {
+    let mut rt = Runtime::from_weights(
+        &cfg,
+        w,
+        RuntimeOptions {
+            max_batch: 32,
+            ..RuntimeOptions::default()
+        },
+    )
+    .unwrap();
+    let toks = tokens(100, vocab, 3);
+    // Warm-up: one prefill and one step.
+    rt.prefill(&toks[..32]).unwrap();
+    rt.step(toks[32]).unwrap();
+    let n = count(|| {
+        for &t in &toks[33..90] {
+            rt.step(t).unwrap();
+        }
+    });
+    assert_eq!(n, 0, "{} allocations in 57 decode steps", n);
+    rt.reset();
+    let n = count(|| {
+        rt.prefill(&toks[..32]).unwrap();
+        rt.prefill(&toks[32..64]).unwrap();
+    });
+    assert_eq!(n, 0, "{} allocations in prefill", n);
+}
+
+#[test]
+fn decode_and_prefill_do_not_allocate() {
+    let c = LlamaConfig {
+        dim: 48,
+        hidden_dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: 77,
+        seq_len: 128,
+        shared_classifier: false,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+    };
+    let w = random_llama(&c, &[64, 40], 1);
+    check(ModelConfig::Llama(c.clone()), &w, 77);
+    let q = quantize(&w, 32, |n| {
+        Some(if n.contains("w1") { Fmt::Q8 } else { Fmt::Q4 })
+    });
+    check(ModelConfig::Llama(c), &q, 77);
+    let s = SsmMoeConfig {
+        d_model: 32,
+        n_layers: 2,
+        vocab_size: 50,
+        seq_len: 128,
+        d_inner: 64,
+        d_state: 8,
+        d_conv: 4,
+        dt_rank: 4,
+        n_experts: 4,
+        top_k: 2,
+        expert_hidden: 48,
+        norm_eps: 1e-5,
+    };
+    let w = init_weights(&s, 5).unwrap();
+    check(ModelConfig::SsmMoe(s), &w, 50);
+}
