@@ -23,12 +23,18 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value_t = 4)]
     pub steps: usize,
     /// Variants as `backend:scan`, scan = `sequential` or `chunked<K>`.
-    #[arg(long, value_delimiter = ',', default_value = "flex:sequential,flex:chunked16,ndarray:chunked16")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "flex:sequential,flex:chunked16,ndarray:chunked16"
+    )]
     pub variants: Vec<String>,
 }
 
 fn parse_variant(v: &str) -> Result<(CpuBackend, ScanMode)> {
-    let Some((b, s)) = v.split_once(':') else { bail!("variant `{v}` is not backend:scan") };
+    let Some((b, s)) = v.split_once(':') else {
+        bail!("variant `{v}` is not backend:scan")
+    };
     let scan = match s {
         "sequential" => ScanMode::Sequential,
         _ => match s.strip_prefix("chunked").and_then(|k| k.parse().ok()) {
@@ -42,28 +48,49 @@ fn parse_variant(v: &str) -> Result<(CpuBackend, ScanMode)> {
 /// Entry point of `bench-train`.
 pub fn run(a: &BenchTrainArgs) -> Result<()> {
     let cfg = PipelineConfig::load(&a.config)?;
-    let Some(b) = cfg.stages.baseline else { bail!("{} has no [stages.baseline]", a.config.display()) };
+    let Some(b) = cfg.stages.baseline else {
+        bail!("{} has no [stages.baseline]", a.config.display())
+    };
     let mut model_cfg = b.model.clone();
     model_cfg.vocab_size = b.vocab_size;
     // Synthetic token stream: the cost of a step does not depend on the token values.
     let mut rng = Rng::new(1);
-    let stream: Vec<u32> = (0..200_000).map(|_| rng.below(b.vocab_size) as u32).collect();
+    let stream: Vec<u32> = (0..200_000)
+        .map(|_| rng.below(b.vocab_size) as u32)
+        .collect();
     let weights = init_weights(&model_cfg, b.seed)?;
     let mut results = Vec::new();
     for v in &a.variants {
         let (backend, scan) = parse_variant(v)?;
         let model = SsmMoe::from_weights(&model_cfg, &weights, &backend.autodiff_device(), scan)?;
-        let warm = TrainConfig { steps: 1, eval_every: 0, eval_chunks: 1, ..b.train.clone() };
+        let warm = TrainConfig {
+            steps: 1,
+            eval_every: 0,
+            eval_chunks: 1,
+            ..b.train.clone()
+        };
         let (model, _) = train(model, &stream, &stream, 1, &warm, None, |_| {})?;
-        let timed = TrainConfig { steps: a.steps, eval_every: 0, eval_chunks: 1, ..b.train.clone() };
+        let timed = TrainConfig {
+            steps: a.steps,
+            eval_every: 0,
+            eval_chunks: 1,
+            ..b.train.clone()
+        };
         let t0 = std::time::Instant::now();
         let (_, log) = train(model, &stream, &stream, 1, &timed, None, |_| {})?;
         let secs = t0.elapsed().as_secs_f64();
         let tokens = a.steps * b.train.batch_size * b.train.seq_len;
         let tps = tokens as f64 / secs;
-        println!("{v:<24} {tps:>9.0} tokens/s  ({:.3} s/step, loss {:.3})", secs / a.steps as f64, log.last().map_or(f64::NAN, |p| p.loss));
+        println!(
+            "{v:<24} {tps:>9.0} tokens/s  ({:.3} s/step, loss {:.3})",
+            secs / a.steps as f64,
+            log.last().map_or(f64::NAN, |p| p.loss)
+        );
         results.push(json!({"variant": v, "tokens_per_s": tps, "seconds_per_step": secs / a.steps as f64, "batch": b.train.batch_size, "seq_len": b.train.seq_len}));
     }
-    println!("{}", serde_json::to_string(&json!({"config": a.config, "steps": a.steps, "results": results}))?);
+    println!(
+        "{}",
+        serde_json::to_string(&json!({"config": a.config, "steps": a.steps, "results": results}))?
+    );
     Ok(())
 }

@@ -31,8 +31,15 @@ pub struct DiagnosticsStage {
 }
 
 fn options(quick: bool, simd: Option<&str>) -> Result<ProbeOptions> {
-    let force = simd.map(|s| SimdLevel::parse(s).ok_or_else(|| anyhow!("unknown SIMD level `{s}`"))).transpose()?;
-    Ok(ProbeOptions { quick, force, features: vec!["burn-flex".into(), "burn-ndarray".into()], ..ProbeOptions::default() })
+    let force = simd
+        .map(|s| SimdLevel::parse(s).ok_or_else(|| anyhow!("unknown SIMD level `{s}`")))
+        .transpose()?;
+    Ok(ProbeOptions {
+        quick,
+        force,
+        features: vec!["burn-flex".into(), "burn-ndarray".into()],
+        ..ProbeOptions::default()
+    })
 }
 
 /// Entry point of `diagnose`.
@@ -47,9 +54,16 @@ pub fn run(a: &DiagnoseArgs) -> Result<()> {
 }
 
 /// Runs the stage: probes and writes `<report_dir>/<run>_hardware_check.{json,md}`.
-pub fn stage(cfg: &DiagnosticsStage, report_dir: &Path, run_name: &str) -> Result<(HardwareReport, Vec<PathBuf>)> {
+pub fn stage(
+    cfg: &DiagnosticsStage,
+    report_dir: &Path,
+    run_name: &str,
+) -> Result<(HardwareReport, Vec<PathBuf>)> {
     let report = probe_with(&options(cfg.quick, None)?);
-    let (j, m) = (report_dir.join(format!("{run_name}_hardware_check.json")), report_dir.join(format!("{run_name}_hardware_check.md")));
+    let (j, m) = (
+        report_dir.join(format!("{run_name}_hardware_check.json")),
+        report_dir.join(format!("{run_name}_hardware_check.md")),
+    );
     squish_core::fsutil::atomic_write(&j, report.to_json()?.as_bytes())?;
     squish_core::fsutil::atomic_write(&m, report.to_markdown().as_bytes())?;
     Ok((report, vec![j, m]))

@@ -103,7 +103,7 @@ pub fn burn_model(ckpt: &Checkpoint, backend: CpuBackend) -> Result<BurnModel> {
             c,
             &ckpt.weights,
             &device,
-            ScanMode::Chunked(16),
+            ScanMode::Sequential,
         )?)),
     }
 }

@@ -43,6 +43,10 @@ pub struct BaselineStage {
     /// Evaluation context.
     #[serde(default = "default_ctx")]
     pub eval_ctx: usize,
+    /// Evaluate on only the first this-many bytes of the validation text (smoke runs); the
+    /// default, none, is the whole file.
+    #[serde(default)]
+    pub eval_limit_bytes: Option<usize>,
     /// Tokens of the greedy sample in the report.
     #[serde(default = "default_sample")]
     pub sample_tokens: usize,
@@ -119,7 +123,14 @@ pub fn run(cfg: &BaselineStage, out: &Path, fingerprint: &str) -> Result<Baselin
         &out.parent().unwrap_or(Path::new(".")).join("corpus"),
     )?;
     let train_text = read_text(&corpus.train)?;
-    let valid_text = read_text(&corpus.valid)?;
+    let mut valid_text = read_text(&corpus.valid)?;
+    if let Some(limit) = cfg.eval_limit_bytes {
+        let mut cut = limit.min(valid_text.len());
+        while !valid_text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        valid_text.truncate(cut);
+    }
     let t0 = std::time::Instant::now();
     let tok = train_bpe(&train_text, cfg.vocab_size).context("training the tokenizer")?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "tokenizer trained");
@@ -175,13 +186,13 @@ pub fn run(cfg: &BaselineStage, out: &Path, fingerprint: &str) -> Result<Baselin
         &model_cfg,
         &weights,
         &cfg.backend.device(),
-        ScanMode::Chunked(16),
+        ScanMode::Sequential,
     )?;
     let mut scorer = SsmMoe::from_weights(
         &model_cfg,
         &weights,
         &cfg.backend.device(),
-        ScanMode::Chunked(16),
+        ScanMode::Sequential,
     )?;
     let ppl = perplexity(
         &mut scorer,

@@ -106,3 +106,43 @@ fn missing_files_are_clear_errors() {
         "{err}"
     );
 }
+
+/// Same config and seed → byte-identical checkpoint (issue: determinism), on the smoke config.
+#[test]
+fn smoke_pipeline_is_deterministic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("configs/smoke.toml")).unwrap();
+    let mut shas = Vec::new();
+    for run in ["a", "b"] {
+        let d = tmp(&format!("det-{run}"));
+        let cfg = text
+            .replace(
+                "checkpoint_dir = \"checkpoints/smoke\"",
+                &format!("checkpoint_dir = \"{}\"", d.join("ck").display()),
+            )
+            .replace(
+                "report_dir = \"reports\"",
+                &format!("report_dir = \"{}\"", d.join("rep").display()),
+            );
+        let p = d.join("smoke.toml");
+        std::fs::write(&p, cfg).unwrap();
+        let out = xtask()
+            .args(["pipeline", "--config", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shas.push(
+            squish_core::fsutil::sha256_file(&d.join("ck/baseline/model.safetensors")).unwrap(),
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+    assert_eq!(
+        shas[0], shas[1],
+        "two runs of the same config gave different checkpoints"
+    );
+}

@@ -146,7 +146,11 @@ impl QTensor {
             QBits::Int8 => self.qweight[row * rb + col],
             QBits::Int4 => {
                 let b = self.qweight[row * rb + col / 2];
-                if col.is_multiple_of(2) { b & 0x0f } else { b >> 4 }
+                if col.is_multiple_of(2) {
+                    b & 0x0f
+                } else {
+                    b >> 4
+                }
             }
         }
     }

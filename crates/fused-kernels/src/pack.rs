@@ -379,7 +379,9 @@ impl PackedWeight {
                 // SAFETY: prefetch is only a hint and never faults; the address is
                 // inside the allocation anyway (off < bytes).
                 unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.add(off))
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                        p.add(off),
+                    )
                 };
             }
         }

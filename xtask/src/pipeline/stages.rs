@@ -32,7 +32,9 @@ pub fn fingerprint(ctx: &Ctx, stage: &str) -> Result<String> {
             json!({"settings": c, "input": input_hash, "data": file_hash(&c.data)?})
         }
         // The machine is the input: its CPU model and detected SIMD features.
-        "diagnostics" => json!({"settings": s.diagnostics, "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(String::from)), "simd": squish_hwdiag::detect_features()}),
+        "diagnostics" => {
+            json!({"settings": s.diagnostics, "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(String::from)), "simd": squish_hwdiag::detect_features()})
+        }
         "baseline" => {
             let c = s.baseline.as_ref().expect("validated");
             let corpus = match &c.data_dir {
@@ -60,8 +62,14 @@ pub fn run_stage(ctx: &Ctx, stage: &str, fingerprint: &str) -> Result<Vec<PathBu
         "baseline" => baseline(ctx, fingerprint),
         "diagnostics" => {
             let c = ctx.cfg.stages.diagnostics.clone().unwrap_or_default();
-            let (r, files) = crate::cmd_diagnose::stage(&c, &ctx.cfg.run.report_dir, &ctx.cfg.run.name)?;
-            println!("  [diagnostics] SIMD path {}, {} recommended thread(s), overall {:?}", r.recommendations.simd_level.as_str(), r.recommendations.threads, r.assessment.overall);
+            let (r, files) =
+                crate::cmd_diagnose::stage(&c, &ctx.cfg.run.report_dir, &ctx.cfg.run.name)?;
+            println!(
+                "  [diagnostics] SIMD path {}, {} recommended thread(s), overall {:?}",
+                r.recommendations.simd_level.as_str(),
+                r.recommendations.threads,
+                r.assessment.overall
+            );
             Ok(files)
         }
         other => bail!("unknown stage `{other}`"),

@@ -6,8 +6,8 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
-use super::ops::{embed, linear, param1, param2, rms_norm};
-use crate::checkpoint::{WeightTensor, Weights};
+use super::ops::{embed, linear, param1, param2, put_param, rms_norm};
+use crate::checkpoint::Weights;
 use crate::config::LlamaConfig;
 use crate::{Error, Result};
 
@@ -110,40 +110,22 @@ impl Llama {
     /// The model's parameters as F32 [`Weights`] with checkpoint names.
     pub fn to_weights(&self) -> Result<Weights> {
         let mut w = Weights::new();
-        let put2 = |w: &mut Weights, name: String, p: &Param<Tensor<2>>| -> Result<()> {
-            let t = p.val();
-            let dims = t.dims();
-            w.insert(
-                name,
-                WeightTensor::f32(dims.to_vec(), super::tensor_to_vec(t)?)?,
-            );
-            Ok(())
-        };
-        let put1 = |w: &mut Weights, name: String, p: &Param<Tensor<1>>| -> Result<()> {
-            let t = p.val();
-            let dims = t.dims();
-            w.insert(
-                name,
-                WeightTensor::f32(dims.to_vec(), super::tensor_to_vec(t)?)?,
-            );
-            Ok(())
-        };
-        put2(&mut w, "tok_embeddings.weight".into(), &self.tok_embeddings)?;
+        put_param(&mut w, "tok_embeddings.weight", &self.tok_embeddings)?;
         for (i, l) in self.layers.iter().enumerate() {
             let n = layer_tensor_names(i);
-            put1(&mut w, n[0].clone(), &l.attention_norm)?;
-            put2(&mut w, n[1].clone(), &l.wq)?;
-            put2(&mut w, n[2].clone(), &l.wk)?;
-            put2(&mut w, n[3].clone(), &l.wv)?;
-            put2(&mut w, n[4].clone(), &l.wo)?;
-            put1(&mut w, n[5].clone(), &l.ffn_norm)?;
-            put2(&mut w, n[6].clone(), &l.w1)?;
-            put2(&mut w, n[7].clone(), &l.w2)?;
-            put2(&mut w, n[8].clone(), &l.w3)?;
+            put_param(&mut w, n[0].clone(), &l.attention_norm)?;
+            put_param(&mut w, n[1].clone(), &l.wq)?;
+            put_param(&mut w, n[2].clone(), &l.wk)?;
+            put_param(&mut w, n[3].clone(), &l.wv)?;
+            put_param(&mut w, n[4].clone(), &l.wo)?;
+            put_param(&mut w, n[5].clone(), &l.ffn_norm)?;
+            put_param(&mut w, n[6].clone(), &l.w1)?;
+            put_param(&mut w, n[7].clone(), &l.w2)?;
+            put_param(&mut w, n[8].clone(), &l.w3)?;
         }
-        put1(&mut w, "norm.weight".into(), &self.norm)?;
+        put_param(&mut w, "norm.weight", &self.norm)?;
         if let Some(o) = &self.output {
-            put2(&mut w, "output.weight".into(), o)?;
+            put_param(&mut w, "output.weight", o)?;
         }
         Ok(w)
     }

@@ -30,6 +30,21 @@ pub fn param2(
     )))
 }
 
+/// Stores the value of parameter `p` as an F32 tensor `name` in `w`.
+pub fn put_param<const D: usize>(
+    w: &mut Weights,
+    name: impl Into<String>,
+    p: &Param<Tensor<D>>,
+) -> Result<()> {
+    let t = p.val();
+    let dims = t.dims().to_vec();
+    w.insert(
+        name,
+        crate::checkpoint::WeightTensor::f32(dims, tensor_to_vec(t)?)?,
+    );
+    Ok(())
+}
+
 /// The values of a float tensor as a `Vec<f32>`.
 pub fn tensor_to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()

@@ -1,9 +1,8 @@
 //! SsmMoe ↔ [`Weights`]: tensor names, deterministic initialisation, loading and saving.
 
-use burn::module::Param;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 
-use super::ops::{param1, param2};
+use super::ops::{param1, param2, put_param};
 use super::ssm_moe::{Expert, Moe, ScanMode, Ssm, SsmMoe, SsmMoeBlock};
 use crate::checkpoint::{WeightTensor, Weights};
 use crate::config::SsmMoeConfig;
@@ -217,34 +216,28 @@ impl SsmMoe {
     /// The model's parameters as F32 [`Weights`] with checkpoint names.
     pub fn to_weights(&self) -> Result<Weights> {
         let mut w = Weights::new();
-        fn put<const D: usize>(w: &mut Weights, name: String, p: &Param<Tensor<D>>) -> Result<()> {
-            let t = p.val();
-            let dims = t.dims().to_vec();
-            w.insert(name, WeightTensor::f32(dims, super::tensor_to_vec(t)?)?);
-            Ok(())
-        }
-        put(&mut w, "tok_embeddings.weight".into(), &self.tok_embeddings)?;
+        put_param(&mut w, "tok_embeddings.weight", &self.tok_embeddings)?;
         for (i, l) in self.layers.iter().enumerate() {
             let s = &l.ssm;
-            put(&mut w, format!("layers.{i}.ssm_norm.weight"), &l.ssm_norm)?;
-            put(&mut w, ssm_name(i, "in_proj.weight"), &s.in_proj)?;
-            put(&mut w, ssm_name(i, "conv.weight"), &s.conv_weight)?;
-            put(&mut w, ssm_name(i, "conv.bias"), &s.conv_bias)?;
-            put(&mut w, ssm_name(i, "x_proj.weight"), &s.x_proj)?;
-            put(&mut w, ssm_name(i, "dt_proj.weight"), &s.dt_proj)?;
-            put(&mut w, ssm_name(i, "dt_proj.bias"), &s.dt_bias)?;
-            put(&mut w, ssm_name(i, "A_log"), &s.a_log)?;
-            put(&mut w, ssm_name(i, "D"), &s.d)?;
-            put(&mut w, ssm_name(i, "out_proj.weight"), &s.out_proj)?;
-            put(&mut w, format!("layers.{i}.moe_norm.weight"), &l.moe_norm)?;
-            put(&mut w, router_name(i), &l.moe.router)?;
+            put_param(&mut w, format!("layers.{i}.ssm_norm.weight"), &l.ssm_norm)?;
+            put_param(&mut w, ssm_name(i, "in_proj.weight"), &s.in_proj)?;
+            put_param(&mut w, ssm_name(i, "conv.weight"), &s.conv_weight)?;
+            put_param(&mut w, ssm_name(i, "conv.bias"), &s.conv_bias)?;
+            put_param(&mut w, ssm_name(i, "x_proj.weight"), &s.x_proj)?;
+            put_param(&mut w, ssm_name(i, "dt_proj.weight"), &s.dt_proj)?;
+            put_param(&mut w, ssm_name(i, "dt_proj.bias"), &s.dt_bias)?;
+            put_param(&mut w, ssm_name(i, "A_log"), &s.a_log)?;
+            put_param(&mut w, ssm_name(i, "D"), &s.d)?;
+            put_param(&mut w, ssm_name(i, "out_proj.weight"), &s.out_proj)?;
+            put_param(&mut w, format!("layers.{i}.moe_norm.weight"), &l.moe_norm)?;
+            put_param(&mut w, router_name(i), &l.moe.router)?;
             for (e, ex) in l.moe.experts.iter().enumerate() {
-                put(&mut w, expert_name(i, e, "w1"), &ex.w1)?;
-                put(&mut w, expert_name(i, e, "w2"), &ex.w2)?;
-                put(&mut w, expert_name(i, e, "w3"), &ex.w3)?;
+                put_param(&mut w, expert_name(i, e, "w1"), &ex.w1)?;
+                put_param(&mut w, expert_name(i, e, "w2"), &ex.w2)?;
+                put_param(&mut w, expert_name(i, e, "w3"), &ex.w3)?;
             }
         }
-        put(&mut w, "norm.weight".into(), &self.norm)?;
+        put_param(&mut w, "norm.weight", &self.norm)?;
         Ok(w)
     }
 }

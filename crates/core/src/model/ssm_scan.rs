@@ -70,9 +70,13 @@ pub fn scan_chunked(s: &ScanInputs, chunk: usize) -> Tensor<3> {
         let u_c = dx_c * b_c; // [batch, k, d_inner, n]
         // diff[t, s] = L_t − L_s
         let diff = l.clone().reshape([bsz, k, 1, di, n]) - l.clone().reshape([bsz, 1, k, di, n]); // [batch, k(t), k(s), d_inner, n]
-        let upper = Tensor::<2, Bool>::tril_mask([k, k], 0, &device).reshape([1, k, k, 1, 1]).expand([bsz, k, k, di, n]);
+        let upper = Tensor::<2, Bool>::tril_mask([k, k], 0, &device)
+            .reshape([1, k, k, 1, 1])
+            .expand([bsz, k, k, di, n]);
         let w = diff.mask_fill(upper, f32::NEG_INFINITY).exp(); // [batch, k, k, d_inner, n]
-        let within = (w * u_c.reshape([bsz, 1, k, di, n])).sum_dim(2).reshape([bsz, k, di, n]); // [batch, k, d_inner, n]
+        let within = (w * u_c.reshape([bsz, 1, k, di, n]))
+            .sum_dim(2)
+            .reshape([bsz, k, di, n]); // [batch, k, d_inner, n]
         let hs = within + l.exp() * h.reshape([bsz, 1, di, n]); // [batch, k, d_inner, n]
         let c_c = s.c.clone().narrow(1, start, k).reshape([bsz, k, 1, n]); // [batch, k, 1, n]
         ys.push((hs.clone() * c_c).sum_dim(3).reshape([bsz, k, di])); // [batch, k, d_inner]

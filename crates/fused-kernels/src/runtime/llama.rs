@@ -9,7 +9,7 @@ use squish_core::config::LlamaConfig;
 use squish_core::model::llama::layer_tensor_names;
 
 use super::load::{self, Stacked};
-use super::vecops::{add, attend};
+use super::vecops::{add, attend, attend_pair};
 use super::{Exec, Family, Head, Logits, SwiGlu, reserve};
 use crate::scratch::{RmsNorm, Scratch};
 
@@ -61,9 +61,9 @@ pub(crate) struct LlamaRt {
     o: Vec<f32>,
     /// `[cap, max hidden]` SwiGLU activations.
     hid: Vec<f32>,
-    /// `[ld]` attention weights of one head.
+    /// `[2, ld]` attention weights of (up to) two heads.
     sc: Vec<f32>,
-    /// `[hs]` scaled query of one head.
+    /// `[qd]` scaled queries of one token.
     qh: Vec<f32>,
     s: Scratch,
 }
@@ -152,8 +152,8 @@ impl LlamaRt {
             att: vec![0.0; cap * qd],
             o: vec![0.0; cap * d],
             hid: vec![0.0; cap * hmax],
-            sc: vec![0.0; ld],
-            qh: vec![0.0; hs],
+            sc: vec![0.0; 2 * ld],
+            qh: vec![0.0; qd],
             s,
             head,
         })
@@ -260,25 +260,25 @@ impl Family for LlamaRt {
             }
             for t in 0..n {
                 let p = pos0 + t;
-                for h in 0..nh {
-                    let kb = lbase + (h / rep) * hs * ld;
-                    for (qv, v) in qh
-                        .iter_mut()
-                        .zip(&qkv[t * tot + h * hs..t * tot + (h + 1) * hs])
-                    {
-                        *qv = v * scale;
-                    }
+                for (qv, v) in qh.iter_mut().zip(&qkv[t * tot..t * tot + qd]) {
+                    *qv = v * scale;
+                }
+                let arow = &mut att[t * qd..(t + 1) * qd];
+                for kh in 0..nkv {
+                    let kb = lbase + kh * hs * ld;
                     let (kt, vt) = (&kc[kb..kb + hs * ld], &vc[kb..kb + hs * ld]);
-                    attend(
-                        &ex.ops,
-                        qh,
-                        kt,
-                        vt,
-                        ld,
-                        p + 1,
-                        sc,
-                        &mut att[t * qd + h * hs..t * qd + (h + 1) * hs],
-                    );
+                    // GQA: the `rep` query heads of this KV head, in pairs.
+                    let (mut h, hend) = (kh * rep, (kh + 1) * rep);
+                    while h + 2 <= hend {
+                        let (a0, a1) = arow[h * hs..(h + 2) * hs].split_at_mut(hs);
+                        let qs = [&qh[h * hs..(h + 1) * hs], &qh[(h + 1) * hs..(h + 2) * hs]];
+                        attend_pair(&ex.ops, qs, kt, vt, ld, p + 1, sc, [a0, a1]);
+                        h += 2;
+                    }
+                    if h < hend {
+                        let o = &mut arow[h * hs..(h + 1) * hs];
+                        attend(&ex.ops, &qh[h * hs..(h + 1) * hs], kt, vt, ld, p + 1, sc, o);
+                    }
                 }
             }
             ex.mm(&layer.wo, att, n, o, s, None)?;
