@@ -323,7 +323,10 @@ impl Runtime {
             ModelConfig::Llama(c) => Box::new(llama::LlamaRt::load(c, w, cap)?),
             ModelConfig::SsmMoe(c) => Box::new(ssm_moe::SsmRt::load(c, w, cap)?),
         };
-        let level = SimdLevel::resolve(opts.level);
+        let level = match opts.level {
+            Some(want) => SimdLevel::clamp(want),
+            None => from_hwdiag(squish_hwdiag::best_simd_level()),
+        };
         let ex = Exec {
             ops: Ops::new(Some(level)),
             level,
@@ -477,5 +480,38 @@ impl squish_core::generate::StepModel for Runtime {
     }
     fn max_positions(&self) -> usize {
         self.fam.max_positions()
+    }
+}
+
+/// The kernel path squish-hwdiag picks for this CPU (it honours `SQUISH_SIMD`), as this crate's
+/// level; VNNI is a sub-feature of the AVX-512 path here.
+pub fn from_hwdiag(level: squish_hwdiag::SimdLevel) -> SimdLevel {
+    let want = match level {
+        squish_hwdiag::SimdLevel::Scalar => SimdLevel::Scalar,
+        squish_hwdiag::SimdLevel::Neon => SimdLevel::Neon,
+        squish_hwdiag::SimdLevel::Avx2 => SimdLevel::Avx2,
+        squish_hwdiag::SimdLevel::Avx512 | squish_hwdiag::SimdLevel::Avx512Vnni => {
+            SimdLevel::Avx512
+        }
+    };
+    SimdLevel::clamp(want)
+}
+
+#[cfg(test)]
+mod hwdiag_dispatch_tests {
+    use super::*;
+
+    #[test]
+    fn hwdiag_levels_map_to_supported_kernel_paths() {
+        assert_eq!(
+            from_hwdiag(squish_hwdiag::SimdLevel::Scalar),
+            SimdLevel::Scalar
+        );
+        let picked = from_hwdiag(squish_hwdiag::best_simd_level());
+        assert!(picked.is_supported(), "{picked:?}");
+        assert_eq!(
+            from_hwdiag(squish_hwdiag::SimdLevel::Avx512Vnni),
+            SimdLevel::clamp(SimdLevel::Avx512)
+        );
     }
 }
