@@ -182,20 +182,14 @@ pub fn run(cfg: &BaselineStage, out: &Path, fingerprint: &str) -> Result<Baselin
     let train_seconds = t1.elapsed().as_secs_f64();
     let weights = model.to_weights()?;
 
-    let eval_model = SsmMoe::from_weights(
-        &model_cfg,
-        &weights,
-        &cfg.backend.device(),
-        ScanMode::Sequential,
-    )?;
-    let mut scorer = SsmMoe::from_weights(
+    let mut eval_model = SsmMoe::from_weights(
         &model_cfg,
         &weights,
         &cfg.backend.device(),
         ScanMode::Sequential,
     )?;
     let ppl = perplexity(
-        &mut scorer,
+        &mut eval_model,
         &valid_tokens,
         cfg.eval_ctx,
         tok.bos_id(),

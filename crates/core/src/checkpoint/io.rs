@@ -300,8 +300,8 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
     };
     let mut weights = Weights::new();
     for (name, m) in &metas {
-        let numel = m
-            .shape
+        // A forged shape whose element count overflows is rejected before anything is read.
+        m.shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| Error::tensor(name, "shape overflows"))?;
@@ -385,7 +385,6 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
                 ));
             }
         };
-        let _ = numel;
         weights.insert(
             name.clone(),
             WeightTensor {
