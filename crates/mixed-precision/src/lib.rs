@@ -1,0 +1,2 @@
+//! squish-mixed: mixed precision (work in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! squish-prune: structured pruning (work in progress).
+#![deny(missing_docs)]
