@@ -12,6 +12,11 @@ mod common;
 mod pipeline;
 mod report;
 mod stage_baseline;
+mod stage_data;
+mod stage_final;
+mod stage_kernels;
+mod stage_quant;
+mod svg;
 
 use clap::{Parser, Subcommand};
 

@@ -13,6 +13,9 @@ pub struct PipelineConfig {
     pub run: RunConfig,
     /// Stage names in execution order.
     pub order: Vec<String>,
+    /// Corpus and measurement settings shared by the compression stages.
+    #[serde(default)]
+    pub data: crate::stage_data::DataConfig,
     /// Per-stage settings, keyed by stage name.
     pub stages: Stages,
 }
@@ -41,6 +44,12 @@ pub struct Stages {
     pub diagnostics: Option<crate::cmd_diagnose::DiagnosticsStage>,
     /// `baseline`: train the SsmMoe model (and its tokenizer) from text.
     pub baseline: Option<crate::stage_baseline::BaselineStage>,
+    /// `int4_native`: packed INT4/INT8 of another stage's checkpoint (squish-quant).
+    pub int4_native: Option<crate::stage_quant::QuantStage>,
+    /// `kernels`: the native runtime's latency on every stage's checkpoint.
+    pub kernels: Option<crate::stage_kernels::KernelsStage>,
+    /// `final_report`: the success criteria, stage table, samples and plots.
+    pub final_report: Option<crate::stage_final::FinalStage>,
 }
 
 /// `[stages.import]`.
@@ -111,23 +120,57 @@ impl PipelineConfig {
                 );
             }
         }
-        if let Some(e) = &self.stages.eval {
-            let pos = |n: &str| self.order.iter().position(|s| s == n);
-            match (pos(&e.input), pos("eval")) {
-                (Some(i), Some(j)) if i < j => {}
-                (None, _) => bail!(
-                    "config {}: [stages.eval] input `{}` is not a stage in `order`",
-                    path.display(),
-                    e.input
-                ),
-                _ => bail!(
-                    "config {}: [stages.eval] input `{}` must come before eval in `order`",
-                    path.display(),
-                    e.input
-                ),
+        let pos = |n: &str| self.order.iter().position(|s| s == n);
+        for stage in &self.order {
+            for input in self.inputs_of(stage) {
+                match (pos(&input), pos(stage)) {
+                    (Some(i), Some(j)) if i < j => {}
+                    (None, _) => bail!(
+                        "config {}: [stages.{stage}] input `{input}` is not a stage in `order`",
+                        path.display(),
+                    ),
+                    _ => bail!(
+                        "config {}: [stages.{stage}] input `{input}` must come before {stage} in `order`",
+                        path.display(),
+                    ),
+                }
             }
         }
         Ok(())
+    }
+
+    /// The stages whose outputs `stage` reads (they must run before it).
+    pub fn inputs_of(&self, stage: &str) -> Vec<String> {
+        let s = &self.stages;
+        match stage {
+            "eval" => s.eval.iter().map(|e| e.input.clone()).collect(),
+            "int4_native" => s
+                .int4_native
+                .iter()
+                .flat_map(|q| [q.input.clone(), q.reference.clone()])
+                .collect(),
+            "kernels" => s
+                .kernels
+                .iter()
+                .flat_map(|k| k.inputs.iter().filter(|i| self.order.contains(i)).cloned())
+                .collect(),
+            "final_report" => s
+                .final_report
+                .iter()
+                .flat_map(|f| {
+                    let mut v: Vec<String> = f
+                        .stages
+                        .iter()
+                        .filter(|i| self.order.contains(i))
+                        .cloned()
+                        .collect();
+                    v.push(f.reference.clone());
+                    v.push(f.deliverable.clone());
+                    v
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn has_stage(&self, name: &str) -> bool {
@@ -136,6 +179,9 @@ impl PipelineConfig {
             "eval" => self.stages.eval.is_some(),
             "baseline" => self.stages.baseline.is_some(),
             "diagnostics" => self.stages.diagnostics.is_some(),
+            "int4_native" => self.stages.int4_native.is_some(),
+            "kernels" => self.stages.kernels.is_some(),
+            "final_report" => self.stages.final_report.is_some(),
             _ => false,
         }
     }

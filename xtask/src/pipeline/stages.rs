@@ -8,6 +8,26 @@ use squish_core::fsutil;
 
 use super::Ctx;
 use crate::report::write_report;
+use crate::stage_data::{corpus_fingerprint, input_fingerprint, load_input, measure, summary_json};
+
+/// A stage's checkpoint and tokenizer plus `reports`: the files it leaves behind.
+fn checkpoint_outputs(ctx: &Ctx, stage: &str, reports: Vec<PathBuf>) -> Vec<PathBuf> {
+    let ckpt = ctx.checkpoint_path(stage);
+    let tok = ckpt
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("tokenizer.bin");
+    let mut v = vec![ckpt, tok];
+    v.extend(reports);
+    v
+}
+
+/// The native-runtime summary block of a stage's own checkpoint (import / baseline).
+fn own_summary(ctx: &Ctx, stage: &str, seconds: f64) -> Result<serde_json::Value> {
+    let input = load_input(ctx, stage)?;
+    let m = measure(ctx, &input, &input.loaded.ckpt, &input.loaded.path)?;
+    Ok(summary_json(&m, Some(m.ppl.ppl), seconds))
+}
 
 fn file_hash(p: &Path) -> Result<String> {
     fsutil::sha256_file(p).with_context(|| format!("hashing input {}", p.display()))
@@ -46,7 +66,35 @@ pub fn fingerprint(ctx: &Ctx, stage: &str) -> Result<String> {
                     None => json!("generated"),
                 },
             };
-            json!({"settings": c, "corpus": corpus})
+            json!({"settings": c, "corpus": corpus, "report": 2})
+        }
+        "int4_native" => {
+            let c = s.int4_native.as_ref().expect("validated");
+            json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?})
+        }
+        "kernels" => {
+            let c = s.kernels.as_ref().expect("validated");
+            let mut inputs = serde_json::Map::new();
+            for i in ctx.cfg.inputs_of("kernels") {
+                inputs.insert(i.clone(), json!(input_fingerprint(ctx, &i)?));
+            }
+            json!({"settings": c, "inputs": inputs, "simd": squish_hwdiag::detect_features()})
+        }
+        "final_report" => {
+            let c = s.final_report.as_ref().expect("validated");
+            let mut inputs = serde_json::Map::new();
+            let mut names = ctx.cfg.inputs_of("final_report");
+            names.push(c.kernels.clone());
+            for i in names {
+                let (pj, _) = ctx.report_paths(&i);
+                let h = if pj.is_file() {
+                    file_hash(&pj)?
+                } else {
+                    "not yet built".into()
+                };
+                inputs.insert(i, json!(h));
+            }
+            json!({"settings": c, "reports": inputs})
         }
         other => bail!("unknown stage `{other}`"),
     };
@@ -60,6 +108,26 @@ pub fn run_stage(ctx: &Ctx, stage: &str, fingerprint: &str) -> Result<Vec<PathBu
         "import" => import(ctx, fingerprint),
         "eval" => eval(ctx, fingerprint),
         "baseline" => baseline(ctx, fingerprint),
+        "int4_native" => {
+            let c = ctx.cfg.stages.int4_native.as_ref().expect("validated");
+            let (json, md) = crate::stage_quant::run(ctx, stage, c, fingerprint)?;
+            let (rj, rm) = write_report(ctx, stage, &json, &md)?;
+            Ok(checkpoint_outputs(ctx, stage, vec![rj, rm]))
+        }
+        "kernels" => {
+            let c = ctx.cfg.stages.kernels.as_ref().expect("validated");
+            let (json, md) = crate::stage_kernels::run(ctx, c, fingerprint)?;
+            let (rj, rm) = write_report(ctx, stage, &json, &md)?;
+            Ok(vec![rj, rm])
+        }
+        "final_report" => {
+            let c = ctx.cfg.stages.final_report.as_ref().expect("validated");
+            let (json, md, mut extra) = crate::stage_final::run(ctx, c, fingerprint)?;
+            let (rj, rm) = write_report(ctx, stage, &json, &md)?;
+            println!("  [final_report] {}", rm.display());
+            extra.extend([rj, rm]);
+            Ok(extra)
+        }
         "diagnostics" => {
             let c = ctx.cfg.stages.diagnostics.clone().unwrap_or_default();
             let (r, files) =
@@ -90,6 +158,7 @@ fn import(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
         "output": {"path": out, "sha256": file_hash(&out)?, "bytes": bytes},
         "parameters": params,
         "config": ckpt.config,
+        "summary": own_summary(ctx, "import", 0.0)?,
     });
     let md = format!(
         "# Stage `import`\n\nImported `{}` (llama2.c v0) with tokenizer `{}`.\n\n| what | value |\n|---|---|\n| parameters | {params} |\n| file bytes | {bytes} |\n| output | `{}` |\n| sha256 | `{}` |\n\nCommand: `{}`\n",
@@ -165,7 +234,8 @@ fn baseline(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
         "  [baseline] {} parameters, PPL {:.4} ({:.4} nats/token; unigram {:.4}), trained in {:.0} s",
         r.parameters, r.ppl.ppl, r.ppl.nats_per_token, r.unigram_nats, r.train_seconds
     );
-    let (json, md) = crate::stage_baseline::report(&r, c, fingerprint)?;
+    let (mut json, md) = crate::stage_baseline::report(&r, c, fingerprint)?;
+    json["summary"] = own_summary(ctx, "baseline", r.train_seconds)?;
     let (rj, rm) = write_report(ctx, "baseline", &json, &md)?;
     let tok = out.parent().unwrap_or(Path::new(".")).join("tokenizer.bin");
     Ok(vec![out, tok, rj, rm])

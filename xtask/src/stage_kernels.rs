@@ -1,0 +1,178 @@
+//! Pipeline stage `kernels`: every earlier stage's checkpoint on the native runtime — latency of
+//! "prefill 128 + decode 128", prefill and decode tokens/s, at 1 and 2 threads, the kernel path.
+//! The same measurement as `cargo xtask bench` (median of repetitions after two warm-ups).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use squish_core::checkpoint;
+use squish_kernels::runtime::{Runtime, RuntimeOptions};
+
+use crate::pipeline::Ctx;
+
+/// `[stages.kernels]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KernelsStage {
+    /// Stages whose checkpoints are benchmarked (those not in `order` are skipped).
+    pub inputs: Vec<String>,
+    /// Prompt tokens run as one prefill.
+    #[serde(default = "default_tokens")]
+    pub prefill: usize,
+    /// Tokens decoded one by one after the prefill.
+    #[serde(default = "default_tokens")]
+    pub decode: usize,
+    /// Timed repetitions (the median is reported).
+    #[serde(default = "default_reps")]
+    pub reps: usize,
+    /// Thread counts to measure.
+    #[serde(default = "default_threads")]
+    pub threads: Vec<usize>,
+}
+
+fn default_tokens() -> usize {
+    128
+}
+fn default_reps() -> usize {
+    11
+}
+fn default_threads() -> Vec<usize> {
+    vec![1, 2]
+}
+
+/// One checkpoint at one thread count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchPoint {
+    /// Stage name.
+    pub stage: String,
+    /// Checkpoint path.
+    pub checkpoint: PathBuf,
+    /// Worker threads.
+    pub threads: usize,
+    /// Kernel path.
+    pub simd: String,
+    /// Tensor formats as the runtime sees them.
+    pub formats: String,
+    /// Median ms of prefill + decode.
+    pub latency_ms: f64,
+    /// Median prefill tokens/s.
+    pub prefill_tok_s: f64,
+    /// Median decode tokens/s.
+    pub decode_tok_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    for (i, &x) in v.iter().enumerate() {
+        if x > best.1 {
+            best = (i, x);
+        }
+    }
+    best.0 as u32
+}
+
+/// Times "prefill `prefill` + decode `decode`" on `rt` (greedy), median of `reps`.
+pub fn time_runtime(
+    rt: &mut Runtime,
+    prefill: usize,
+    decode: usize,
+    reps: usize,
+) -> Result<(f64, f64, f64)> {
+    let vocab = rt.vocab_size() as u64;
+    let prompt: Vec<u32> = (0..prefill)
+        .map(|i| {
+            if i == 0 {
+                1
+            } else {
+                ((i as u64 * 7919 + 13) % vocab) as u32
+            }
+        })
+        .collect();
+    let (mut pre, mut dec) = (Vec::new(), Vec::new());
+    for rep in 0..reps.max(1) + 2 {
+        rt.reset();
+        let t = Instant::now();
+        let mut next = argmax(rt.prefill(&prompt)?);
+        let tp = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..decode {
+            next = argmax(rt.step(next)?);
+        }
+        let td = t.elapsed().as_secs_f64();
+        if rep >= 2 {
+            pre.push(tp);
+            dec.push(td);
+        }
+    }
+    let e2e: Vec<f64> = pre.iter().zip(&dec).map(|(a, b)| a + b).collect();
+    Ok((median(e2e), median(pre), median(dec)))
+}
+
+/// Runs the stage: (JSON, Markdown).
+pub fn run(ctx: &Ctx, c: &KernelsStage, fingerprint: &str) -> Result<(serde_json::Value, String)> {
+    let mut points = Vec::new();
+    for stage in c.inputs.iter().filter(|s| ctx.cfg.order.contains(s)) {
+        let path = ctx.checkpoint_path(stage);
+        let ckpt = checkpoint::load(&path)
+            .with_context(|| format!("loading {} (run stage `{stage}` first)", path.display()))?;
+        for &threads in &c.threads {
+            let opts = RuntimeOptions {
+                threads,
+                max_batch: c.prefill.max(1),
+                ..RuntimeOptions::default()
+            };
+            let mut rt = Runtime::load_with(&ckpt, opts)?;
+            let (e2e, pre, dec) = time_runtime(&mut rt, c.prefill, c.decode, c.reps)?;
+            let p = BenchPoint {
+                stage: stage.clone(),
+                checkpoint: path.clone(),
+                threads,
+                simd: rt.level().name().to_string(),
+                formats: rt.format_summary().to_string(),
+                latency_ms: e2e * 1e3,
+                prefill_tok_s: c.prefill as f64 / pre,
+                decode_tok_s: if c.decode > 0 {
+                    c.decode as f64 / dec
+                } else {
+                    0.0
+                },
+            };
+            println!(
+                "  [kernels] {stage} ×{threads}: {:.3} ms (prefill {:.0} tok/s, decode {:.0} tok/s)",
+                p.latency_ms, p.prefill_tok_s, p.decode_tok_s
+            );
+            points.push(p);
+        }
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let json = json!({
+        "stage": "kernels",
+        "command": format!("cargo xtask bench --checkpoint <stage checkpoint> --threads N --prefill {} --decode {} --reps {}", c.prefill, c.decode, c.reps),
+        "fingerprint": fingerprint,
+        "points": points,
+        "loadavg": load.trim(),
+        "settings": c,
+    });
+    let mut md = format!(
+        "# Stage `kernels` — the native runtime on every stage's checkpoint\n\nLatency of \"prefill {} + decode {}\" (greedy), median of {} runs after 2 warm-ups; load average at the end: {}.\n\n| stage | threads | kernel path | formats | prefill+decode ms | prefill tok/s | decode tok/s |\n|---|---|---|---|---|---|---|\n",
+        c.prefill,
+        c.decode,
+        c.reps,
+        load.trim()
+    );
+    for p in &points {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.3} | {:.0} | {:.0} |\n",
+            p.stage, p.threads, p.simd, p.formats, p.latency_ms, p.prefill_tok_s, p.decode_tok_s
+        ));
+    }
+    Ok((json, md))
+}

@@ -1,0 +1,214 @@
+//! Pipeline stage `int4_native` (any stage of kind "quantize"): another stage's F32 checkpoint →
+//! packed INT4/INT8 through squish-quant (RTN, MSE clipping, GPTQ, or QAT), measured by the
+//! native runtime.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use squish_quant::{
+    Calibration, GptqConfig, Method, MseConfig, QuantConfig, QuantFormat, QuantReport, SmallFormat,
+    quantize_checkpoint,
+};
+
+use crate::pipeline::Ctx;
+use crate::stage_data::{
+    Measured, StageInput, load_input, reference_ppl, sample_md, save_and_measure, summary_json,
+    summary_md,
+};
+
+/// `[stages.int4_native]`: what to quantize and how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantStage {
+    /// The stage whose checkpoint is quantized.
+    pub input: String,
+    /// The stage whose PPL is the F32 reference for ΔPPL.
+    #[serde(default = "default_reference")]
+    pub reference: String,
+    /// Settings of squish-quant (`[stages.<name>.quant]`).
+    pub quant: QuantSettings,
+}
+
+/// The squish-quant settings a stage names (also used by `pruned` for its INT4 variant).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantSettings {
+    /// 4 or 8.
+    #[serde(default = "default_bits")]
+    pub bits: u32,
+    /// Group size along the input dimension; 0 = one group per row.
+    #[serde(default = "default_group")]
+    pub group: usize,
+    /// Asymmetric (zero points).
+    #[serde(default)]
+    pub asym: bool,
+    /// `rtn`, `mse`, `gptq` (post-training).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Quantize the embedding / classifier too.
+    #[serde(default = "default_true")]
+    pub quantize_embedding: bool,
+    /// Storage of the small tensors (norms, SSM A_log/D/conv/dt bias): `f32` or `f16`.
+    #[serde(default)]
+    pub small: SmallFormat,
+}
+
+fn default_reference() -> String {
+    "baseline".into()
+}
+fn default_bits() -> u32 {
+    4
+}
+fn default_group() -> usize {
+    32
+}
+fn default_method() -> String {
+    "gptq".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl QuantSettings {
+    /// The squish-quant configuration these settings describe for `ckpt`: linear weights whose
+    /// rows are narrower than the group (SsmMoe `dt_proj`, `[d_inner, dt_rank]`) stay unquantized
+    /// — squish-quant refuses a group wider than the row rather than pad it.
+    pub fn quant_config_for(&self, ckpt: &squish_core::checkpoint::Checkpoint) -> Result<QuantConfig> {
+        let mut c = self.quant_config()?;
+        if self.group > 0 {
+            for (name, t) in ckpt.weights.iter() {
+                if squish_quant::pipeline::is_linear_weight(name)
+                    && t.shape.len() == 2
+                    && t.shape[1] < self.group
+                {
+                    c.keep.push(name.clone());
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The squish-quant configuration these settings describe.
+    pub fn quant_config(&self) -> Result<QuantConfig> {
+        let format =
+            QuantFormat::new(self.bits, (self.group > 0).then_some(self.group), self.asym)?;
+        let method = match self.method.as_str() {
+            "rtn" => Method::Rtn,
+            "mse" => Method::Mse(MseConfig::default()),
+            "gptq" => Method::Gptq(GptqConfig::default()),
+            other => bail!("quantization method `{other}`: expected rtn, mse or gptq"),
+        };
+        let mut c = QuantConfig::new(format, method);
+        c.quantize_embedding = self.quantize_embedding;
+        c.small = self.small;
+        Ok(c)
+    }
+
+    /// Whether the method needs calibration statistics.
+    pub fn needs_calibration(&self) -> bool {
+        self.method != "rtn"
+    }
+
+    /// The equivalent command line.
+    pub fn command(&self, input: &std::path::Path, out: &std::path::Path) -> String {
+        format!(
+            "cargo xtask quantize --checkpoint {} --out {} --bits {} --group {} --method {}{}{}",
+            input.display(),
+            out.display(),
+            self.bits,
+            if self.group == 0 {
+                "row".to_string()
+            } else {
+                self.group.to_string()
+            },
+            self.method,
+            if self.asym { " --asym" } else { "" },
+            if self.small == SmallFormat::F16 {
+                " --small f16"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// Calibration statistics of the input model on its calibration windows.
+pub fn calibrate(input: &StageInput) -> Result<Calibration> {
+    let device = squish_core::model::CpuBackend::default().device();
+    Calibration::collect(&input.loaded.ckpt, &input.calib, &device)
+        .context("collecting calibration statistics")
+}
+
+/// Quantizes `input`'s checkpoint with `settings`, saves it to `out` and measures it.
+pub fn quantize_and_measure(
+    ctx: &Ctx,
+    input: &StageInput,
+    settings: &QuantSettings,
+    stage: &str,
+    out: &std::path::Path,
+) -> Result<(QuantReport, Measured)> {
+    let cfg = settings.quant_config_for(&input.loaded.ckpt)?;
+    let calib = if settings.needs_calibration() {
+        Some(calibrate(input)?)
+    } else {
+        None
+    };
+    let (mut q, mut report) = quantize_checkpoint(&input.loaded.ckpt, &cfg, calib.as_ref())?;
+    q.provenance.stage = stage.into();
+    q.provenance.parent_sha256 = Some(input.sha256.clone());
+    let (_, m) = save_and_measure(ctx, input, q, out)?;
+    report.finish_row(
+        m.file_bytes,
+        Some(m.ppl.ppl),
+        reference_ppl(ctx, "baseline"),
+    );
+    Ok((report, m))
+}
+
+/// Runs the stage; returns (JSON, Markdown) of its report and the checkpoint path.
+pub fn run(
+    ctx: &Ctx,
+    stage: &str,
+    c: &QuantStage,
+    fingerprint: &str,
+) -> Result<(serde_json::Value, String)> {
+    let t0 = std::time::Instant::now();
+    let input = load_input(ctx, &c.input)?;
+    let out = ctx.checkpoint_path(stage);
+    let (report, m) = quantize_and_measure(ctx, &input, &c.quant, stage, &out)?;
+    let reference = reference_ppl(ctx, &c.reference);
+    let seconds = t0.elapsed().as_secs_f64();
+    println!(
+        "  [{stage}] {} bytes, PPL {:.4}{}",
+        m.file_bytes,
+        m.ppl.ppl,
+        reference
+            .map(|r| format!(" (Δ {:+.2} %)", 100.0 * (m.ppl.ppl / r - 1.0)))
+            .unwrap_or_default()
+    );
+    let command = c.quant.command(&input.loaded.path, &out);
+    let json = json!({
+        "stage": stage,
+        "command": command,
+        "fingerprint": fingerprint,
+        "inputs": {"checkpoint": {"path": input.loaded.path, "sha256": input.sha256}, "corpus": input.corpus},
+        "summary": summary_json(&m, reference, seconds),
+        "quantization": report,
+        "settings": c,
+    });
+    let md = format!(
+        "# Stage `{stage}` — {} of `{}`\n\n| what | value |\n|---|---|\n{}| bits/param (vs F32 parameters) | {:.3} |\n| kept F32/F16 bytes | {} ({:.1} % of tensor bytes) |\n| mean layer-output error (calibration) | {} |\n\nCommand: `{command}`\n{}",
+        report.method,
+        c.input,
+        summary_md(&m, reference),
+        m.file_bytes as f64 * 8.0 / report.parameters.max(1) as f64,
+        report.kept_bytes,
+        100.0 * report.kept_share,
+        report
+            .mean_output_error()
+            .map(|e| format!("{e:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        sample_md(&m)
+    );
+    Ok((json, md))
+}
