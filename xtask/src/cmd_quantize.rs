@@ -1,4 +1,5 @@
-//! `cargo xtask quantize`: an F32 checkpoint → packed INT4/INT8 checkpoint (squish-quant).
+//! `cargo xtask quantize`: an F32 checkpoint → packed INT4/INT8 checkpoint (squish-quant), by a
+//! post-training method or by QAT (`--method qat --steps N --lr X`).
 
 use std::path::{Path, PathBuf};
 
@@ -6,11 +7,14 @@ use anyhow::{Context, Result, bail};
 use squish_core::checkpoint;
 use squish_core::data::{
     DEFAULT_CALIBRATION_STORIES, calibration_subset, locate_corpus_readonly, read_stories,
+    read_text,
 };
 use squish_core::model::CpuBackend;
+use squish_core::tokenizer::Tokenizer;
 use squish_quant::{
-    AwqConfig, Calibration, GptqConfig, Method, MseConfig, QuantConfig, QuantFormat, SmallFormat,
-    calibration_windows, quantize_checkpoint,
+    AwqConfig, Calibration, GptqConfig, Method, MseConfig, QatConfig, QatData, QatInit, QatScales,
+    QuantConfig, QuantFormat, SmallFormat, calibration_windows, qat_checkpoint,
+    quantize_checkpoint,
 };
 
 use crate::cmd_eval::evaluate;
@@ -31,9 +35,33 @@ pub struct QuantizeArgs {
     /// Group size along the input dimension, or `row` for one group per row.
     #[arg(long, default_value = "32")]
     pub group: String,
-    /// Method: rtn, mse, gptq.
+    /// Method: rtn, mse, gptq, qat (fake-quant fine-tuning with distillation from the input).
     #[arg(long, default_value = "rtn")]
     pub method: String,
+    /// QAT: optimizer steps.
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// QAT: peak learning rate (cosine decay to a tenth).
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    /// QAT: sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// QAT: tokens per training sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// QAT: linear warmup steps.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// QAT: weight of the distillation KL term (the rest is cross-entropy on the text).
+    #[arg(long, default_value_t = 1.0)]
+    pub distill_alpha: f32,
+    /// QAT: latent starting point: f32, rtn, mse, gptq.
+    #[arg(long, default_value = "mse")]
+    pub qat_init: String,
+    /// QAT: scale choice at every step: minmax or mse.
+    #[arg(long, default_value = "mse")]
+    pub qat_scales: String,
     /// Asymmetric (zero points) instead of symmetric.
     #[arg(long)]
     pub asym: bool,
@@ -107,7 +135,9 @@ fn config(a: &QuantizeArgs) -> Result<QuantConfig> {
             clip_search: a.clip_search,
             ..GptqConfig::default()
         }),
-        other => bail!("unknown --method {other} (rtn, mse, gptq)"),
+        // QAT's grid is chosen by --qat-scales; the method here only names the default.
+        "qat" => Method::Rtn,
+        other => bail!("unknown --method {other} (rtn, mse, gptq, qat)"),
     };
     let small = match a.small.as_str() {
         "f32" => SmallFormat::F32,
@@ -121,22 +151,58 @@ fn config(a: &QuantizeArgs) -> Result<QuantConfig> {
     Ok(cfg)
 }
 
+fn qat_config(a: &QuantizeArgs, quant: QuantConfig) -> Result<QatConfig> {
+    let mut c = QatConfig {
+        quant,
+        ..QatConfig::default()
+    };
+    c.init = match a.qat_init.as_str() {
+        "f32" => QatInit::F32,
+        "rtn" => QatInit::Rtn,
+        "mse" => QatInit::Mse,
+        "gptq" => QatInit::Gptq,
+        other => bail!("unknown --qat-init {other} (f32, rtn, mse, gptq)"),
+    };
+    c.scales = match a.qat_scales.as_str() {
+        "minmax" => QatScales::MinMax,
+        "mse" => QatScales::default(),
+        other => bail!("unknown --qat-scales {other} (minmax, mse)"),
+    };
+    c.train.steps = a.steps;
+    c.train.lr = a.lr;
+    c.train.min_lr = a.lr / 10.0;
+    c.train.batch_size = a.batch_size;
+    c.train.seq_len = a.seq_len;
+    c.train.warmup_steps = a.warmup;
+    c.train.distill_alpha = a.distill_alpha;
+    c.backend = CpuBackend::from_env()?;
+    c.train.validate()?;
+    Ok(c)
+}
+
 /// Entry point of `quantize`.
 pub fn run(a: &QuantizeArgs) -> Result<()> {
     let cfg = config(a)?;
+    let qat = (a.method == "qat")
+        .then(|| qat_config(a, cfg.clone()))
+        .transpose()?;
     let loaded = load_checkpoint(&a.checkpoint)?;
     let needs_calib = matches!(
         cfg.method,
         Method::Gptq(_) | Method::Mse(MseConfig { weighted: true, .. })
-    ) || cfg.awq.is_some();
+    ) || cfg.awq.is_some()
+        || qat.is_some();
     let t0 = std::time::Instant::now();
-    let calib = if needs_calib {
-        let path = match &a.calib {
-            Some(p) => p.clone(),
+    let calib_path = || -> Result<PathBuf> {
+        match &a.calib {
+            Some(p) => Ok(p.clone()),
             None => locate_corpus_readonly()
                 .map(|(t, _)| t)
-                .context("no calibration text: pass --calib or set $SQUISH_DATA")?,
-        };
+                .context("no calibration text: pass --calib or set $SQUISH_DATA"),
+        }
+    };
+    let calib = if needs_calib {
+        let path = calib_path()?;
         let stories = read_stories(&path)?;
         let subset = calibration_subset(&stories, a.calib_stories, a.calib_seed);
         let windows = calibration_windows(&loaded.tokenizer, &subset, a.calib_window);
@@ -155,7 +221,48 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         None
     };
     let t1 = std::time::Instant::now();
-    let (mut out, mut report) = quantize_checkpoint(&loaded.ckpt, &cfg, calib.as_ref())?;
+    let (mut out, mut report) = match &qat {
+        None => quantize_checkpoint(&loaded.ckpt, &cfg, calib.as_ref())?,
+        Some(qc) => {
+            // Trains on the calibration text (all of it), validates on --eval or the corpus's
+            // validation split.
+            // Stories are joined with BOS (as llama2.c pretokenizes), not with the literal
+            // `<|endoftext|>` text, so the student cannot win perplexity by learning separators.
+            let stories = read_stories(&calib_path()?)?;
+            let valid_path = match &a.eval {
+                Some(p) => p.clone(),
+                None => locate_corpus_readonly()
+                    .map(|(_, v)| v)
+                    .context("no validation text: pass --eval or set $SQUISH_DATA")?,
+            };
+            let tok = &loaded.tokenizer;
+            let train: Vec<u32> = stories
+                .iter()
+                .flat_map(|s| tok.encode(s, true, false))
+                .collect();
+            let valid = tok.encode(&read_text(&valid_path)?, true, false);
+            let data = QatData {
+                train: &train,
+                valid: &valid,
+                bos: tok.bos_id(),
+            };
+            let every = (qc.train.steps / 20).max(1);
+            qat_checkpoint(&loaded.ckpt, qc, &data, calib.as_ref(), &mut |p| {
+                if p.step % every == 0 || p.valid_nats.is_some() {
+                    eprintln!(
+                        "qat step {}/{}: loss {:.4}, lr {:.2e}, {:.0} tok/s{}",
+                        p.step,
+                        qc.train.steps,
+                        p.loss,
+                        p.lr,
+                        p.tokens_per_s,
+                        p.valid_nats
+                            .map_or(String::new(), |v| format!(", valid {v:.4} nats/token"))
+                    );
+                }
+            })?
+        }
+    };
     eprintln!(
         "quantized {} tensors with {} in {:.1} s",
         report.tensors.len(),

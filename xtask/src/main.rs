@@ -7,6 +7,8 @@ mod cmd_eval;
 mod cmd_generate;
 mod cmd_import;
 mod cmd_inspect;
+mod cmd_mixed;
+mod cmd_prune;
 mod cmd_quantize;
 mod common;
 mod pipeline;
@@ -15,6 +17,8 @@ mod stage_baseline;
 mod stage_data;
 mod stage_final;
 mod stage_kernels;
+mod stage_mixed;
+mod stage_prune;
 mod stage_quant;
 mod svg;
 
@@ -41,6 +45,10 @@ enum Cmd {
     Inspect(cmd_inspect::InspectArgs),
     /// Quantize a checkpoint to packed INT4/INT8.
     Quantize(cmd_quantize::QuantizeArgs),
+    /// Structured pruning (experts, channels, heads) with recovery by distillation.
+    Prune(cmd_prune::PruneArgs),
+    /// Per-tensor F16/INT8/INT4 from measured sensitivity under a size or ΔPPL budget.
+    Mixed(cmd_mixed::MixedArgs),
     /// Training tokens/s of the SsmMoe baseline per scan formulation and burn backend.
     #[command(name = "bench-train")]
     BenchTrain(cmd_bench_train::BenchTrainArgs),
@@ -52,21 +60,52 @@ enum Cmd {
     Bench(cmd_bench::BenchArgs),
 }
 
+/// The pipeline's log file, `<report_dir>/<run>_pipeline.log` (appended; info level and up).
+fn pipeline_log(a: &pipeline::PipelineArgs) -> Option<std::fs::File> {
+    let cfg = pipeline::PipelineConfig::load(&a.config).ok()?;
+    std::fs::create_dir_all(&cfg.run.report_dir).ok()?;
+    let path = cfg
+        .run
+        .report_dir
+        .join(format!("{}_pipeline.log", cfg.run.name));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()
+}
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::prelude::*;
+    let cli = Cli::parse();
+    let log_file = match &cli.cmd {
+        Cmd::Pipeline(a) if !a.dry_run => pipeline_log(a),
+        _ => None,
+    };
+    let stderr_layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("SQUISH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+        );
+    let file_layer = log_file.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(stderr_layer)
+        .with(file_layer)
         .init();
-    let cli = Cli::parse();
     let result = match &cli.cmd {
         Cmd::ImportLlama2c(a) => cmd_import::run(a),
         Cmd::Eval(a) => cmd_eval::run(a),
         Cmd::Generate(a) => cmd_generate::run(a),
         Cmd::Inspect(a) => cmd_inspect::run(a),
         Cmd::Quantize(a) => cmd_quantize::run(a),
+        Cmd::Mixed(a) => cmd_mixed::run(a),
+        Cmd::Prune(a) => cmd_prune::run(a),
         Cmd::Pipeline(a) => pipeline::run(a),
         Cmd::BenchTrain(a) => cmd_bench_train::run(a),
         Cmd::Diagnose(a) => cmd_diagnose::run(a),

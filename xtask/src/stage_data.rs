@@ -144,10 +144,16 @@ pub fn load_input(ctx: &Ctx, input_stage: &str) -> Result<StageInput> {
             path.display()
         );
     }
+    load_input_from(&path, &ctx.cfg.data, &fallback_dir(ctx))
+}
+
+/// Loads the checkpoint `path` and the corpus (found per `d`, else generated in `fallback`),
+/// tokenized by the checkpoint's tokenizer.
+pub fn load_input_from(path: &Path, d: &DataConfig, fallback: &Path) -> Result<StageInput> {
+    let path = path.to_path_buf();
     let loaded = load_checkpoint(&path)?;
     let sha256 = fsutil::sha256_file(&path)?;
-    let d = &ctx.cfg.data;
-    let corpus = locate_corpus(d.data_dir.as_deref(), &fallback_dir(ctx))?;
+    let corpus = locate_corpus(d.data_dir.as_deref(), fallback)?;
     let mut train_text = read_text(&corpus.train)?;
     truncate_at(&mut train_text, d.train_limit_bytes);
     let mut valid_text = read_text(&corpus.valid)?;
@@ -202,7 +208,7 @@ pub struct Measured {
 
 /// Saves `ckpt` (tokenizer copied beside it) to `out` and measures it with the native runtime.
 pub fn save_and_measure(
-    ctx: &Ctx,
+    d: &DataConfig,
     input: &StageInput,
     mut ckpt: Checkpoint,
     out: &Path,
@@ -221,12 +227,17 @@ pub fn save_and_measure(
     }
     ckpt.tokenizer = Some(place_tokenizer(&tsrc, out)?);
     checkpoint::save(&ckpt, out).with_context(|| format!("writing {}", out.display()))?;
-    let m = measure(ctx, input, &ckpt, out)?;
+    let m = measure(d, input, &ckpt, out)?;
     Ok((ckpt, m))
 }
 
 /// Measures a saved checkpoint: bytes, parameters, native PPL, greedy sample.
-pub fn measure(ctx: &Ctx, input: &StageInput, ckpt: &Checkpoint, path: &Path) -> Result<Measured> {
+pub fn measure(
+    d: &DataConfig,
+    input: &StageInput,
+    ckpt: &Checkpoint,
+    path: &Path,
+) -> Result<Measured> {
     let mut formats = BTreeMap::new();
     for (_, t) in ckpt.weights.iter() {
         *formats.entry(t.format_name().to_string()).or_insert(0) += 1;
@@ -237,7 +248,7 @@ pub fn measure(ctx: &Ctx, input: &StageInput, ckpt: &Checkpoint, path: &Path) ->
     let ppl = perplexity(
         &mut rt,
         &input.valid,
-        ctx.cfg.data.eval_ctx,
+        d.eval_ctx,
         tok.bos_id(),
         8,
         |done, total| {
@@ -246,7 +257,7 @@ pub fn measure(ctx: &Ctx, input: &StageInput, ckpt: &Checkpoint, path: &Path) ->
         },
     )?;
     pb.finish_and_clear();
-    let sample = greedy_native(&mut rt, tok, ctx.cfg.data.sample_tokens)?;
+    let sample = greedy_native(&mut rt, tok, d.sample_tokens)?;
     Ok(Measured {
         checkpoint: path.to_path_buf(),
         sha256: fsutil::sha256_file(path)?,

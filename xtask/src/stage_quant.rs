@@ -5,11 +5,16 @@
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use squish_core::checkpoint::Checkpoint;
+use squish_core::tokenizer::Tokenizer;
+use squish_core::train::TrainConfig;
 use squish_quant::{
-    Calibration, GptqConfig, Method, MseConfig, QuantConfig, QuantFormat, QuantReport, SmallFormat,
-    quantize_checkpoint,
+    Calibration, GptqConfig, Method, MseConfig, QatConfig, QatData, QatInit, QatScales,
+    QuantConfig, QuantFormat, QuantReport, SmallFormat, qat_checkpoint, quantize_checkpoint,
 };
+use std::collections::BTreeMap;
 
+use crate::common::progress_bar;
 use crate::pipeline::Ctx;
 use crate::stage_data::{
     Measured, StageInput, load_input, reference_ppl, sample_md, save_and_measure, summary_json,
@@ -51,6 +56,63 @@ pub struct QuantSettings {
     /// Storage of the small tensors (norms, SSM A_log/D/conv/dt bias): `f32` or `f16`.
     #[serde(default)]
     pub small: SmallFormat,
+    /// QAT fine-tuning (`[...quant.qat]`), required when `method = "qat"`.
+    #[serde(default)]
+    pub qat: Option<QatSettings>,
+}
+
+/// Quantization-aware training: fake-quant + straight-through estimator, distillation from the
+/// F32 model, export on the same grid (squish-quant's `qat_checkpoint`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QatSettings {
+    /// Training (`distill_alpha = 1.0` = pure KL to the F32 teacher).
+    pub train: TrainConfig,
+    /// Latent starting point: `f32`, `rtn`, `mse`, `gptq`.
+    #[serde(default)]
+    pub init: QatInit,
+    /// Scale rule at every step and at export.
+    #[serde(default)]
+    pub scales: QatScales,
+}
+
+/// Runs QAT of `ckpt` with `quant` (default format / tensor selection) and per-tensor
+/// overrides; returns the packed checkpoint and its report.
+pub fn run_qat(
+    input: &StageInput,
+    ckpt: &Checkpoint,
+    quant: QuantConfig,
+    per_tensor: BTreeMap<String, Option<QuantFormat>>,
+    q: &QatSettings,
+) -> Result<(Checkpoint, QuantReport)> {
+    let cfg = QatConfig {
+        quant,
+        per_tensor,
+        train: q.train.clone(),
+        init: q.init,
+        scales: q.scales.clone(),
+        ..QatConfig::default()
+    };
+    let calib = if q.init == QatInit::Gptq || matches!(q.scales, QatScales::Mse(_)) {
+        Some(calibrate(input, ckpt)?)
+    } else {
+        None
+    };
+    let data = QatData {
+        train: &input.train,
+        valid: &input.valid,
+        bos: input.loaded.tokenizer.bos_id(),
+    };
+    let pb = progress_bar(q.train.steps as u64, "qat");
+    let out = qat_checkpoint(ckpt, &cfg, &data, calib.as_ref(), &mut |p| {
+        pb.set_position(p.step as u64);
+        pb.set_message(format!("loss {:.4}", p.loss));
+        if p.valid_nats.is_some() {
+            tracing::info!(step = p.step, loss = p.loss, valid = p.valid_nats, "qat");
+        }
+    })?;
+    pb.finish_and_clear();
+    Ok(out)
 }
 
 fn default_reference() -> String {
@@ -73,7 +135,7 @@ impl QuantSettings {
     /// The squish-quant configuration these settings describe for `ckpt`: linear weights whose
     /// rows are narrower than the group (SsmMoe `dt_proj`, `[d_inner, dt_rank]`) stay unquantized
     /// — squish-quant refuses a group wider than the row rather than pad it.
-    pub fn quant_config_for(&self, ckpt: &squish_core::checkpoint::Checkpoint) -> Result<QuantConfig> {
+    pub fn quant_config_for(&self, ckpt: &Checkpoint) -> Result<QuantConfig> {
         let mut c = self.quant_config()?;
         if self.group > 0 {
             for (name, t) in ckpt.weights.iter() {
@@ -95,8 +157,8 @@ impl QuantSettings {
         let method = match self.method.as_str() {
             "rtn" => Method::Rtn,
             "mse" => Method::Mse(MseConfig::default()),
-            "gptq" => Method::Gptq(GptqConfig::default()),
-            other => bail!("quantization method `{other}`: expected rtn, mse or gptq"),
+            "gptq" | "qat" => Method::Gptq(GptqConfig::default()),
+            other => bail!("quantization method `{other}`: expected rtn, mse, gptq or qat"),
         };
         let mut c = QuantConfig::new(format, method);
         c.quantize_embedding = self.quantize_embedding;
@@ -106,7 +168,7 @@ impl QuantSettings {
 
     /// Whether the method needs calibration statistics.
     pub fn needs_calibration(&self) -> bool {
-        self.method != "rtn"
+        self.method == "mse" || self.method == "gptq"
     }
 
     /// The equivalent command line.
@@ -132,31 +194,44 @@ impl QuantSettings {
     }
 }
 
-/// Calibration statistics of the input model on its calibration windows.
-pub fn calibrate(input: &StageInput) -> Result<Calibration> {
+/// Calibration statistics of `ckpt` (F32) on the input's calibration windows.
+pub fn calibrate(input: &StageInput, ckpt: &Checkpoint) -> Result<Calibration> {
     let device = squish_core::model::CpuBackend::default().device();
-    Calibration::collect(&input.loaded.ckpt, &input.calib, &device)
-        .context("collecting calibration statistics")
+    Calibration::collect(ckpt, &input.calib, &device).context("collecting calibration statistics")
 }
 
-/// Quantizes `input`'s checkpoint with `settings`, saves it to `out` and measures it.
+/// Quantizes `ckpt` (the F32 checkpoint with sha256 `parent_sha`, tokenized data from `input`)
+/// with `settings`, saves it to `out` and measures it.
 pub fn quantize_and_measure(
     ctx: &Ctx,
     input: &StageInput,
+    ckpt: &Checkpoint,
+    parent_sha: &str,
     settings: &QuantSettings,
     stage: &str,
     out: &std::path::Path,
 ) -> Result<(QuantReport, Measured)> {
-    let cfg = settings.quant_config_for(&input.loaded.ckpt)?;
-    let calib = if settings.needs_calibration() {
-        Some(calibrate(input)?)
+    let cfg = settings.quant_config_for(ckpt)?;
+    let (mut q, mut report) = if settings.method == "qat" {
+        let qs = settings
+            .qat
+            .as_ref()
+            .context("method = \"qat\" needs a [..quant.qat] table with its training settings")?;
+        // QAT falls back to per-row where the group is wider than the row by itself.
+        let mut cfg = cfg;
+        cfg.keep.clear();
+        run_qat(input, ckpt, cfg, BTreeMap::new(), qs)?
     } else {
-        None
+        let calib = if settings.needs_calibration() {
+            Some(calibrate(input, ckpt)?)
+        } else {
+            None
+        };
+        quantize_checkpoint(ckpt, &cfg, calib.as_ref())?
     };
-    let (mut q, mut report) = quantize_checkpoint(&input.loaded.ckpt, &cfg, calib.as_ref())?;
     q.provenance.stage = stage.into();
-    q.provenance.parent_sha256 = Some(input.sha256.clone());
-    let (_, m) = save_and_measure(ctx, input, q, out)?;
+    q.provenance.parent_sha256 = Some(parent_sha.to_string());
+    let (_, m) = save_and_measure(&ctx.cfg.data, input, q, out)?;
     report.finish_row(
         m.file_bytes,
         Some(m.ppl.ppl),
@@ -175,7 +250,15 @@ pub fn run(
     let t0 = std::time::Instant::now();
     let input = load_input(ctx, &c.input)?;
     let out = ctx.checkpoint_path(stage);
-    let (report, m) = quantize_and_measure(ctx, &input, &c.quant, stage, &out)?;
+    let (report, m) = quantize_and_measure(
+        ctx,
+        &input,
+        &input.loaded.ckpt,
+        &input.sha256,
+        &c.quant,
+        stage,
+        &out,
+    )?;
     let reference = reference_ppl(ctx, &c.reference);
     let seconds = t0.elapsed().as_secs_f64();
     println!(

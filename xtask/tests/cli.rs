@@ -107,42 +107,109 @@ fn missing_files_are_clear_errors() {
     );
 }
 
-/// Same config and seed → byte-identical checkpoint (issue: determinism), on the smoke config.
-#[test]
-fn smoke_pipeline_is_deterministic() {
+/// The smoke config written to a fresh directory (checkpoints and reports inside it).
+fn smoke_config_in(d: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let text = std::fs::read_to_string(root.join("configs/smoke.toml")).unwrap();
-    let mut shas = Vec::new();
-    for run in ["a", "b"] {
-        let d = tmp(&format!("det-{run}"));
-        let cfg = text
-            .replace(
-                "checkpoint_dir = \"checkpoints/smoke\"",
-                &format!("checkpoint_dir = \"{}\"", d.join("ck").display()),
-            )
-            .replace(
-                "report_dir = \"reports\"",
-                &format!("report_dir = \"{}\"", d.join("rep").display()),
-            );
-        let p = d.join("smoke.toml");
-        std::fs::write(&p, cfg).unwrap();
-        let out = xtask()
-            .args(["pipeline", "--config", p.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+    let cfg = text
+        .replace(
+            "checkpoint_dir = \"checkpoints/smoke\"",
+            &format!("checkpoint_dir = \"{}\"", d.join("ck").display()),
+        )
+        .replace(
+            "report_dir = \"reports\"",
+            &format!("report_dir = \"{}\"", d.join("rep").display()),
         );
-        shas.push(
-            squish_core::fsutil::sha256_file(&d.join("ck/baseline/model.safetensors")).unwrap(),
-        );
-        std::fs::remove_dir_all(d).unwrap();
-    }
-    assert_eq!(
-        shas[0], shas[1],
-        "two runs of the same config gave different checkpoints"
+    let p = d.join("smoke.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+/// sha256 of every checkpoint the smoke pipeline writes.
+fn checkpoint_shas(d: &Path) -> Vec<(String, String)> {
+    [
+        "baseline",
+        "int4_native",
+        "pruned",
+        "pruned/int4",
+        "mixed_precision",
+    ]
+    .iter()
+    .map(|s| {
+        let p = d.join("ck").join(s).join("model.safetensors");
+        let sha =
+            squish_core::fsutil::sha256_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        (s.to_string(), sha)
+    })
+    .collect()
+}
+
+fn run_ok(cfg: &Path) -> String {
+    let out = xtask()
+        .args(["pipeline", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Same config and seed → byte-identical checkpoints from every stage (determinism); and a run
+/// killed with SIGKILL in the middle of the `pruned` stage, then rerun, ends with the same
+/// checkpoints as the uninterrupted run (resumability: atomic writes + stage stamps).
+#[test]
+fn smoke_pipeline_is_deterministic_and_resumes_after_sigkill() {
+    use std::io::{BufRead, BufReader};
+    let a = tmp("det-a");
+    let cfg_a = smoke_config_in(&a);
+    let first = run_ok(&cfg_a);
+    assert!(first.contains("[final_report] done"), "{first}");
+    let shas_a = checkpoint_shas(&a);
+
+    let b = tmp("det-b");
+    let cfg_b = smoke_config_in(&b);
+    let mut child = xtask()
+        .args(["pipeline", "--config", cfg_b.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut killed_in_pruned = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.contains("[pruned] running") {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            child.kill().unwrap(); // SIGKILL on Unix
+            killed_in_pruned = true;
+            break;
+        }
+    }
+    child.wait().unwrap();
+    assert!(
+        killed_in_pruned,
+        "the pipeline never reached the pruned stage"
+    );
+    let rerun = run_ok(&cfg_b);
+    assert!(
+        rerun.contains("[baseline] up to date"),
+        "finished stages must not rerun: {rerun}"
+    );
+    assert!(rerun.contains("[pruned] running"), "{rerun}");
+    assert_eq!(
+        checkpoint_shas(&b),
+        shas_a,
+        "an interrupted and resumed run must end with the uninterrupted run's checkpoints"
+    );
+    let third = run_ok(&cfg_b);
+    assert!(
+        !third.contains("running"),
+        "third run must skip everything: {third}"
+    );
+    std::fs::remove_dir_all(a).unwrap();
+    std::fs::remove_dir_all(b).unwrap();
 }

@@ -160,31 +160,48 @@ fn header_length_beyond_the_file_is_rejected_before_allocating() {
     assert!(e.contains("header length") && e.contains("exceeds"), "{e}");
 }
 
+/// Replaces the `squish.quant` metadata string.
+fn with_quant(bytes: &[u8], quant: &str) -> Vec<u8> {
+    edit_header(bytes, |h| {
+        h["__metadata__"]["squish.quant"] = serde_json::Value::String(quant.into())
+    })
+}
+
+#[test]
+fn header_is_compact_and_describes_only_quantized_tensors() {
+    let bytes = checkpoint::to_bytes(&sample_checkpoint()).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let md = meta.metadata().clone().unwrap();
+    assert_eq!(md["squish.format"], "2");
+    assert_eq!(md["squish.quant"], "4/172/32,8/17/16");
+    assert!(!md.contains_key("squish.tensors"));
+    assert!(!md["squish.provenance"].contains("null"));
+    let mut ck = sample_checkpoint();
+    ck.weights
+        .insert("x.scales", WeightTensor::f32(vec![1], vec![1.0]).unwrap());
+    let e = checkpoint::to_bytes(&ck).unwrap_err().to_string();
+    assert!(e.contains("reserved"), "{e}");
+}
+
 #[test]
 fn dtype_or_shape_disagreeing_with_metadata_is_rejected() {
     let bytes = checkpoint::to_bytes(&sample_checkpoint()).unwrap();
-    let forged = edit_header(&bytes, |h| {
-        let meta = h["__metadata__"]["squish.tensors"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let mut t: serde_json::Value = serde_json::from_str(&meta).unwrap();
-        t["a.weight"]["shape"] = serde_json::json!([3, 2]);
-        h["__metadata__"]["squish.tensors"] = serde_json::Value::String(t.to_string());
-    });
-    let e = err_of(&forged);
-    assert!(e.contains("a.weight") && e.contains("metadata says"), "{e}");
-    let forged = edit_header(&bytes, |h| {
-        let meta = h["__metadata__"]["squish.tensors"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let mut t: serde_json::Value = serde_json::from_str(&meta).unwrap();
-        t["b.weight"]["format"] = serde_json::json!("f32");
-        h["__metadata__"]["squish.tensors"] = serde_json::Value::String(t.to_string());
-    });
-    let e = err_of(&forged);
-    assert!(e.contains("b.weight") && e.contains("F16"), "{e}");
+    // A width that changes the packed row bytes.
+    let e = err_of(&with_quant(&bytes, "4/170/32,8/17/16"));
+    assert!(e.contains("c.weight") && e.contains("metadata says"), "{e}");
+    // INT8 claimed for INT4 codes.
+    let e = err_of(&with_quant(&bytes, "8/172/32,8/17/16"));
+    assert!(e.contains("c.weight") && e.contains("[3, 172]"), "{e}");
+    // A group that disagrees with the stored scales.
+    let e = err_of(&with_quant(&bytes, "4/172/64,8/17/16"));
+    assert!(
+        e.contains("c.weight.scales") && e.contains("metadata says"),
+        "{e}"
+    );
+    // Group wider than the row, malformed entries.
+    assert!(err_of(&with_quant(&bytes, "4/172/200,8/17/16")).contains("group 200"));
+    assert!(err_of(&with_quant(&bytes, "4/172,8/17/16")).contains("bits/cols/group"));
+    assert!(err_of(&with_quant(&bytes, "5/172/32,8/17/16")).contains("5 bits"));
 }
 
 #[test]
@@ -224,18 +241,49 @@ fn unknown_format_version_is_rejected() {
 #[test]
 fn undescribed_or_missing_tensors_are_rejected() {
     let bytes = checkpoint::to_bytes(&sample_checkpoint()).unwrap();
+    // One quantized tensor left undescribed.
+    let e = err_of(&with_quant(&bytes, "4/172/32"));
+    assert!(e.contains("squish.quant describes 1"), "{e}");
+    // A scales entry without its qweight is an orphan.
     let forged = edit_header(&bytes, |h| {
-        let meta = h["__metadata__"]["squish.tensors"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let mut t: serde_json::Value = serde_json::from_str(&meta).unwrap();
-        t.as_object_mut().unwrap().remove("b.weight");
-        h["__metadata__"]["squish.tensors"] = serde_json::Value::String(t.to_string());
+        let o = h.as_object_mut().unwrap();
+        let v = o.remove("b.weight").unwrap();
+        o.insert("b.weight.scales".into(), v);
     });
-    assert!(err_of(&forged).contains("not described"));
+    let e = err_of(&forged);
+    assert!(
+        e.contains("b.weight.scales") && e.contains("not described"),
+        "{e}"
+    );
+    // A plain tensor must be F32 or F16.
+    let forged = edit_header(&bytes, |h| {
+        let o = h.as_object_mut().unwrap();
+        let v = o.remove("d.weight.zeros").unwrap();
+        o.insert("z.weight".into(), v);
+    });
+    let e = err_of(&forged);
+    assert!(e.contains("z.weight") && e.contains("F32 or F16"), "{e}");
     let forged = edit_header(&bytes, |h| {
         h["__metadata__"]["squish.config"] = serde_json::json!("{\"arch\":\"llama\",\"dim\":8}");
     });
     assert!(err_of(&forged).contains("squish.config"));
+}
+
+#[test]
+fn version_1_files_are_still_read() {
+    let ck = sample_checkpoint();
+    let bytes = checkpoint::to_bytes(&ck).unwrap();
+    let v1 = edit_header(&bytes, |h| {
+        let md = &mut h["__metadata__"];
+        md["squish.format"] = serde_json::json!("1");
+        md.as_object_mut().unwrap().remove("squish.quant");
+        let tensors = serde_json::json!({
+            "a.weight": {"format": "f32", "shape": [2, 3]},
+            "b.weight": {"format": "f16", "shape": [4]},
+            "c.weight": {"format": "q4", "shape": [3, 172], "group": 32, "asym": false},
+            "d.weight": {"format": "q8", "shape": [2, 17], "group": 16, "asym": true},
+        });
+        md["squish.tensors"] = serde_json::Value::String(tensors.to_string());
+    });
+    assert_eq!(checkpoint::load_bytes(&v1).unwrap(), ck);
 }

@@ -9,6 +9,9 @@
 //!   [`Ops::swiglu_matmul`]) and the Mamba selective-scan step.
 //! * [`SimdLevel`]: scalar / AVX2 / AVX-512 (+VNNI) / NEON chosen at run time;
 //!   `SQUISH_SIMD=scalar|avx2|avx512` forces a lower path.
+//! * INT4 × int8 activations on AVX2 use a row-interleaved copy of the codes
+//!   (8 rows per 32-byte load, no horizontal sums; `interleave.rs`,
+//!   `avx2/q4il.rs`), built at pack time.
 //!
 //! * [`runtime::Runtime`]: the native inference runtime for both model families
 //!   (Llama, SsmMoe) built on these kernels.
@@ -27,6 +30,7 @@
 
 mod dispatch;
 mod error;
+mod interleave;
 mod matmul;
 mod ops;
 mod pack;
@@ -42,6 +46,8 @@ mod avx512;
 mod neon;
 #[cfg(target_arch = "x86_64")]
 mod ops_avx2;
+#[cfg(target_arch = "x86_64")]
+mod stage_avx2;
 
 pub use dispatch::{SimdLevel, vnni_supported};
 pub use error::{KernelError, Result};

@@ -103,7 +103,8 @@ pub(crate) fn stage<'s>(
 ) -> Staged<'s> {
     let q8 = opts.act == Activations::Int8 && matches!(w.repr, Repr::Quant(_));
     if q8 {
-        scratch.stage_q8(w, x, n, opts.norm)
+        let simd = SimdLevel::resolve(opts.level) >= SimdLevel::Avx2;
+        scratch.stage_q8(w, x, n, opts.norm, simd)
     } else {
         scratch.stage_f32(w, x, n, opts.norm)
     }
@@ -229,6 +230,10 @@ pub(crate) fn run_rows(
                 // SAFETY: AVX-512 F/BW/VL + VNNI were detected.
                 SimdLevel::Avx512 if crate::dispatch::vnni_supported() => unsafe {
                     return crate::avx512::q8_rows(q, xq, ld, a, b, n, r0, r1, y, ldy);
+                },
+                // SAFETY: Avx2 or Avx512 level implies AVX2+FMA+F16C were detected.
+                SimdLevel::Avx2 | SimdLevel::Avx512 if q.bits == 4 => unsafe {
+                    return crate::avx2::q4il_rows(q, w.out, xq, ld, a, b, n, r0, r1, y, ldy);
                 },
                 // SAFETY: Avx2 or Avx512 level implies AVX2+FMA+F16C were detected.
                 SimdLevel::Avx2 | SimdLevel::Avx512 => unsafe {

@@ -112,6 +112,8 @@ pub(crate) struct QuantRepr {
     pub zs: Vec<f32>,
     /// `[out, n_groups]` unsigned zero points.
     pub zeros: Vec<u8>,
+    /// INT4 only: row-interleaved copy for the int8-activation GEMV (empty for INT8).
+    pub il: crate::interleave::Interleaved,
 }
 
 impl QuantRepr {
@@ -140,7 +142,7 @@ pub(crate) enum Repr {
     F32(Vec<f32>),
     /// `[out, inp]` f16 bit patterns.
     F16(Vec<u16>),
-    Quant(QuantRepr),
+    Quant(Box<QuantRepr>),
 }
 
 /// A weight matrix `W [out, inp]` repacked for the kernels.
@@ -300,7 +302,7 @@ impl PackedWeight {
             .zip(&zeros_u)
             .map(|(s, z)| s * *z as f32)
             .collect();
-        let q = QuantRepr {
+        let mut q = QuantRepr {
             format,
             bits,
             group,
@@ -312,11 +314,15 @@ impl PackedWeight {
             scales: scales_f,
             zs,
             zeros: zeros_u,
+            il: Default::default(),
         };
+        if bits == 4 {
+            q.il = crate::interleave::Interleaved::build(&q, out);
+        }
         Ok(PackedWeight {
             out,
             inp,
-            repr: Repr::Quant(q),
+            repr: Repr::Quant(Box::new(q)),
         })
     }
 

@@ -153,7 +153,10 @@ impl Scratch {
         x: &[f32],
         n: usize,
         norm: Option<RmsNorm<'_>>,
+        simd: bool,
     ) -> Staged<'s> {
+        // AVX2 helpers are bit-identical to the scalar loops (see `stage_avx2`).
+        let simd = simd && cfg!(target_arch = "x86_64");
         let Repr::Quant(q) = &w.repr else {
             unreachable!("stage_q8 is only called for quantized weights")
         };
@@ -162,7 +165,7 @@ impl Scratch {
         grow(&mut self.xq, n * ld);
         grow(&mut self.a, n * ng);
         grow(&mut self.b, n * ng);
-        let mut blk = [0f32; 1024]; // normalized block (groups longer than this are done in pieces)
+        let mut blk = [0f32; 256]; // normalized block (groups longer than this are done in pieces)
         for t in 0..n {
             let src = &x[t * inp..(t + 1) * inp];
             let inv = norm.map(|nm| inv_rms(src, nm.eps));
@@ -178,7 +181,7 @@ impl Scratch {
                 while c < c1 {
                     let m = (c1 - c).min(blk.len());
                     load_block(&mut blk[..m], src, c, norm, inv);
-                    amax = blk[..m].iter().fold(amax, |m, v| m.max(v.abs()));
+                    amax = absmax(&blk[..m], amax, simd);
                     c += m;
                 }
                 let a = amax / 127.0;
@@ -189,7 +192,22 @@ impl Scratch {
                 while c < c1 {
                     let m = (c1 - c).min(blk.len());
                     load_block(&mut blk[..m], src, c, norm, inv);
-                    for (k, v) in blk[..m].iter().enumerate() {
+                    // 8-element runs (j ≡ 0 mod 8) are contiguous in the staged row.
+                    let mut k0 = 0;
+                    #[cfg(target_arch = "x86_64")]
+                    if simd {
+                        while k0 + 8 <= m && (c - c0 + k0).is_multiple_of(8) {
+                            let j = c - c0 + k0;
+                            let p = q.q8_pos(g * cpg + j / CHUNK, j % CHUNK);
+                            // SAFETY: AVX2 was detected (`simd`); 8 floats at k0
+                            // and 8 bytes at p (a run of one chunk half) exist.
+                            sum += unsafe {
+                                crate::stage_avx2::quant8(&blk[k0..k0 + 8], qi, &mut row[p..p + 8])
+                            };
+                            k0 += 8;
+                        }
+                    }
+                    for (k, v) in blk[..m].iter().enumerate().skip(k0) {
                         // Round half away from zero (cheap cast instead of libm `round`).
                         let r = v * qi;
                         let qv = ((r + 0.5f32.copysign(r)) as i32).clamp(-127, 127) as i8;
@@ -223,6 +241,17 @@ fn load_block(blk: &mut [f32], src: &[f32], c: usize, norm: Option<RmsNorm<'_>>,
         }
         _ => blk.copy_from_slice(&src[c..c + m]),
     }
+}
+
+/// `max(init, max |v|)`, vectorised when `simd` (exact either way).
+fn absmax(v: &[f32], init: f32, simd: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when AVX2 was detected.
+        return unsafe { crate::stage_avx2::absmax(v, init) };
+    }
+    let _ = simd;
+    v.iter().fold(init, |m, x| m.max(x.abs()))
 }
 
 /// `1 / sqrt(mean(x²) + eps)`.

@@ -138,7 +138,11 @@ fn threads_match_single() {
                 };
                 w.matmul_opts(&x, n, &mut y, &mut Scratch::new(), &opts)
                     .unwrap();
-                assert_eq!(y, base, "seed {seed} threads {threads}");
+                assert!(
+                    y == base,
+                    "seed {seed} threads {threads} act {act:?} {out}x{inp} n={n} fmt {:?}",
+                    w.quant_format()
+                );
             }
         }
     }

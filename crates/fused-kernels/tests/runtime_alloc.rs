@@ -9,15 +9,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rt_common::*;
 use squish_core::config::{LlamaConfig, ModelConfig, SsmMoeConfig};
 use squish_core::model::ssm_moe_weights::init_weights;
+use squish_kernels::Activations;
 use squish_kernels::runtime::{Runtime, RuntimeOptions};
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// Only the measuring thread counts (the test harness's main thread may
+    /// allocate at any time).
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn note() {
+    if COUNTING.with(|c| c.get()) {
+        ALLOCS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 // SAFETY: forwards to the system allocator; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        note();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(l) }
     }
@@ -26,7 +39,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        note();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(p, l, n) }
     }
@@ -35,18 +48,33 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Allocations made by this thread while `f` runs.
 fn count(f: impl FnOnce()) -> usize {
     let before = ALLOCS.load(Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
     f();
+    COUNTING.with(|c| c.set(false));
     ALLOCS.load(Ordering::SeqCst) - before
 }
 
 fn check(cfg: ModelConfig, w: &squish_core::checkpoint::Weights, vocab: usize) {
+    for act in [Activations::F32, Activations::Int8] {
+        check_act(&cfg, w, vocab, act);
+    }
+}
+
+fn check_act(
+    cfg: &ModelConfig,
+    w: &squish_core::checkpoint::Weights,
+    vocab: usize,
+    act: Activations,
+) {
     let mut rt = Runtime::from_weights(
-        &cfg,
+        cfg,
         w,
         RuntimeOptions {
             max_batch: 32,
+            act,
             ..RuntimeOptions::default()
         },
     )
@@ -60,13 +88,13 @@ fn check(cfg: ModelConfig, w: &squish_core::checkpoint::Weights, vocab: usize) {
             rt.step(t).unwrap();
         }
     });
-    assert_eq!(n, 0, "{} allocations in 57 decode steps", n);
+    assert_eq!(n, 0, "{n} allocations in 57 decode steps ({act:?})");
     rt.reset();
     let n = count(|| {
         rt.prefill(&toks[..32]).unwrap();
         rt.prefill(&toks[32..64]).unwrap();
     });
-    assert_eq!(n, 0, "{} allocations in prefill", n);
+    assert_eq!(n, 0, "{n} allocations in prefill ({act:?})");
 }
 
 #[test]

@@ -1,2 +1,45 @@
-//! squish-mixed: mixed precision (work in progress).
+//! squish-mixed: per-tensor storage formats (F32/F16/INT8/INT4) chosen from *measured*
+//! sensitivity under a byte budget.
+//!
+//! 1. **Variants** ([`candidates`]): every quantizable tensor in every candidate format, with the
+//!    calibration-aware method (GPTQ vs weighted MSE, best layer-output error; MSE vs RTN without
+//!    statistics). These exact bytes are measured *and* stored.
+//! 2. **Sensitivity** ([`sensitivity`]): the calibration loss with only that tensor changed, on
+//!    the native runtime: mean KL(F32 ‖ candidate) and Δnats per token. Cached as JSON keyed by
+//!    checkpoint, calibration, statistics and candidates.
+//! 3. **Allocation** ([`solve`]): an exact multiple-choice knapsack DP over bytes; its last row
+//!    is the whole frontier, so "least loss under N bytes" and the dual "fewest bytes with loss ≤
+//!    X" come from one table. The real file size (`checkpoint::to_bytes`, header included) is
+//!    checked and the budget tightened until it fits ([`budget`]).
+//! 4. **Check**: measured perplexity of the chosen mix vs the prediction (sum of per-tensor
+//!    Δnats), a fitted additivity factor, the HAWQ-style proxy's Spearman ρ, and the Pareto
+//!    frontier with uniform INT4/INT8 points ([`report`], SVG by [`frontier_svg`]).
+//!
+//! ```no_run
+//! use squish_mixed::{Budget, MixedConfig, MixedData, mixed_checkpoint, frontier_svg};
+//! let ckpt = squish_core::checkpoint::load("checkpoints/stories260k/f32.safetensors".as_ref())?;
+//! let calib: Vec<Vec<u32>> = vec![/* 256-token windows, BOS first */];
+//! let valid: Vec<u32> = vec![/* tokenized valid.txt */];
+//! let cfg = MixedConfig { budget: Budget::Bytes(174_376), ..MixedConfig::default() };
+//! let data = MixedData { calib: &calib, valid: &valid, bos: 1 };
+//! let (mixed, report) = mixed_checkpoint(&ckpt, &cfg, &data, None, &mut |_| {})?;
+//! squish_core::checkpoint::save(&mixed, "out/mixed.safetensors".as_ref())?;
+//! std::fs::write("out/frontier.svg", frontier_svg(&report)).unwrap();
+//! # Ok::<(), squish_core::Error>(())
+//! ```
 #![deny(missing_docs)]
+
+mod budget;
+pub mod candidates;
+pub mod config;
+pub mod mix;
+pub mod pipeline;
+pub mod report;
+pub mod sensitivity;
+pub mod solve;
+pub mod svg;
+
+pub use config::{Budget, CandidateFormat, MixedConfig, Objective, default_candidates};
+pub use pipeline::{MixedData, MixedEvent, mixed_checkpoint};
+pub use report::{FrontierPoint, MixedReport, PointKind, TensorChoice};
+pub use svg::frontier_svg;

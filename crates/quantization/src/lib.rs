@@ -7,6 +7,8 @@
 //! - [`calibration`]: per-linear input statistics (`XᵀX`, `Σ|x|`) from `forward_captured`.
 //! - [`awq`]: activation-aware per-channel scaling, folded only where exact.
 //! - [`pipeline`]: [`quantize_checkpoint`]; [`report`]: [`QuantReport`].
+//! - [`qat`]: [`qat_checkpoint`] — fake-quant fine-tuning with distillation ([`qat_net`]: the
+//!   straight-through network; [`qat_export`]: the packed export on the same grid).
 //!
 //! ```no_run
 //! use squish_quant::{Method, QuantConfig, QuantFormat, quantize_checkpoint};
@@ -25,6 +27,9 @@ pub mod gptq;
 pub mod grid;
 pub mod mse;
 pub mod pipeline;
+pub mod qat;
+pub mod qat_export;
+pub mod qat_net;
 pub mod report;
 pub mod rtn;
 pub mod spec;
@@ -34,6 +39,7 @@ pub use calibration::{Calibration, TensorStats, calibration_windows};
 pub use gptq::GptqConfig;
 pub use mse::MseConfig;
 pub use pipeline::{QuantConfig, SmallFormat, quantize_checkpoint};
+pub use qat::{QatConfig, QatData, QatInit, QatScales, QatSummary, qat_checkpoint};
 pub use report::QuantReport;
 pub use spec::{Method, QuantFormat, QuantSpec, Quantizer};
 

@@ -235,6 +235,7 @@ pub fn quantize_checkpoint(
         kept,
         awq: awq_sites,
         row: TableRow::default(),
+        qat: None,
     };
     Ok((out, report))
 }

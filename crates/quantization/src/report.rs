@@ -82,6 +82,9 @@ pub struct QuantReport {
     pub awq: Vec<AwqSite>,
     /// The results-table row.
     pub row: TableRow,
+    /// What the QAT fine-tuning did (QAT runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qat: Option<crate::qat::QatSummary>,
 }
 
 impl QuantReport {

@@ -46,6 +46,10 @@ pub struct Stages {
     pub baseline: Option<crate::stage_baseline::BaselineStage>,
     /// `int4_native`: packed INT4/INT8 of another stage's checkpoint (squish-quant).
     pub int4_native: Option<crate::stage_quant::QuantStage>,
+    /// `pruned`: structured pruning (squish-prune), optionally followed by INT4.
+    pub pruned: Option<crate::stage_prune::PruneStage>,
+    /// `mixed_precision`: per-tensor formats under a byte budget (squish-mixed).
+    pub mixed_precision: Option<crate::stage_mixed::MixedStage>,
     /// `kernels`: the native runtime's latency on every stage's checkpoint.
     pub kernels: Option<crate::stage_kernels::KernelsStage>,
     /// `final_report`: the success criteria, stage table, samples and plots.
@@ -149,6 +153,16 @@ impl PipelineConfig {
                 .iter()
                 .flat_map(|q| [q.input.clone(), q.reference.clone()])
                 .collect(),
+            "pruned" => s
+                .pruned
+                .iter()
+                .flat_map(|q| [q.input.clone(), q.reference.clone()])
+                .collect(),
+            "mixed_precision" => s
+                .mixed_precision
+                .iter()
+                .flat_map(|q| [q.input.clone(), q.reference.clone()])
+                .collect(),
             "kernels" => s
                 .kernels
                 .iter()
@@ -181,6 +195,8 @@ impl PipelineConfig {
             "diagnostics" => self.stages.diagnostics.is_some(),
             "int4_native" => self.stages.int4_native.is_some(),
             "kernels" => self.stages.kernels.is_some(),
+            "pruned" => self.stages.pruned.is_some(),
+            "mixed_precision" => self.stages.mixed_precision.is_some(),
             "final_report" => self.stages.final_report.is_some(),
             _ => false,
         }

@@ -172,6 +172,7 @@ pub fn run(a: &PipelineArgs) -> Result<()> {
                     "  [{stage}] up to date — skipped (inputs unchanged, fingerprint {})",
                     &fingerprint[..12]
                 );
+                tracing::info!(stage, fingerprint, "up to date, skipped");
             }
             _ => {
                 let why = match (&st, forced) {
@@ -183,10 +184,17 @@ pub fn run(a: &PipelineArgs) -> Result<()> {
                     println!("  [{stage}] would run: {why}");
                 } else {
                     println!("  [{stage}] running: {why}");
+                    tracing::info!(stage, fingerprint, reason = why.as_str(), "stage started");
                     let t0 = std::time::Instant::now();
                     let outputs = stages::run_stage(&ctx, stage, &fingerprint)
                         .with_context(|| format!("stage `{stage}` failed"))?;
                     write_stamp(&ctx, stage, &fingerprint, &outputs)?;
+                    tracing::info!(
+                        stage,
+                        seconds = t0.elapsed().as_secs_f64(),
+                        outputs = outputs.len(),
+                        "stage done"
+                    );
                     println!(
                         "  [{stage}] done in {:.1} s → {}",
                         t0.elapsed().as_secs_f64(),

@@ -25,7 +25,12 @@ fn checkpoint_outputs(ctx: &Ctx, stage: &str, reports: Vec<PathBuf>) -> Vec<Path
 /// The native-runtime summary block of a stage's own checkpoint (import / baseline).
 fn own_summary(ctx: &Ctx, stage: &str, seconds: f64) -> Result<serde_json::Value> {
     let input = load_input(ctx, stage)?;
-    let m = measure(ctx, &input, &input.loaded.ckpt, &input.loaded.path)?;
+    let m = measure(
+        &ctx.cfg.data,
+        &input,
+        &input.loaded.ckpt,
+        &input.loaded.path,
+    )?;
     Ok(summary_json(&m, Some(m.ppl.ppl), seconds))
 }
 
@@ -39,7 +44,7 @@ pub fn fingerprint(ctx: &Ctx, stage: &str) -> Result<String> {
     let v = match stage {
         "import" => {
             let c = s.import.as_ref().expect("validated");
-            json!({"settings": c, "model": file_hash(&c.model)?, "tokenizer": file_hash(&c.tokenizer)?})
+            json!({"settings": c, "model": file_hash(&c.model)?, "tokenizer": file_hash(&c.tokenizer)?, "report": 2, "data": ctx.cfg.data})
         }
         "eval" => {
             let c = s.eval.as_ref().expect("validated");
@@ -70,6 +75,14 @@ pub fn fingerprint(ctx: &Ctx, stage: &str) -> Result<String> {
         }
         "int4_native" => {
             let c = s.int4_native.as_ref().expect("validated");
+            json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?})
+        }
+        "pruned" => {
+            let c = s.pruned.as_ref().expect("validated");
+            json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?})
+        }
+        "mixed_precision" => {
+            let c = s.mixed_precision.as_ref().expect("validated");
             json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?})
         }
         "kernels" => {
@@ -113,6 +126,22 @@ pub fn run_stage(ctx: &Ctx, stage: &str, fingerprint: &str) -> Result<Vec<PathBu
             let (json, md) = crate::stage_quant::run(ctx, stage, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
             Ok(checkpoint_outputs(ctx, stage, vec![rj, rm]))
+        }
+        "pruned" => {
+            let c = ctx.cfg.stages.pruned.as_ref().expect("validated");
+            let (json, md, extra) = crate::stage_prune::run(ctx, stage, c, fingerprint)?;
+            let (rj, rm) = write_report(ctx, stage, &json, &md)?;
+            let mut out = checkpoint_outputs(ctx, stage, vec![rj, rm]);
+            out.extend(extra);
+            Ok(out)
+        }
+        "mixed_precision" => {
+            let c = ctx.cfg.stages.mixed_precision.as_ref().expect("validated");
+            let (json, md, extra) = crate::stage_mixed::run(ctx, stage, c, fingerprint)?;
+            let (rj, rm) = write_report(ctx, stage, &json, &md)?;
+            let mut out = checkpoint_outputs(ctx, stage, vec![rj, rm]);
+            out.extend(extra);
+            Ok(out)
         }
         "kernels" => {
             let c = ctx.cfg.stages.kernels.as_ref().expect("validated");

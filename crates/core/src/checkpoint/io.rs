@@ -19,7 +19,12 @@ use crate::{Error, Result, fsutil};
 /// allocation a forged length could ask for.
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
 
-/// One logical tensor's entry in `squish.tensors`.
+/// Suffixes of the stored parts of a quantized tensor.
+const QUANT_PARTS: [&str; 3] = [".qweight", ".scales", ".zeros"];
+
+/// One logical tensor: its format (`f32`, `f16`, `q4`, `q8`), logical shape, group and symmetry.
+/// Version 2 files derive it from the safetensors entries plus `squish.quant`; version 1 files
+/// stored it as JSON in `squish.tensors`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TensorMeta {
@@ -51,6 +56,12 @@ pub fn to_bytes(ckpt: &Checkpoint) -> Result<Vec<u8>> {
     let mut metas = BTreeMap::new();
     let mut stored: BTreeMap<String, Stored> = BTreeMap::new();
     for (name, t) in ckpt.weights.iter() {
+        if QUANT_PARTS.iter().any(|p| name.ends_with(p)) {
+            return Err(Error::tensor(
+                name,
+                "names ending in .qweight/.scales/.zeros are reserved for quantized tensors",
+            ));
+        }
         let mut meta = TensorMeta {
             format: t.format_name().into(),
             shape: t.shape.clone(),
@@ -135,12 +146,29 @@ pub fn to_bytes(ckpt: &Checkpoint) -> Result<Vec<u8>> {
         Value::String(ckpt.config.arch().into()),
     );
     metadata.insert("squish.config".into(), Value::String(s(&ckpt.config)?));
-    metadata.insert("squish.tensors".into(), Value::String(s(&metas)?));
+    // Only what the safetensors entries cannot say: bits, logical width and group of each
+    // quantized tensor, in name order (`4/172/64,8/64/64,…`).
+    let quant: Vec<String> = metas
+        .values()
+        .filter_map(|m| {
+            let bits = match m.format.as_str() {
+                "q4" => 4,
+                "q8" => 8,
+                _ => return None,
+            };
+            Some(format!("{bits}/{}/{}", m.shape[1], m.group.unwrap_or(0)))
+        })
+        .collect();
+    if !quant.is_empty() {
+        metadata.insert("squish.quant".into(), Value::String(quant.join(",")));
+    }
     metadata.insert(
         "squish.provenance".into(),
         Value::String(s(&ckpt.provenance)?),
     );
-    metadata.insert("squish.metrics".into(), Value::String(s(&ckpt.metrics)?));
+    if !ckpt.metrics.is_empty() {
+        metadata.insert("squish.metrics".into(), Value::String(s(&ckpt.metrics)?));
+    }
     if let Some(tok) = &ckpt.tokenizer {
         metadata.insert("squish.tokenizer".into(), Value::String(s(tok)?));
     }
@@ -239,11 +267,15 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
             .ok_or_else(|| fmt_err(format!("metadata key `{k}` missing")))
     };
     let version = get("squish.format")?;
-    if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+    let version_num = version
+        .parse::<u32>()
+        .ok()
+        .filter(|v| (1..=FORMAT_VERSION).contains(v));
+    let Some(version_num) = version_num else {
         return Err(fmt_err(format!(
-            "unknown squish.format version `{version}` (this build reads version {FORMAT_VERSION})"
+            "unknown squish.format version `{version}` (this build reads versions 1..={FORMAT_VERSION})"
         )));
-    }
+    };
     let parse = |k: &str, v: &str| -> Result<Value> {
         serde_json::from_str(v)
             .map_err(|e| fmt_err(format!("metadata `{k}` is not valid JSON: {e}")))
@@ -259,9 +291,12 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
             config.arch()
         )));
     }
-    let metas: BTreeMap<String, TensorMeta> =
+    let metas: BTreeMap<String, TensorMeta> = if version_num == 1 {
         serde_json::from_value(parse("squish.tensors", get("squish.tensors")?)?)
-            .map_err(|e| fmt_err(format!("squish.tensors: {e}")))?;
+            .map_err(|e| fmt_err(format!("squish.tensors: {e}")))?
+    } else {
+        derive_metas(&st, md.get("squish.quant").map(String::as_str))?
+    };
     let provenance: Provenance =
         serde_json::from_value(parse("squish.provenance", get("squish.provenance")?)?)
             .map_err(|e| fmt_err(format!("squish.provenance: {e}")))?;
@@ -282,7 +317,7 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
     let mut fetch = |name: String, dtype: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
         let view = st
             .tensor(&name)
-            .map_err(|_| Error::tensor(&name, "described in squish.tensors but not stored"))?;
+            .map_err(|_| Error::tensor(&name, "described in the metadata but not stored"))?;
         if view.dtype() != dtype || view.shape() != shape {
             return Err(Error::tensor(
                 &name,
@@ -397,7 +432,7 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
         if !used.contains(&name) {
             return Err(Error::tensor(
                 &name,
-                "stored but not described in squish.tensors",
+                "stored but not described (orphan quantization part or unknown entry)",
             ));
         }
     }
@@ -408,6 +443,90 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
         metrics,
         tokenizer,
     })
+}
+
+/// The logical tensors of a version-2 file: every stored F32/F16 entry is a tensor of that format;
+/// every `X.qweight` (with `X.scales`, and `X.zeros` when asymmetric) is the quantized tensor `X`
+/// whose bits, width and group are the matching entry of `squish.quant` (entries in name order).
+/// Stored parts are checked against these by the caller (dtype, shape, orphans).
+fn derive_metas(st: &SafeTensors, quant: Option<&str>) -> Result<BTreeMap<String, TensorMeta>> {
+    let mut metas = BTreeMap::new();
+    let mut qnames = BTreeMap::new(); // logical name -> rows
+    for (name, view) in st.tensors() {
+        if let Some(base) = name.strip_suffix(".qweight") {
+            let rows = view.shape().first().copied().unwrap_or(0);
+            qnames.insert(base.to_string(), rows);
+            continue;
+        }
+        if QUANT_PARTS.iter().any(|p| name.ends_with(p)) {
+            continue; // scales / zeros: fetched with their qweight; orphans are caught later
+        }
+        let format = match view.dtype() {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            other => {
+                return Err(Error::tensor(
+                    &name,
+                    format!("unquantized tensors are F32 or F16, stored as {other:?}"),
+                ));
+            }
+        };
+        metas.insert(
+            name.clone(),
+            TensorMeta {
+                format: format.into(),
+                shape: view.shape().to_vec(),
+                group: None,
+                asym: None,
+            },
+        );
+    }
+    let entries: Vec<&str> = match quant {
+        Some(q) if !q.is_empty() => q.split(',').collect(),
+        _ => Vec::new(),
+    };
+    if entries.len() != qnames.len() {
+        return Err(fmt_err(format!(
+            "squish.quant describes {} quantized tensors, {} are stored",
+            entries.len(),
+            qnames.len()
+        )));
+    }
+    for ((name, rows), entry) in qnames.into_iter().zip(entries) {
+        let nums: Vec<usize> = entry
+            .split('/')
+            .map(|x| x.parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::tensor(&name, format!("bad squish.quant entry `{entry}`")))?;
+        let [bits, cols, group] = nums[..] else {
+            return Err(Error::tensor(
+                &name,
+                format!("squish.quant entry `{entry}` is not bits/cols/group"),
+            ));
+        };
+        let format = match bits {
+            4 => "q4",
+            8 => "q8",
+            other => return Err(Error::tensor(&name, format!("{other} bits (4 or 8)"))),
+        };
+        if metas.contains_key(&name) {
+            return Err(Error::tensor(
+                &name,
+                "stored both unquantized and quantized",
+            ));
+        }
+        let asym = st.tensor(&format!("{name}.zeros")).is_ok();
+        metas.insert(
+            name,
+            TensorMeta {
+                format: format.into(),
+                shape: vec![rows, cols],
+                group: Some(group),
+                asym: Some(asym),
+            },
+        );
+    }
+    Ok(metas)
 }
 
 fn check_finite_f32(name: &str, v: &[f32]) -> Result<()> {

@@ -4,7 +4,8 @@
 //! Layout on disk (see `ARCHITECTURE.md`): tensors keep their module-path names; a quantized
 //! weight `W` is stored as `W.qweight` (U8), `W.scales` (F16) and `W.zeros` (U8, asymmetric only)
 //! in [`crate::quant`]'s layout. `__metadata__` holds `squish.format`, `squish.arch`,
-//! `squish.config`, `squish.tensors`, `squish.provenance`, `squish.metrics` and
+//! `squish.config`, `squish.quant` (`bits/cols/group` of each quantized tensor, in name order;
+//! absent when none is quantized), `squish.provenance`, and when present `squish.metrics` and
 //! `squish.tokenizer`. Files are written deterministically (sorted keys, no timestamps), so the
 //! same inputs give the same bytes.
 
@@ -22,7 +23,10 @@ use crate::{Error, Result};
 pub use io::{MAX_HEADER_BYTES, load, load_bytes, save, to_bytes};
 
 /// The checkpoint format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 (compact header): per-tensor formats and shapes come from the safetensors entries,
+/// and `squish.quant` adds only bits/width/group per quantized tensor. Version 1 files (with the
+/// JSON `squish.tensors`) are still read.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The values of one tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +69,7 @@ impl WeightTensor {
         self.shape.iter().product()
     }
 
-    /// The format name used in `squish.tensors`: `f32`, `f16`, `q8` or `q4`.
+    /// The format name: `f32`, `f16`, `q8` or `q4`.
     pub fn format_name(&self) -> &'static str {
         match &self.data {
             TensorData::F32(_) => "f32",
@@ -171,13 +175,15 @@ pub struct Provenance {
     /// The stage that wrote it (`import`, `baseline`, `int4_native`, …).
     pub stage: String,
     /// sha256 of the parent checkpoint file (or the imported source file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_sha256: Option<String>,
     /// sha256 of the stage configuration that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
     /// The squish version that wrote it.
     pub tool: String,
     /// Free-form details (method, seed, source path …).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, String>,
 }
 

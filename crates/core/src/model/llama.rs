@@ -1,6 +1,6 @@
 //! The Llama family in burn (llama2.c conventions): RMSNorm, RoPE on interleaved pairs, GQA
-//! attention, SwiGLU FFN, tied or separate classifier. Per-layer FFN widths are read from the
-//! tensors, so pruned checkpoints load too.
+//! attention, SwiGLU FFN, tied or separate classifier. Per-layer FFN widths and head counts are
+//! read from the tensors, so pruned checkpoints load too.
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
@@ -71,10 +71,21 @@ impl Llama {
     pub fn from_weights(config: &LlamaConfig, w: &Weights, device: &Device) -> Result<Self> {
         config.validate()?;
         let (d, hs) = (config.dim, config.head_size());
-        let kv = config.n_kv_heads * hs;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let n = layer_tensor_names(i);
+            // Per-layer head counts come from the shapes (head pruning keeps `head_size`).
+            let dim0 = |t: &str| w.get(t).map(|x| x.shape.first().copied().unwrap_or(0));
+            let (q, kv) = (dim0(&n[1])?, dim0(&n[2])?);
+            if q % hs != 0 || kv % hs != 0 || kv == 0 || q == 0 || !(q / hs).is_multiple_of(kv / hs)
+            {
+                return Err(Error::tensor(
+                    &n[1],
+                    format!(
+                        "{q} query rows / {kv} kv rows do not form whole GQA head groups of {hs}"
+                    ),
+                ));
+            }
             let hidden = w
                 .get(&n[6])?
                 .shape
@@ -83,10 +94,10 @@ impl Llama {
                 .ok_or_else(|| Error::tensor(&n[6], "empty shape"))?;
             layers.push(LlamaBlock {
                 attention_norm: param1(w, &n[0], d, device)?,
-                wq: param2(w, &n[1], config.n_heads * hs, d, device)?,
+                wq: param2(w, &n[1], q, d, device)?,
                 wk: param2(w, &n[2], kv, d, device)?,
                 wv: param2(w, &n[3], kv, d, device)?,
-                wo: param2(w, &n[4], d, config.n_heads * hs, device)?,
+                wo: param2(w, &n[4], d, q, device)?,
                 ffn_norm: param1(w, &n[5], d, device)?,
                 w1: param2(w, &n[6], hidden, d, device)?,
                 w2: param2(w, &n[7], d, hidden, device)?,
@@ -197,7 +208,7 @@ impl Llama {
         let c = &self.config;
         let [b, t, _] = h.dims();
         let hs = c.head_size();
-        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        let (nh, nkv) = (l.wq.dims()[0] / hs, l.wk.dims()[0] / hs); // per-layer (pruned) heads
         let rep = nh / nkv;
         let q = linear(h.clone(), &l.wq)
             .reshape([b, t, nh, hs])

@@ -10,6 +10,7 @@ pub mod ssm_moe;
 pub mod ssm_moe_step;
 pub mod ssm_moe_weights;
 pub mod ssm_scan;
+pub mod structure;
 
 use burn::tensor::Device;
 

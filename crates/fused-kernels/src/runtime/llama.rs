@@ -1,12 +1,13 @@
 //! The Llama family on the native runtime (llama2.c semantics, equal to
 //! `squish_core::model::llama::Llama`): RMSNorm (fused into the next matmul),
 //! stacked Q/K/V GEMM + RoPE on interleaved pairs, GQA attention over a
-//! transposed KV cache, fused SwiGLU FFN, tied or separate classifier.
+//! transposed KV cache, fused SwiGLU FFN, tied or separate classifier. Per-layer head counts
+//! and FFN widths come from the tensor shapes (head-pruned checkpoints keep `head_size`).
 
-use squish_core::Result;
 use squish_core::checkpoint::Weights;
 use squish_core::config::LlamaConfig;
 use squish_core::model::llama::layer_tensor_names;
+use squish_core::{Error, Result};
 
 use super::load::{self, Stacked};
 use super::vecops::{add, attend, attend_pair};
@@ -26,6 +27,10 @@ struct Layer {
     ffn_norm: Vec<f32>,
     /// w1/w3 `[hidden, d]`, w2 `[d, hidden]`.
     ffn: SwiGlu,
+    /// Query heads of this layer.
+    nh: usize,
+    /// Key/value heads of this layer.
+    nkv: usize,
 }
 
 /// Llama weights, KV cache and preallocated activations.
@@ -39,8 +44,8 @@ pub(crate) struct LlamaRt {
     /// Cache row stride: `seq` rounded up to a multiple of 8.
     ld: usize,
     hs: usize,
-    nh: usize,
-    nkv: usize,
+    /// Largest key/value width over the layers (cache stride per layer).
+    kvd_max: usize,
     /// `[seq, hs/2]` RoPE tables (llama2.c: angle `pos / θ^(2i/hs)` in f32).
     cos: Vec<f32>,
     /// `[seq, hs/2]`.
@@ -69,15 +74,28 @@ pub(crate) struct LlamaRt {
 }
 
 impl LlamaRt {
-    /// Loads and repacks every tensor; per-layer FFN widths come from `w1`'s shape.
+    /// Loads and repacks every tensor; per-layer FFN widths come from `w1`'s shape and head
+    /// counts from `wq`/`wk` (rows / `head_size`).
     pub fn load(c: &LlamaConfig, w: &Weights, cap: usize) -> Result<Self> {
         let (d, hs, seq) = (c.dim, c.head_size(), c.seq_len);
-        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
-        let (qd, kvd) = (nh * hs, nkv * hs);
         let cap = cap.min(seq);
         let mut layers = Vec::with_capacity(c.n_layers);
+        let (mut qd_max, mut kvd_max) = (0, 0);
         for i in 0..c.n_layers {
             let n = layer_tensor_names(i);
+            let rows = |t: &str| w.get(t).map(|x| x.shape.first().copied().unwrap_or(0));
+            let (qd, kvd) = (rows(&n[1])?, rows(&n[2])?);
+            if qd == 0 || kvd == 0 || qd % hs != 0 || kvd % hs != 0 || (qd / hs) % (kvd / hs) != 0 {
+                return Err(Error::tensor(
+                    &n[1],
+                    format!(
+                        "{qd} query rows / {kvd} kv rows do not form whole GQA head groups of {hs}"
+                    ),
+                ));
+            }
+            let (nh, nkv) = (qd / hs, kvd / hs);
+            qd_max = qd_max.max(qd);
+            kvd_max = kvd_max.max(kvd);
             let qkv = load::stacked(
                 w,
                 &[(n[1].clone(), qd), (n[2].clone(), kvd), (n[3].clone(), kvd)],
@@ -89,8 +107,11 @@ impl LlamaRt {
                 wo: load::matrix(w, &n[4], d, qd)?,
                 ffn_norm: load::vector(w, &n[5], &[d])?,
                 ffn: SwiGlu::load(w, [&n[6], &n[7], &n[8]], d, cap)?,
+                nh,
+                nkv,
             });
         }
+        let (qd, kvd) = (qd_max, kvd_max);
         let head = Head::load(
             w,
             c.vocab_size,
@@ -140,8 +161,7 @@ impl LlamaRt {
             seq,
             ld,
             hs,
-            nh,
-            nkv,
+            kvd_max,
             cos,
             sin,
             kc: vec![0.0; cache],
@@ -192,8 +212,7 @@ impl Family for LlamaRt {
             eps,
             ld,
             hs,
-            nh,
-            nkv,
+            kvd_max,
             cos,
             sin,
             kc,
@@ -209,13 +228,15 @@ impl Family for LlamaRt {
             s,
             ..
         } = self;
-        let (n, d, hs, ld, nh, nkv) = (tokens.len(), head.d, *hs, *ld, *nh, *nkv);
-        let (qd, kvd) = (nh * hs, nkv * hs);
-        let tot = qd + 2 * kvd;
-        let (rep, half) = (nh / nkv, hs / 2);
+        let (n, d, hs, ld, kvd_max) = (tokens.len(), head.d, *hs, *ld, *kvd_max);
+        let half = hs / 2;
         let scale = 1.0 / (hs as f32).sqrt();
         head.embed(tokens, x)?;
         for l in 0..layers.len() {
+            let (nh, nkv) = (layers[l].nh, layers[l].nkv);
+            let (qd, kvd) = (nh * hs, nkv * hs);
+            let tot = qd + 2 * kvd;
+            let rep = nh / nkv;
             if n == 1 {
                 // Decode: pull this layer's post-attention weights toward L2 while
                 // the (compute-bound) attention runs.
@@ -242,7 +263,7 @@ impl Family for LlamaRt {
                     }
                 }
             }
-            let lbase = l * kvd * ld;
+            let lbase = l * kvd_max * ld;
             for t in 0..n {
                 let p = pos0 + t;
                 let row = &mut qkv[t * tot..(t + 1) * tot];

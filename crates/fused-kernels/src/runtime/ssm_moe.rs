@@ -17,7 +17,8 @@ use squish_core::model::ssm_moe_weights::{expert_name, experts_in_layer, router_
 use squish_core::{Error, Result};
 
 use super::load;
-use super::vecops::{add, axpy, silu, softplus};
+use super::ssm_ops::{conv_silu, mul_silu, scan_t, softplus_bias};
+use super::vecops::{add, axpy};
 use super::{Exec, Family, Head, Logits, SwiGlu, reserve};
 use crate::PackedWeight;
 use crate::scratch::{RmsNorm, Scratch};
@@ -31,8 +32,8 @@ struct Layer {
     ssm_norm: Vec<f32>,
     /// `[2·di, d]`.
     in_proj: PackedWeight,
-    /// `[di, k]` conv taps (tap `k−1` on the current step).
-    conv_w: Vec<f32>,
+    /// `[k, di]` conv taps, transposed (tap `k−1` on the current step).
+    taps: Vec<f32>,
     /// `[di]`.
     conv_b: Vec<f32>,
     /// `[r + 2N, di]`.
@@ -41,7 +42,7 @@ struct Layer {
     dt_proj: PackedWeight,
     /// `[di]`.
     dt_bias: Vec<f32>,
-    /// `[di, N]` `A = −exp(A_log)`.
+    /// `[N, di]` `A = −exp(A_log)`, transposed.
     a: Vec<f32>,
     /// `[di]` skip.
     dskip: Vec<f32>,
@@ -55,7 +56,7 @@ struct Layer {
     experts: Vec<SwiGlu>,
     /// `[k−1, di]` last pre-conv inputs, oldest first.
     win: Vec<f32>,
-    /// `[di, N]` SSM state.
+    /// `[N, di]` SSM state (transposed: the scan runs 8 channels per register).
     h: Vec<f32>,
 }
 
@@ -127,16 +128,17 @@ impl SsmRt {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let a_log = load::vector(w, &ssm_name(i, "A_log"), &[di, ns])?;
+            let conv = load::vector(w, &ssm_name(i, "conv.weight"), &[di, k])?;
             layers.push(Layer {
                 di,
                 ssm_norm: load::vector(w, &format!("layers.{i}.ssm_norm.weight"), &[d])?,
                 in_proj: load::matrix(w, &ssm_name(i, "in_proj.weight"), 2 * di, d)?,
-                conv_w: load::vector(w, &ssm_name(i, "conv.weight"), &[di, k])?,
+                taps: transpose(&conv, di, k),
                 conv_b: load::vector(w, &ssm_name(i, "conv.bias"), &[di])?,
                 x_proj: load::matrix(w, &ssm_name(i, "x_proj.weight"), r + 2 * ns, di)?,
                 dt_proj: load::matrix(w, &ssm_name(i, "dt_proj.weight"), di, r)?,
                 dt_bias: load::vector(w, &ssm_name(i, "dt_proj.bias"), &[di])?,
-                a: a_log.iter().map(|v| -v.exp()).collect(),
+                a: transpose(&a_log, di, ns).iter().map(|v| -v.exp()).collect(),
                 dskip: load::vector(w, &ssm_name(i, "D"), &[di])?,
                 out_proj: load::matrix(w, &ssm_name(i, "out_proj.weight"), d, di)?,
                 moe_norm: load::vector(w, &format!("layers.{i}.moe_norm.weight"), &[d])?,
@@ -261,15 +263,7 @@ impl Family for SsmRt {
             for t in 0..n {
                 let xin = &xz[t * 2 * di..t * 2 * di + di];
                 let xo = &mut xc[t * di..(t + 1) * di];
-                for i in 0..di {
-                    let taps = &l.conv_w[i * k..(i + 1) * k];
-                    let mut acc = l.conv_b[i];
-                    for j in 0..k - 1 {
-                        acc += l.win[j * di + i] * taps[j];
-                    }
-                    acc += xin[i] * taps[k - 1];
-                    xo[i] = silu(acc);
-                }
+                conv_silu(ex.level, &l.win, &l.taps, &l.conv_b, xin, xo);
                 if k > 1 {
                     l.win.copy_within(di.., 0);
                     l.win[(k - 2) * di..].copy_from_slice(xin);
@@ -281,22 +275,15 @@ impl Family for SsmRt {
             }
             ex.mm(&l.dt_proj, dt, n, delta, s, None)?;
             for row in delta[..n * di].chunks_exact_mut(di) {
-                for (v, b) in row.iter_mut().zip(&l.dt_bias) {
-                    *v = softplus(*v + b);
-                }
+                softplus_bias(ex.level, row, &l.dt_bias);
             }
             for t in 0..n {
                 let bc = &dbc[t * w + r..(t + 1) * w];
                 let (b, c) = bc.split_at(ns);
                 let yt = &mut y[t * di..(t + 1) * di];
                 let (xt, dlt) = (&xc[t * di..(t + 1) * di], &delta[t * di..(t + 1) * di]);
-                ex.ops
-                    .scan_step(xt, dlt, b, c, &l.a, &l.dskip, &mut l.h, yt)
-                    .map_err(|e| Error::invalid(e.to_string()))?;
-                let z = &xz[t * 2 * di + di..(t + 1) * 2 * di];
-                for (yv, zv) in yt.iter_mut().zip(z) {
-                    *yv *= silu(*zv);
-                }
+                scan_t(ex.level, xt, dlt, b, c, &l.a, &l.dskip, &mut l.h, yt);
+                mul_silu(ex.level, yt, &xz[t * 2 * di + di..(t + 1) * 2 * di]);
             }
             ex.mm(&l.out_proj, y, n, o, s, None)?;
             add(&mut x[..nd], &o[..nd]);
@@ -343,4 +330,11 @@ impl Family for SsmRt {
         }
         head.logits(ex, x, n, out, s)
     }
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| v[r * cols + c]))
+        .collect()
 }

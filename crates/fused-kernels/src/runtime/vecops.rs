@@ -91,18 +91,6 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// `v · sigmoid(v)`.
-#[inline]
-pub(crate) fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
-}
-
-/// `ln(1 + eᵛ)` (burn's `softplus` with β = 1; exact identity for large `v`).
-#[inline]
-pub(crate) fn softplus(v: f32) -> f32 {
-    if v > 20.0 { v } else { v.exp().ln_1p() }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use crate::avx2::{hsum, hsum8};

@@ -1,0 +1,151 @@
+//! INT4 × int8-activation GEMV/GEMM on the row-interleaved layout
+//! ([`crate::interleave`]): per 32-byte load, 8 rows × 8 elements; activations
+//! are broadcast 4 at a time, `vpmaddubsw` + `vpmaddwd` give exact i32 sums per
+//! row lane, each group is scaled once per 8 rows (`s·a`), and the zero point is
+//! removed with `z·s · b` (one FMA per group per 8 rows). No horizontal sums.
+
+use crate::interleave::IL_ROWS;
+use crate::pack::{CHUNK, QuantRepr};
+use std::arch::x86_64::*;
+
+/// Offsets (inside a 2-chunk block of the staged INT4 activation row) of the
+/// activations paired with the low / high nibbles of sub-step `s`, for a chunk
+/// at block half `half` (see `QuantRepr::q8_pos`): element `e` of the chunk sits
+/// at `(e / 16)·32 + half·16 + e % 16`.
+#[inline]
+fn act_off(half: usize, e: usize) -> usize {
+    (e / 16) * CHUNK + half * 16 + e % 16
+}
+
+/// Rows `r0..r1` of `y [n, ldy]` (column `r − r0`) for `n` staged tokens.
+///
+/// # Safety
+/// AVX2 + FMA + F16C must be available. All other preconditions are asserted.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn q4il_rows(
+    q: &QuantRepr,
+    out: usize,
+    xq: &[i8], // [n, ld] (INT4 staging order)
+    ld: usize,
+    a: &[f32], // [n, ng]
+    b: &[f32], // [n, ng]
+    n: usize,
+    r0: usize,
+    r1: usize,
+    y: &mut [f32], // [n, ldy]
+    ldy: usize,
+) {
+    let il = &q.il;
+    let (ng, cpg) = (q.n_groups, q.gp / CHUNK);
+    let blocks = out.div_ceil(IL_ROWS);
+    assert!(q.bits == 4 && il.chunks == ng * cpg && r0 <= r1 && r1 <= out);
+    assert!(il.codes.len() == blocks * il.block_bytes && il.block_bytes == il.chunks * 128);
+    assert!(il.scales.len() == blocks * ng * IL_ROWS && il.zs.len() == il.scales.len());
+    assert!(il.chunks.div_ceil(2) * 2 * CHUNK <= ld && n * ld <= xq.len());
+    assert!(n * ng <= a.len() && n * ng <= b.len());
+    assert!(n == 0 || (n - 1) * ldy + (r1 - r0) <= y.len());
+    for blk in r0 / IL_ROWS..r1.div_ceil(IL_ROWS) {
+        let rb = blk * IL_ROWS;
+        let (lo, hi) = (rb.max(r0), (rb + IL_ROWS).min(r1));
+        let mut t = 0;
+        while t + 4 <= n {
+            let acc = tile::<4>(q, blk, xq, ld, a, b, t);
+            for (j, v) in acc.iter().enumerate() {
+                store(y, (t + j) * ldy, rb, lo, hi, r0, *v);
+            }
+            t += 4;
+        }
+        while t < n {
+            let acc = tile::<1>(q, blk, xq, ld, a, b, t);
+            store(y, t * ldy, rb, lo, hi, r0, acc[0]);
+            t += 1;
+        }
+    }
+}
+
+/// Writes rows `lo..hi` (of block rows `rb..rb+8`) of one token's outputs at
+/// `y[off + r − r0]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store(y: &mut [f32], off: usize, rb: usize, lo: usize, hi: usize, r0: usize, acc: __m256) {
+    let dst = &mut y[off + lo - r0..off + hi - r0];
+    if lo == rb && hi - lo == IL_ROWS {
+        // SAFETY: `dst` holds exactly 8 floats.
+        unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), acc) };
+    } else {
+        let mut v = [0f32; IL_ROWS];
+        // SAFETY: `v` holds 8 floats.
+        unsafe { _mm256_storeu_ps(v.as_mut_ptr(), acc) };
+        dst.copy_from_slice(&v[lo - rb..hi - rb]);
+    }
+}
+
+/// 8 rows (block `blk`) × `T` tokens `t..t+T`: each 32-byte weight load and its
+/// nibble split are shared by the `T` tokens. Bounds were asserted by the caller.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn tile<const T: usize>(
+    q: &QuantRepr,
+    blk: usize,
+    xq: &[i8],
+    ld: usize,
+    a: &[f32],
+    b: &[f32],
+    t: usize,
+) -> [__m256; T] {
+    let il = &q.il;
+    let (ng, cpg) = (q.n_groups, q.gp / CHUNK);
+    let wb = &il.codes[blk * il.block_bytes..(blk + 1) * il.block_bytes];
+    let sc = &il.scales[blk * ng * IL_ROWS..(blk + 1) * ng * IL_ROWS];
+    let zs = &il.zs[blk * ng * IL_ROWS..(blk + 1) * ng * IL_ROWS];
+    let xt: [&[i8]; T] = std::array::from_fn(|j| &xq[(t + j) * ld..(t + j + 1) * ld]);
+    let m = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut ch = 0;
+    for g in 0..ng {
+        let mut isum = [_mm256_setzero_si256(); T];
+        for _ in 0..cpg {
+            let base = (ch / 2) * 2 * CHUNK;
+            let half = ch % 2;
+            for s in 0..4 {
+                let (ol, oh) = (base + act_off(half, 8 * s), base + act_off(half, 8 * s + 4));
+                // SAFETY: chunk `ch` < il.chunks: 32 bytes at (ch·4+s)·32 lie in
+                // `wb` (block_bytes = chunks·128); activation offsets + 4 <=
+                // (ch/2 + 1)·64 <= ld = len of each `xt` row (asserted by caller).
+                unsafe {
+                    let w =
+                        _mm256_loadu_si256(wb.as_ptr().add((ch * 4 + s) * 32) as *const __m256i);
+                    let lo = _mm256_and_si256(w, m);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), m);
+                    for j in 0..T {
+                        let xp = xt[j].as_ptr();
+                        let xl = _mm256_set1_epi32((xp.add(ol) as *const i32).read_unaligned());
+                        let xh = _mm256_set1_epi32((xp.add(oh) as *const i32).read_unaligned());
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, xl),
+                            _mm256_maddubs_epi16(hi, xh),
+                        );
+                        isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p, ones));
+                    }
+                }
+            }
+            ch += 1;
+        }
+        // SAFETY: g < ng: 8 floats at g·8 in `sc` / `zs`.
+        let (s, z) = unsafe {
+            (
+                _mm256_loadu_ps(sc.as_ptr().add(g * IL_ROWS)),
+                _mm256_loadu_ps(zs.as_ptr().add(g * IL_ROWS)),
+            )
+        };
+        for j in 0..T {
+            let sa = _mm256_mul_ps(s, _mm256_set1_ps(a[(t + j) * ng + g]));
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), sa, acc[j]);
+            acc[j] = _mm256_fnmadd_ps(z, _mm256_set1_ps(b[(t + j) * ng + g]), acc[j]);
+        }
+    }
+    acc
+}

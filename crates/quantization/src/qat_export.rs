@@ -1,0 +1,127 @@
+//! The packed export of a QAT network: every tensor stored as its plan says, with the very grid
+//! the training forward used ([`crate::qat::qat_quantize`]), plus the report.
+
+use std::collections::BTreeMap;
+
+use half::f16;
+use squish_core::checkpoint::{self, Checkpoint, Provenance, TensorData, WeightTensor};
+use squish_core::quant::QBits;
+use squish_core::{Error, Result, fsutil};
+
+use crate::calibration::Calibration;
+use crate::qat::{QatConfig, QatSummary, qat_quantize};
+use crate::qat_net::{QatNet, TensorTarget};
+use crate::report::{KeptTensor, QuantReport, TableRow, TensorReport};
+
+/// Stores the latent weights of `net` packed per its plan; errors name the tensor.
+pub fn export(
+    parent: &Checkpoint,
+    net: &QatNet,
+    cfg: &QatConfig,
+    calib: Option<&Calibration>,
+    summary: QatSummary,
+) -> Result<(Checkpoint, QuantReport)> {
+    let latent = net.latent_weights()?;
+    let mut out = parent.clone();
+    let (mut tensors, mut kept) = (Vec::new(), Vec::new());
+    for e in &net.plan.entries {
+        let w = latent.get(&e.name)?.to_f32(); // [shape]
+        let nt = match &e.target {
+            TensorTarget::F32 => WeightTensor::f32(e.shape.clone(), w)?,
+            TensorTarget::F16 => WeightTensor {
+                shape: e.shape.clone(),
+                data: TensorData::F16(w.iter().map(|&x| f16::from_f32(x)).collect()),
+            },
+            TensorTarget::Quant(fmt) => {
+                let (rows, cols) = (e.shape[0], e.shape[1]);
+                let q = qat_quantize(
+                    &w,
+                    rows,
+                    cols,
+                    fmt,
+                    &net.plan.scales,
+                    e.importance.as_deref(),
+                )
+                .map_err(|err| Error::tensor(&e.name, err.to_string()))?;
+                // Errors against the F32 parent (what QAT has to make up for).
+                let orig = parent.weights.get(&e.name)?.to_f32();
+                let deq = q.dequantize();
+                let num: f64 = orig
+                    .iter()
+                    .zip(&deq)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum();
+                let den: f64 = orig.iter().map(|a| (*a as f64).powi(2)).sum();
+                tensors.push(TensorReport {
+                    name: e.name.clone(),
+                    shape: vec![rows, cols],
+                    format: if q.bits == QBits::Int4 { "q4" } else { "q8" }.into(),
+                    group: q.group,
+                    bytes: q.storage_bytes(),
+                    rel_weight_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
+                    rel_output_error: calib
+                        .and_then(|c| c.get(&e.name))
+                        .map(|s| s.relative_output_error(&orig, &deq, rows)),
+                });
+                out.weights.insert(
+                    e.name.clone(),
+                    WeightTensor {
+                        shape: e.shape.clone(),
+                        data: TensorData::Quant(q),
+                    },
+                );
+                continue;
+            }
+        };
+        kept.push(KeptTensor {
+            name: e.name.clone(),
+            shape: nt.shape.clone(),
+            format: nt.format_name().into(),
+            bytes: nt.storage_bytes(),
+        });
+        out.weights.insert(e.name.clone(), nt);
+    }
+    let fmt = &cfg.quant.format;
+    let config_json = serde_json::to_vec(cfg).map_err(|e| Error::invalid(e.to_string()))?;
+    let overrides = cfg.per_tensor.len();
+    out.provenance = Provenance {
+        stage: if fmt.bits == QBits::Int4 {
+            "int4_native"
+        } else {
+            "int8"
+        }
+        .into(),
+        parent_sha256: Some(fsutil::sha256_hex(&checkpoint::to_bytes(parent)?)),
+        config_hash: Some(fsutil::sha256_hex(&config_json)),
+        tool: format!("squish-quant {}", env!("CARGO_PKG_VERSION")),
+        details: BTreeMap::from([
+            ("method".to_string(), "qat".to_string()),
+            ("format".to_string(), fmt.label()),
+            ("steps".to_string(), cfg.train.steps.to_string()),
+            ("init".to_string(), format!("{:?}", cfg.init).to_lowercase()),
+            ("overrides".to_string(), overrides.to_string()),
+        ]),
+    };
+    let parameters = parent.weights.param_count();
+    out.metrics = BTreeMap::from([("parameters".to_string(), parameters as f64)]);
+    let tensor_bytes = out.weights.storage_bytes();
+    let kept_bytes: usize = kept.iter().map(|k| k.bytes).sum();
+    let report = QuantReport {
+        method: "qat".into(),
+        bits: fmt.bits_u32(),
+        group: fmt.group,
+        asym: fmt.asym,
+        parameters,
+        tensor_bytes,
+        kept_bytes,
+        kept_share: kept_bytes as f64 / tensor_bytes.max(1) as f64,
+        calib_windows: calib.map_or(0, |c| c.windows),
+        calib_tokens: calib.map_or(0, |c| c.tokens),
+        tensors,
+        kept,
+        awq: Vec::new(),
+        row: TableRow::default(),
+        qat: Some(summary),
+    };
+    Ok((out, report))
+}

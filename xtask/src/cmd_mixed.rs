@@ -1,0 +1,230 @@
+//! `cargo xtask mixed`: an F32 checkpoint → mixed-precision checkpoint (squish-mixed): per-tensor
+//! F16/INT8/INT4 from measured sensitivity under a byte, bits/param or ΔPPL budget.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use squish_core::checkpoint;
+use squish_core::data::{
+    DEFAULT_CALIBRATION_STORIES, calibration_subset, locate_corpus_readonly, read_stories,
+    read_text,
+};
+use squish_core::model::CpuBackend;
+use squish_core::tokenizer::Tokenizer;
+use squish_mixed::{
+    Budget, CandidateFormat, MixedConfig, MixedData, MixedEvent, Objective, frontier_svg,
+    mixed_checkpoint,
+};
+use squish_quant::{Calibration, calibration_windows};
+
+use crate::common::{load_checkpoint, place_tokenizer, progress_bar};
+
+/// Arguments of `mixed`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MixedArgs {
+    /// F32 checkpoint (.safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output checkpoint (tokenizer.bin is written beside it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Budget: file bytes on disk.
+    #[arg(long, group = "budget")]
+    pub budget_bytes: Option<u64>,
+    /// Budget: file bytes × 8 / parameters.
+    #[arg(long, group = "budget")]
+    pub budget_bpp: Option<f64>,
+    /// Budget: fewest bytes with predicted (and, with --eval, measured) ΔPPL ≤ P percent.
+    #[arg(long, group = "budget")]
+    pub max_dppl: Option<f64>,
+    /// Candidate formats, comma-separated (default: f16, int8-row-sym, int8-g64-sym,
+    /// int4-{g32,g64,row}-{sym,asym}).
+    #[arg(long, value_delimiter = ',')]
+    pub candidates: Vec<String>,
+    /// What the allocation minimises: kl (mean KL to the F32 model) or dnats (Δ next-token loss).
+    #[arg(long, default_value = "kl")]
+    pub objective: String,
+    /// Calibration text (stories; default: TinyStories train.txt from the shared data dir).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration stories (GPTQ statistics; the first --sens-windows windows measure
+    /// sensitivities).
+    #[arg(long, default_value_t = DEFAULT_CALIBRATION_STORIES)]
+    pub calib_stories: usize,
+    /// Calibration windows used for the sensitivity runs.
+    #[arg(long, default_value_t = 32)]
+    pub sens_windows: usize,
+    /// Without GPTQ (no calibration statistics): MSE/RTN codes and a weight-error proxy.
+    #[arg(long)]
+    pub no_gptq: bool,
+    /// Perplexity text (llama-cpp protocol, ctx 256): measured PPL, additivity, frontier.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Mixed points on the frontier.
+    #[arg(long, default_value_t = 8)]
+    pub frontier_points: usize,
+    /// Measure only the chosen mix (not every frontier / uniform point).
+    #[arg(long)]
+    pub no_frontier: bool,
+    /// Sensitivity cache directory (default: `<out dir>/mixed_cache`).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Worker threads for the sensitivity runs.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write the Pareto frontier SVG here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+fn config(a: &MixedArgs, out_dir: &Path) -> Result<MixedConfig> {
+    let budget = match (a.budget_bytes, a.budget_bpp, a.max_dppl) {
+        (Some(n), None, None) => Budget::Bytes(n),
+        (None, Some(b), None) => Budget::BitsPerParam(b),
+        (None, None, Some(p)) => Budget::MaxDppl(p),
+        _ => bail!("give exactly one of --budget-bytes, --budget-bpp, --max-dppl"),
+    };
+    let mut cfg = MixedConfig {
+        budget,
+        calib_windows: a.sens_windows,
+        cache_dir: Some(
+            a.cache_dir
+                .clone()
+                .unwrap_or_else(|| out_dir.join("mixed_cache")),
+        ),
+        frontier_points: a.frontier_points,
+        measure_frontier: !a.no_frontier,
+        threads: a.threads,
+        gptq: !a.no_gptq,
+        objective: match a.objective.as_str() {
+            "dnats" => Objective::DeltaNats,
+            "kl" => Objective::Kl,
+            other => bail!("unknown --objective {other} (dnats, kl)"),
+        },
+        ..MixedConfig::default()
+    };
+    if !a.candidates.is_empty() {
+        cfg.candidates = a
+            .candidates
+            .iter()
+            .map(|c| CandidateFormat::parse(c.trim()))
+            .collect::<squish_core::Result<_>>()?;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Entry point of `mixed`.
+pub fn run(a: &MixedArgs) -> Result<()> {
+    let out_dir = a.out.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let cfg = config(a, &out_dir)?;
+    let loaded = load_checkpoint(&a.checkpoint)?;
+    let tok = &loaded.tokenizer;
+    let t0 = std::time::Instant::now();
+    let path = match &a.calib {
+        Some(p) => p.clone(),
+        None => locate_corpus_readonly()
+            .map(|(t, _)| t)
+            .context("no calibration text: pass --calib or set $SQUISH_DATA")?,
+    };
+    let stories = read_stories(&path)?;
+    let windows = calibration_windows(tok, &calibration_subset(&stories, a.calib_stories, 0), 256);
+    let stats = if cfg.gptq {
+        let device = CpuBackend::from_env()?.device();
+        let c = Calibration::collect(&loaded.ckpt, &windows, &device)?;
+        eprintln!(
+            "calibration: {} windows, {} tokens ({:.1} s)",
+            c.windows,
+            c.tokens,
+            t0.elapsed().as_secs_f64()
+        );
+        Some(c)
+    } else {
+        None
+    };
+    let valid = match &a.eval {
+        Some(p) => {
+            let mut text = read_text(p).with_context(|| "reading evaluation text")?;
+            // As `cargo xtask eval` (llama.cpp's `-f` strips one trailing newline).
+            if text.ends_with('\n') {
+                text.pop();
+            }
+            tok.encode(&text, true, false)
+        }
+        None => Vec::new(),
+    };
+    let data = MixedData {
+        calib: &windows,
+        valid: &valid,
+        bos: tok.bos_id(),
+    };
+    let pb = progress_bar(0, "sensitivity");
+    let mut on_event = |e: &MixedEvent| match e {
+        MixedEvent::Sensitivity { done, total, .. } => {
+            pb.set_length(*total as u64);
+            pb.set_position(*done as u64);
+        }
+        MixedEvent::CacheHit { path } => eprintln!("sensitivities from {}", path.display()),
+        MixedEvent::Measured {
+            label,
+            file_bytes,
+            ppl,
+        } => pb.println(format!("PPL {ppl:.4}  {file_bytes:>9} B  {label}")),
+        other => tracing::info!("{other:?}"),
+    };
+    let (mut out, report) =
+        mixed_checkpoint(&loaded.ckpt, &cfg, &data, stats.as_ref(), &mut on_event)?;
+    pb.finish_and_clear();
+    let tsrc = loaded.path.parent().unwrap_or(Path::new(".")).join(
+        &loaded
+            .ckpt
+            .tokenizer
+            .as_ref()
+            .expect("load_checkpoint checked it")
+            .file,
+    );
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    out.tokenizer = Some(place_tokenizer(&tsrc, &a.out)?);
+    checkpoint::save(&out, &a.out)?;
+    let file_bytes = std::fs::metadata(&a.out)?.len();
+    if let Some(limit) = report.byte_limit
+        && file_bytes > limit
+    {
+        bail!(
+            "{} is {file_bytes} bytes, over the budget of {limit} (tokenizer reference changed \
+             the header)",
+            a.out.display()
+        );
+    }
+    if let Some(p) = &a.report {
+        squish_core::fsutil::atomic_write(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    if let Some(p) = &a.svg {
+        squish_core::fsutil::atomic_write(p, frontier_svg(&report).as_bytes())?;
+    }
+    println!(
+        "wrote {} ({file_bytes} bytes, {:.3} bits/param over {} parameters); formats {:?}",
+        a.out.display(),
+        file_bytes as f64 * 8.0 / report.parameters as f64,
+        report.parameters,
+        report.format_counts()
+    );
+    println!(
+        "predicted Δnats {:.5} → PPL {}; measured PPL {} (F32 {}); prediction error {}",
+        report.predicted_dnats,
+        fmt(report.predicted_ppl),
+        fmt(report.measured_ppl),
+        fmt(report.base_ppl),
+        report
+            .prediction_error_pct
+            .map_or("-".into(), |e| format!("{e:+.2} %"))
+    );
+    Ok(())
+}
+
+fn fmt(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{v:.4}"))
+}

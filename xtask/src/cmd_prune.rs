@@ -1,0 +1,183 @@
+//! `cargo xtask prune`: structured pruning of a checkpoint (squish-prune) with recovery by
+//! distillation, measured by the native runtime.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use squish_core::tokenizer::Tokenizer;
+use squish_core::train::TrainConfig;
+use squish_prune::{Allocation, GroupKind, Importance, PruneConfig, PruneData, prune_checkpoint};
+
+use crate::stage_data::{DataConfig, load_input_from, save_and_measure};
+
+/// Arguments of `prune`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// F32 checkpoint to prune.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output checkpoint (tokenizer copied beside it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Fraction of the non-embedding parameters to remove.
+    #[arg(long, default_value_t = 0.4)]
+    pub ratio: f32,
+    /// Importance: magnitude (= magnitude_l2), magnitude_l1, magnitude_l2, wanda, taylor.
+    #[arg(long, default_value = "wanda")]
+    pub importance: String,
+    /// Group kinds, comma-separated: moe_channels, experts, ssm_channels, ffn_channels, heads.
+    /// Default: moe_channels,experts (SsmMoe) or ffn_channels,heads (Llama).
+    #[arg(long)]
+    pub targets: Option<String>,
+    /// Allow pruning SSM channels (sets preserve_ssm = false).
+    #[arg(long)]
+    pub allow_ssm: bool,
+    /// global or uniform.
+    #[arg(long, default_value = "global")]
+    pub allocation: String,
+    /// Pruning rounds (each followed by recovery).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Minimum kept channels per dimension.
+    #[arg(long, default_value_t = 8)]
+    pub min_width: usize,
+    /// Round kept widths to a multiple of this (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub round_to: usize,
+    /// Recovery budget per round in training tokens (0 = no recovery).
+    #[arg(long, default_value_t = 0)]
+    pub recover_tokens: usize,
+    /// Recovery peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Weight of the distillation KL in the recovery loss.
+    #[arg(long, default_value_t = 0.5)]
+    pub distill_alpha: f32,
+    /// Directory with train.txt/valid.txt (else $SQUISH_DATA, else ../shared/data/tinystories).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+fn parse_importance(s: &str) -> Result<Importance> {
+    Ok(match s {
+        "magnitude" | "magnitude_l2" | "l2" => Importance::MagnitudeL2,
+        "magnitude_l1" | "l1" => Importance::MagnitudeL1,
+        "wanda" => Importance::Wanda,
+        "taylor" => Importance::Taylor,
+        other => bail!("--importance {other}: expected magnitude, magnitude_l1, wanda or taylor"),
+    })
+}
+
+fn parse_targets(s: &str) -> Result<Vec<GroupKind>> {
+    s.split(',')
+        .map(|t| {
+            serde_json::from_value(serde_json::Value::String(t.trim().to_string())).map_err(|_| {
+                anyhow::anyhow!(
+                    "--targets: unknown group kind `{t}` (moe_channels, experts, ssm_channels, ffn_channels, heads)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// Entry point of `prune`.
+pub fn run(a: &PruneArgs) -> Result<()> {
+    let d = DataConfig {
+        data_dir: a.data_dir.clone(),
+        ..DataConfig::default()
+    };
+    let fallback = a
+        .out
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("corpus");
+    let input = load_input_from(&a.checkpoint, &d, &fallback)?;
+    let targets = match &a.targets {
+        Some(t) => parse_targets(t)?,
+        None => match input.loaded.ckpt.config {
+            squish_core::config::ModelConfig::SsmMoe(_) => {
+                vec![GroupKind::MoeChannels, GroupKind::Experts]
+            }
+            squish_core::config::ModelConfig::Llama(_) => {
+                vec![GroupKind::FfnChannels, GroupKind::Heads]
+            }
+        },
+    };
+    let (batch, seq) = (16, 128);
+    let steps = a.recover_tokens / (batch * seq);
+    let recover = (steps > 0).then(|| TrainConfig {
+        steps,
+        batch_size: batch,
+        seq_len: seq,
+        lr: a.lr,
+        min_lr: a.lr / 10.0,
+        warmup_steps: (steps / 10).min(20),
+        weight_decay: 0.0,
+        grad_clip: 1.0,
+        balance_coef: 0.01,
+        distill_alpha: a.distill_alpha,
+        distill_temperature: 1.0,
+        eval_every: 0,
+        eval_chunks: 8,
+        seed: a.seed,
+    });
+    let cfg = PruneConfig {
+        ratio: a.ratio,
+        importance: parse_importance(&a.importance)?,
+        targets,
+        preserve_ssm: !a.allow_ssm,
+        allocation: match a.allocation.as_str() {
+            "global" => Allocation::Global,
+            "uniform" => Allocation::Uniform,
+            other => bail!("--allocation {other}: expected global or uniform"),
+        },
+        min_width: a.min_width,
+        round_to: a.round_to,
+        rounds: a.rounds,
+        recover,
+        seed: a.seed,
+        ..PruneConfig::default()
+    };
+    let data = PruneData {
+        calib: &input.calib,
+        train: &input.train,
+        valid: &input.valid,
+        bos: input.loaded.tokenizer.bos_id(),
+    };
+    let pb = crate::common::progress_bar((steps * a.rounds) as u64, "prune");
+    let mut done = 0;
+    let (mut pruned, report) = prune_checkpoint(&input.loaded.ckpt, &cfg, &data, &mut |e| {
+        if let squish_prune::PruneEvent::Train { .. } = e {
+            done += 1;
+            pb.set_position(done);
+        }
+    })?;
+    pb.finish_and_clear();
+    pruned.provenance.parent_sha256 = Some(input.sha256.clone());
+    let (_, m) = save_and_measure(&d, &input, pruned, &a.out)?;
+    if let Some(p) = &a.report {
+        squish_core::fsutil::atomic_write(
+            p,
+            serde_json::to_string_pretty(&serde_json::json!({"pruning": report, "measured": m}))?
+                .as_bytes(),
+        )?;
+    }
+    println!(
+        "wrote {} ({} bytes): {} → {} parameters ({:.1} % of non-embedding removed, requested {:.1} %); PPL {:.4} (llama-cpp, ctx {}, native runtime)",
+        a.out.display(),
+        m.file_bytes,
+        report.params_before,
+        report.params_after,
+        100.0 * report.achieved_ratio,
+        100.0 * report.requested_ratio,
+        m.ppl.ppl,
+        m.ppl.ctx
+    );
+    Ok(())
+}
