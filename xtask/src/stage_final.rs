@@ -65,17 +65,18 @@ struct StageRow {
     delta_ppl_pct: Option<f64>,
     latency_ms_1t: Option<f64>,
     decode_tok_s_1t: Option<f64>,
+    latency_ms_1t_int8_act: Option<f64>,
     sample: String,
     sha256: String,
 }
 
-fn latency(kernels: &Value, stage: &str) -> (Option<f64>, Option<f64>) {
+fn latency(kernels: &Value, stage: &str, act: &str) -> (Option<f64>, Option<f64>) {
     let Some(points) = kernels.get("points").and_then(Value::as_array) else {
         return (None, None);
     };
     points
         .iter()
-        .find(|p| p["stage"] == stage && p["threads"] == 1)
+        .find(|p| p["stage"] == stage && p["threads"] == 1 && p["activations"] == act)
         .map_or((None, None), |p| {
             (p["latency_ms"].as_f64(), p["decode_tok_s"].as_f64())
         })
@@ -89,7 +90,8 @@ fn rows(ctx: &Ctx, c: &FinalStage, kernels: &Value) -> Result<Vec<StageRow>> {
         let r = read_report(ctx, stage)?;
         let mut push = |name: String, s: &Value| -> Result<()> {
             let ppl = f(s, "/ppl/ppl").with_context(|| format!("{name}: no PPL in summary"))?;
-            let (lat, dec) = latency(kernels, &name);
+            let (lat, dec) = latency(kernels, &name, "f32");
+            let (lat8, _) = latency(kernels, &name, "int8");
             out.push(StageRow {
                 stage: name,
                 file_bytes: f(s, "/file_bytes").unwrap_or(f64::NAN),
@@ -98,6 +100,7 @@ fn rows(ctx: &Ctx, c: &FinalStage, kernels: &Value) -> Result<Vec<StageRow>> {
                 delta_ppl_pct: Some(100.0 * (ppl / base_ppl - 1.0)),
                 latency_ms_1t: lat,
                 decode_tok_s_1t: dec,
+                latency_ms_1t_int8_act: lat8,
                 sample: s["sample"].as_str().unwrap_or("").to_string(),
                 sha256: s["sha256"].as_str().unwrap_or("").to_string(),
             });
@@ -235,10 +238,10 @@ pub fn run(ctx: &Ctx, c: &FinalStage, fingerprint: &str) -> Result<(Value, Strin
             k["verdict"].as_str().unwrap_or("")
         ));
     }
-    md.push_str("\nCompression is file bytes of the reference over file bytes of the deliverable. The seed's FP32 reference (7.20 MB, 1.89M parameters) is the seed project's original model; squish's own FP32 baseline is the model the `baseline` stage trained. PPL of the seed (1215) used another tokenizer and protocol and is not comparable.\n\n## Stages\n\n| stage | file bytes | parameters | PPL | ΔPPL | prefill128+decode128 ms (1 thread) | decode tok/s | sha256 |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\nLatency is the native runtime with float activations — the configuration every PPL here was measured with; the int8-activation column (quantized checkpoints only) is the faster integer path, whose PPL shift the kernels README measures (≈0.2 % on stories260K INT4).\n\nCompression is file bytes of the reference over file bytes of the deliverable. The seed's FP32 reference (7.20 MB, 1.89M parameters) is the seed project's original model; squish's own FP32 baseline is the model the `baseline` stage trained. PPL of the seed (1215) used another tokenizer and protocol and is not comparable.\n\n## Stages\n\n| stage | file bytes | parameters | PPL | ΔPPL | prefill128+decode128 ms (1 thread) | decode tok/s | ms with int8 activations | sha256 |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in &rows {
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.4} | {} | {} | {} | `{}` |\n",
+            "| {} | {:.0} | {:.0} | {:.4} | {} | {} | {} | {} | `{}` |\n",
             r.stage,
             r.file_bytes,
             r.parameters,
@@ -251,6 +254,9 @@ pub fn run(ctx: &Ctx, c: &FinalStage, fingerprint: &str) -> Result<(Value, Strin
                 .unwrap_or_else(|| "-".into()),
             r.decode_tok_s_1t
                 .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            r.latency_ms_1t_int8_act
+                .map(|v| format!("{v:.3}"))
                 .unwrap_or_else(|| "-".into()),
             &r.sha256.get(..16).unwrap_or("")
         ));

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use squish_core::checkpoint;
+use squish_kernels::Activations;
 use squish_kernels::runtime::{Runtime, RuntimeOptions};
 
 use crate::pipeline::Ctx;
@@ -31,6 +32,14 @@ pub struct KernelsStage {
     /// Thread counts to measure.
     #[serde(default = "default_threads")]
     pub threads: Vec<usize>,
+    /// Activation precisions for quantized weights: `f32` (exact; the one every PPL in the
+    /// reports is measured with) and/or `int8` (per-block int8 activations, integer dot products).
+    #[serde(default = "default_acts")]
+    pub activations: Vec<String>,
+}
+
+fn default_acts() -> Vec<String> {
+    vec!["f32".into(), "int8".into()]
 }
 
 fn default_tokens() -> usize {
@@ -52,6 +61,8 @@ pub struct BenchPoint {
     pub checkpoint: PathBuf,
     /// Worker threads.
     pub threads: usize,
+    /// Activation precision used with quantized weights.
+    pub activations: String,
     /// Kernel path.
     pub simd: String,
     /// Tensor formats as the runtime sees them.
@@ -123,9 +134,25 @@ pub fn run(ctx: &Ctx, c: &KernelsStage, fingerprint: &str) -> Result<(serde_json
         let path = ctx.checkpoint_path(stage);
         let ckpt = checkpoint::load(&path)
             .with_context(|| format!("loading {} (run stage `{stage}` first)", path.display()))?;
-        for &threads in &c.threads {
+        let quantized = ckpt
+            .weights
+            .iter()
+            .any(|(_, t)| matches!(t.data, squish_core::checkpoint::TensorData::Quant(_)));
+        for (act, &threads) in c
+            .activations
+            .iter()
+            .filter(|a| quantized || a.as_str() == "f32")
+            .flat_map(|a| c.threads.iter().map(move |t| (a, t)))
+        {
             let opts = RuntimeOptions {
                 threads,
+                act: match act.as_str() {
+                    "f32" => Activations::F32,
+                    "int8" => Activations::Int8,
+                    other => {
+                        anyhow::bail!("[stages.kernels] activations: `{other}` is not f32 or int8")
+                    }
+                },
                 max_batch: c.prefill.max(1),
                 ..RuntimeOptions::default()
             };
@@ -135,6 +162,7 @@ pub fn run(ctx: &Ctx, c: &KernelsStage, fingerprint: &str) -> Result<(serde_json
                 stage: stage.clone(),
                 checkpoint: path.clone(),
                 threads,
+                activations: act.clone(),
                 simd: rt.level().name().to_string(),
                 formats: rt.format_summary().to_string(),
                 latency_ms: e2e * 1e3,
@@ -146,7 +174,7 @@ pub fn run(ctx: &Ctx, c: &KernelsStage, fingerprint: &str) -> Result<(serde_json
                 },
             };
             println!(
-                "  [kernels] {stage} ×{threads}: {:.3} ms (prefill {:.0} tok/s, decode {:.0} tok/s)",
+                "  [kernels] {stage} ×{threads} act {act}: {:.3} ms (prefill {:.0} tok/s, decode {:.0} tok/s)",
                 p.latency_ms, p.prefill_tok_s, p.decode_tok_s
             );
             points.push(p);
@@ -162,7 +190,7 @@ pub fn run(ctx: &Ctx, c: &KernelsStage, fingerprint: &str) -> Result<(serde_json
         "settings": c,
     });
     let mut md = format!(
-        "# Stage `kernels` — the native runtime on every stage's checkpoint\n\nLatency of \"prefill {} + decode {}\" (greedy), median of {} runs after 2 warm-ups; load average at the end: {}.\n\n| stage | threads | kernel path | formats | prefill+decode ms | prefill tok/s | decode tok/s |\n|---|---|---|---|---|---|---|\n",
+        "# Stage `kernels` — the native runtime on every stage's checkpoint\n\nLatency of \"prefill {} + decode {}\" (greedy), median of {} runs after 2 warm-ups; load average at the end: {}.\n\n| stage | threads | activations | kernel path | formats | prefill+decode ms | prefill tok/s | decode tok/s |\n|---|---|---|---|---|---|---|---|\n",
         c.prefill,
         c.decode,
         c.reps,

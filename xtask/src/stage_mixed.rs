@@ -57,6 +57,9 @@ fn qat_plan(
     Ok(plan)
 }
 
+/// Bytes kept free in the solve for the QAT export's provenance entry.
+const QAT_RESERVE_BYTES: u64 = 128;
+
 fn default_reference() -> String {
     "baseline".into()
 }
@@ -74,6 +77,13 @@ pub fn run(
     let mut cfg = c.mixed.clone();
     if cfg.cache_dir.is_none() {
         cfg.cache_dir = out.parent().map(|p| p.join("sensitivity"));
+    }
+    // The QAT export carries one more provenance entry than the plain mix: solve under a budget
+    // that leaves room for it, and check the real file against the configured one below.
+    let params = input.loaded.ckpt.weights.param_count();
+    let limit = c.mixed.budget.byte_limit(params);
+    if let (Some(n), Some(_)) = (limit, &c.qat) {
+        cfg.budget = squish_mixed::Budget::Bytes(n.saturating_sub(QAT_RESERVE_BYTES));
     }
     let stats = if cfg.gptq {
         Some(calibrate(&input, &input.loaded.ckpt)?)
@@ -116,7 +126,16 @@ pub fn run(
             squish_quant::SmallFormat::F32
         };
         let plain_bytes = squish_core::checkpoint::to_bytes(&mixed)?.len();
-        let (qat, qr) = run_qat(&input, &input.loaded.ckpt, quant, plan, q)?;
+        let (mut qat, qr) = run_qat(&input, &input.loaded.ckpt, quant, plan, q)?;
+        let mut prov = mixed.provenance.clone();
+        prov.details.insert(
+            "qat".into(),
+            format!(
+                "{} steps, distill α {}",
+                q.train.steps, q.train.distill_alpha
+            ),
+        );
+        qat.provenance = prov;
         let qat_bytes = squish_core::checkpoint::to_bytes(&qat)?.len();
         println!("  [{stage}] QAT of the chosen mix: {plain_bytes} → {qat_bytes} bytes");
         mixed = qat;
@@ -125,6 +144,13 @@ pub fn run(
     mixed.provenance.stage = stage.into();
     mixed.provenance.parent_sha256 = Some(input.sha256.clone());
     mixed.provenance.config_hash = Some(fingerprint.into());
+    if let Some(n) = limit {
+        let bytes = squish_core::checkpoint::to_bytes(&mixed)?.len() as u64;
+        anyhow::ensure!(
+            bytes <= n,
+            "mixed_precision: the checkpoint is {bytes} bytes, over the budget of {n} bytes"
+        );
+    }
     let (_, m) = save_and_measure(&ctx.cfg.data, &input, mixed, &out)?;
     let reference = reference_ppl(ctx, &c.reference);
     println!(

@@ -194,6 +194,37 @@ impl QuantSettings {
     }
 }
 
+/// Quantizes the linear weights that [`QuantSettings::quant_config_for`] kept because their rows
+/// are narrower than the group (pruned SsmMoe `out_proj`/expert `w2`, `dt_proj`) with one group
+/// per row instead, same bits/method, so no weight is left in F32 for being narrow.
+fn narrow_rows_per_row(
+    src: &Checkpoint,
+    q: &mut Checkpoint,
+    cfg: &QuantConfig,
+    calib: Option<&Calibration>,
+) -> Result<()> {
+    let format = QuantFormat::new(cfg.format.bits_u32(), None, cfg.format.asym)?;
+    let spec = squish_quant::QuantSpec {
+        format,
+        method: cfg.method.clone(),
+    };
+    for name in &cfg.keep {
+        let t = src.weights.get(name)?;
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let stats = calib.and_then(|c| c.tensors.get(name));
+        let packed = squish_quant::quantize_tensor(&t.to_f32(), rows, cols, &spec, stats)
+            .with_context(|| format!("quantizing {name} per row"))?;
+        q.weights.insert(
+            name.clone(),
+            squish_core::checkpoint::WeightTensor {
+                shape: t.shape.clone(),
+                data: squish_core::checkpoint::TensorData::Quant(packed),
+            },
+        );
+    }
+    Ok(())
+}
+
 /// Calibration statistics of `ckpt` (F32) on the input's calibration windows.
 pub fn calibrate(input: &StageInput, ckpt: &Checkpoint) -> Result<Calibration> {
     let device = squish_core::model::CpuBackend::default().device();
@@ -227,7 +258,9 @@ pub fn quantize_and_measure(
         } else {
             None
         };
-        quantize_checkpoint(ckpt, &cfg, calib.as_ref())?
+        let (mut q, r) = quantize_checkpoint(ckpt, &cfg, calib.as_ref())?;
+        narrow_rows_per_row(ckpt, &mut q, &cfg, calib.as_ref())?;
+        (q, r)
     };
     q.provenance.stage = stage.into();
     q.provenance.parent_sha256 = Some(parent_sha.to_string());
