@@ -52,7 +52,8 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// Median of `v` (non-empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -92,7 +93,8 @@ fn cpu_ns() -> Option<u64> {
     None
 }
 
-fn argmax(v: &[f32]) -> u32 {
+/// Index of the largest logit (greedy token).
+pub fn argmax(v: &[f32]) -> u32 {
     v.iter()
         .enumerate()
         .fold(

@@ -74,6 +74,11 @@ impl Default for DataConfig {
     }
 }
 
+/// The default F32 reference stage of ΔPPL (serde default of the stages' `reference`).
+pub fn default_reference() -> String {
+    "baseline".into()
+}
+
 /// The prompt of every greedy sample.
 pub const SAMPLE_PROMPT: &str = "Once upon a time";
 

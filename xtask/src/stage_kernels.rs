@@ -12,6 +12,7 @@ use squish_core::checkpoint;
 use squish_kernels::Activations;
 use squish_kernels::runtime::{Runtime, RuntimeOptions};
 
+use crate::cmd_bench::{argmax, median};
 use crate::pipeline::Ctx;
 
 /// `[stages.kernels]`.
@@ -73,21 +74,6 @@ pub struct BenchPoint {
     pub prefill_tok_s: f64,
     /// Median decode tokens/s.
     pub decode_tok_s: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = (0usize, f32::NEG_INFINITY);
-    for (i, &x) in v.iter().enumerate() {
-        if x > best.1 {
-            best = (i, x);
-        }
-    }
-    best.0 as u32
 }
 
 /// Times "prefill `prefill` + decode `decode`" on `rt` (greedy), median of `reps`.

@@ -26,7 +26,7 @@ pub struct MixedStage {
     /// The stage whose (F32) checkpoint gets mixed formats.
     pub input: String,
     /// The stage whose PPL is the F32 reference for ΔPPL.
-    #[serde(default = "default_reference")]
+    #[serde(default = "crate::stage_data::default_reference")]
     pub reference: String,
     /// squish-mixed settings (`[stages.mixed_precision.mixed]`); the sensitivity cache defaults
     /// to the stage's checkpoint directory.
@@ -59,10 +59,6 @@ fn qat_plan(
 
 /// Bytes kept free in the solve for the QAT export's provenance entry.
 const QAT_RESERVE_BYTES: u64 = 128;
-
-fn default_reference() -> String {
-    "baseline".into()
-}
 
 /// Runs the stage: (JSON, Markdown, extra output files).
 pub fn run(

@@ -22,17 +22,13 @@ pub struct PruneStage {
     /// The stage whose (F32) checkpoint is pruned.
     pub input: String,
     /// The stage whose PPL is the F32 reference for ΔPPL.
-    #[serde(default = "default_reference")]
+    #[serde(default = "crate::stage_data::default_reference")]
     pub reference: String,
     /// squish-prune settings (`[stages.pruned.prune]`, `[stages.pruned.prune.recover]`).
     pub prune: PruneConfig,
     /// Also quantize the pruned model (`[stages.pruned.int4]`), written to `pruned/int4/`.
     #[serde(default)]
     pub int4: Option<QuantSettings>,
-}
-
-fn default_reference() -> String {
-    "baseline".into()
 }
 
 /// Runs the stage: (JSON, Markdown, extra output files).
@@ -97,7 +93,8 @@ pub fn run(
             .unwrap_or(std::path::Path::new("."))
             .join("int4")
             .join("model.safetensors");
-        let (qr, qm) = quantize_and_measure(ctx, &input, &pruned, &m.sha256, q, stage, &qout)?;
+        let (qr, qm) =
+            quantize_and_measure(ctx, &input, &pruned, &m.sha256, q, stage, &qout, reference)?;
         println!(
             "  [{stage}] + {}: {} bytes, PPL {:.4}",
             q.method, qm.file_bytes, qm.ppl.ppl

@@ -28,7 +28,7 @@ pub struct QuantStage {
     /// The stage whose checkpoint is quantized.
     pub input: String,
     /// The stage whose PPL is the F32 reference for ΔPPL.
-    #[serde(default = "default_reference")]
+    #[serde(default = "crate::stage_data::default_reference")]
     pub reference: String,
     /// Settings of squish-quant (`[stages.<name>.quant]`).
     pub quant: QuantSettings,
@@ -115,9 +115,6 @@ pub fn run_qat(
     Ok(out)
 }
 
-fn default_reference() -> String {
-    "baseline".into()
-}
 fn default_bits() -> u32 {
     4
 }
@@ -232,7 +229,8 @@ pub fn calibrate(input: &StageInput, ckpt: &Checkpoint) -> Result<Calibration> {
 }
 
 /// Quantizes `ckpt` (the F32 checkpoint with sha256 `parent_sha`, tokenized data from `input`)
-/// with `settings`, saves it to `out` and measures it.
+/// with `settings`, saves it to `out` and measures it; `reference` is the F32 PPL of ΔPPL.
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_and_measure(
     ctx: &Ctx,
     input: &StageInput,
@@ -241,18 +239,17 @@ pub fn quantize_and_measure(
     settings: &QuantSettings,
     stage: &str,
     out: &std::path::Path,
+    reference: Option<f64>,
 ) -> Result<(QuantReport, Measured)> {
-    let cfg = settings.quant_config_for(ckpt)?;
     let (mut q, mut report) = if settings.method == "qat" {
         let qs = settings
             .qat
             .as_ref()
             .context("method = \"qat\" needs a [..quant.qat] table with its training settings")?;
-        // QAT falls back to per-row where the group is wider than the row by itself.
-        let mut cfg = cfg;
-        cfg.keep.clear();
-        run_qat(input, ckpt, cfg, BTreeMap::new(), qs)?
+        // QAT falls back to per-row by itself where the group is wider than the row.
+        run_qat(input, ckpt, settings.quant_config()?, BTreeMap::new(), qs)?
     } else {
+        let cfg = settings.quant_config_for(ckpt)?;
         let calib = if settings.needs_calibration() {
             Some(calibrate(input, ckpt)?)
         } else {
@@ -265,11 +262,7 @@ pub fn quantize_and_measure(
     q.provenance.stage = stage.into();
     q.provenance.parent_sha256 = Some(parent_sha.to_string());
     let (_, m) = save_and_measure(&ctx.cfg.data, input, q, out)?;
-    report.finish_row(
-        m.file_bytes,
-        Some(m.ppl.ppl),
-        reference_ppl(ctx, "baseline"),
-    );
+    report.finish_row(m.file_bytes, Some(m.ppl.ppl), reference);
     Ok((report, m))
 }
 
@@ -283,6 +276,7 @@ pub fn run(
     let t0 = std::time::Instant::now();
     let input = load_input(ctx, &c.input)?;
     let out = ctx.checkpoint_path(stage);
+    let reference = reference_ppl(ctx, &c.reference);
     let (report, m) = quantize_and_measure(
         ctx,
         &input,
@@ -291,8 +285,8 @@ pub fn run(
         &c.quant,
         stage,
         &out,
+        reference,
     )?;
-    let reference = reference_ppl(ctx, &c.reference);
     let seconds = t0.elapsed().as_secs_f64();
     println!(
         "  [{stage}] {} bytes, PPL {:.4}{}",
