@@ -155,72 +155,31 @@ impl Scratch {
         norm: Option<RmsNorm<'_>>,
         simd: bool,
     ) -> Staged<'s> {
-        // AVX2 helpers are bit-identical to the scalar loops (see `stage_avx2`).
-        let simd = simd && cfg!(target_arch = "x86_64");
         let Repr::Quant(q) = &w.repr else {
             unreachable!("stage_q8 is only called for quantized weights")
         };
-        let (inp, ld, ng, group) = (w.inp, q.padded_in(), q.n_groups, q.group);
-        let cpg = q.gp / CHUNK;
+        let (inp, ld, ng) = (w.inp, q.padded_in(), q.n_groups);
+        assert!(
+            x.len() >= n * inp,
+            "stage_q8: {} activations < {n} × {inp}",
+            x.len()
+        );
         grow(&mut self.xq, n * ld);
         grow(&mut self.a, n * ng);
         grow(&mut self.b, n * ng);
-        let mut blk = [0f32; 256]; // normalized block (groups longer than this are done in pieces)
-        for t in 0..n {
-            let src = &x[t * inp..(t + 1) * inp];
-            let inv = norm.map(|nm| inv_rms(src, nm.eps));
-            for g in 0..ng {
-                let (c0, c1) = (g * group, ((g + 1) * group).min(inp));
-                let row = &mut self.xq[t * ld..(t + 1) * ld];
-                if g == 0 {
-                    row.fill(0);
-                }
-                // Pass 1: absmax of the (normalized) block.
-                let mut amax = 0f32;
-                let mut c = c0;
-                while c < c1 {
-                    let m = (c1 - c).min(blk.len());
-                    load_block(&mut blk[..m], src, c, norm, inv);
-                    amax = absmax(&blk[..m], amax, simd);
-                    c += m;
-                }
-                let a = amax / 127.0;
-                let qi = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                // Pass 2: quantize.
-                let mut sum = 0i32;
-                let mut c = c0;
-                while c < c1 {
-                    let m = (c1 - c).min(blk.len());
-                    load_block(&mut blk[..m], src, c, norm, inv);
-                    // 8-element runs (j ≡ 0 mod 8) are contiguous in the staged row.
-                    let mut k0 = 0;
-                    #[cfg(target_arch = "x86_64")]
-                    if simd {
-                        while k0 + 8 <= m && (c - c0 + k0).is_multiple_of(8) {
-                            let j = c - c0 + k0;
-                            let p = q.q8_pos(g * cpg + j / CHUNK, j % CHUNK);
-                            // SAFETY: AVX2 was detected (`simd`); 8 floats at k0
-                            // and 8 bytes at p (a run of one chunk half) exist.
-                            sum += unsafe {
-                                crate::stage_avx2::quant8(&blk[k0..k0 + 8], qi, &mut row[p..p + 8])
-                            };
-                            k0 += 8;
-                        }
-                    }
-                    for (k, v) in blk[..m].iter().enumerate().skip(k0) {
-                        // Round half away from zero (cheap cast instead of libm `round`).
-                        let r = v * qi;
-                        let qv = ((r + 0.5f32.copysign(r)) as i32).clamp(-127, 127) as i8;
-                        sum += qv as i32;
-                        let j = c - c0 + k; // index inside the group
-                        row[q.q8_pos(g * cpg + j / CHUNK, j % CHUNK)] = qv;
-                    }
-                    c += m;
-                }
-                self.a[t * ng + g] = a;
-                self.b[t * ng + g] = a * sum as f32;
-            }
+        grow(&mut self.xp, inp);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd` is only set when AVX2 + FMA + F16C were detected.
+            unsafe { stage_q8_avx2(self, q, inp, x, n, norm) };
+            return self.staged_q8(n, ld, ng);
         }
+        let _ = simd;
+        stage_q8_rows::<false>(self, q, inp, x, n, norm);
+        self.staged_q8(n, ld, ng)
+    }
+
+    fn staged_q8(&self, n: usize, ld: usize, ng: usize) -> Staged<'_> {
         Staged::Q8 {
             xq: &self.xq[..n * ld],
             ld,
@@ -231,27 +190,97 @@ impl Scratch {
     }
 }
 
-fn load_block(blk: &mut [f32], src: &[f32], c: usize, norm: Option<RmsNorm<'_>>, inv: Option<f32>) {
-    let m = blk.len();
-    match (norm, inv) {
-        (Some(nm), Some(inv)) => {
-            for ((d, s), w) in blk.iter_mut().zip(&src[c..c + m]).zip(&nm.weight[c..c + m]) {
-                *d = w * (s * inv);
+/// [`stage_q8_rows`] compiled with AVX2 (the element loops vectorise; the
+/// arithmetic is the same IEEE operations in the same order, so bit-identical).
+///
+/// # Safety
+/// AVX2 + FMA + F16C must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn stage_q8_avx2(
+    s: &mut Scratch,
+    q: &crate::pack::QuantRepr,
+    inp: usize,
+    x: &[f32],
+    n: usize,
+    norm: Option<RmsNorm<'_>>,
+) {
+    stage_q8_rows::<true>(s, q, inp, x, n, norm)
+}
+
+/// Quantizes each token row of `x: [n, inp]` (normalized first when `norm`) per
+/// weight group into `s.xq` (staging order of `q`), with scales `s.a` and
+/// zero-point corrections `s.b`. Buffers were grown by the caller.
+#[inline(always)]
+fn stage_q8_rows<const SIMD: bool>(
+    s: &mut Scratch,
+    q: &crate::pack::QuantRepr,
+    inp: usize,
+    x: &[f32],
+    n: usize,
+    norm: Option<RmsNorm<'_>>,
+) {
+    let (ld, ng, group) = (q.padded_in(), q.n_groups, q.group);
+    let cpg = q.gp / CHUNK;
+    for t in 0..n {
+        let src = &x[t * inp..(t + 1) * inp];
+        // [inp] the row as the weight sees it (normalized once).
+        let v = &mut s.xp[..inp];
+        match norm {
+            Some(nm) => {
+                let inv = inv_rms(src, nm.eps);
+                for ((d, s), w) in v.iter_mut().zip(src).zip(&nm.weight[..inp]) {
+                    *d = w * (s * inv);
+                }
             }
+            None => v.copy_from_slice(src),
         }
-        _ => blk.copy_from_slice(&src[c..c + m]),
+        let row = &mut s.xq[t * ld..(t + 1) * ld];
+        row.fill(0);
+        for g in 0..ng {
+            let (c0, c1) = (g * group, ((g + 1) * group).min(inp));
+            let blk = &v[c0..c1];
+            let amax = absmax(blk, SIMD);
+            let a = amax / 127.0;
+            let qi = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let mut sum = 0i32;
+            let mut k0 = 0;
+            // 8-element runs (j ≡ 0 mod 8) are contiguous in the staged row.
+            #[cfg(target_arch = "x86_64")]
+            if SIMD {
+                while k0 + 8 <= blk.len() {
+                    let p = q.q8_pos(g * cpg + k0 / CHUNK, k0 % CHUNK);
+                    // SAFETY: SIMD is only instantiated from `stage_q8_avx2` (AVX2
+                    // detected); 8 floats at k0 and 8 bytes at p (one run) exist.
+                    sum += unsafe {
+                        crate::stage_avx2::quant8(&blk[k0..k0 + 8], qi, &mut row[p..p + 8])
+                    };
+                    k0 += 8;
+                }
+            }
+            for (k, v) in blk.iter().enumerate().skip(k0) {
+                // Round half away from zero (cheap cast instead of libm `round`).
+                let r = v * qi;
+                let qv = ((r + 0.5f32.copysign(r)) as i32).clamp(-127, 127) as i8;
+                sum += qv as i32;
+                row[q.q8_pos(g * cpg + k / CHUNK, k % CHUNK)] = qv;
+            }
+            s.a[t * ng + g] = a;
+            s.b[t * ng + g] = a * sum as f32;
+        }
     }
 }
 
-/// `max(init, max |v|)`, vectorised when `simd` (exact either way).
-fn absmax(v: &[f32], init: f32, simd: bool) -> f32 {
+/// `max |v|`, vectorised when `simd` (exact either way).
+#[inline(always)]
+fn absmax(v: &[f32], simd: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is only true when AVX2 was detected.
-        return unsafe { crate::stage_avx2::absmax(v, init) };
+        // SAFETY: `simd` is only true inside `stage_q8_avx2` (AVX2 detected).
+        return unsafe { crate::stage_avx2::absmax(v, 0.0) };
     }
     let _ = simd;
-    v.iter().fold(init, |m, x| m.max(x.abs()))
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
 }
 
 /// `1 / sqrt(mean(x²) + eps)`.

@@ -81,8 +81,17 @@ fn store(y: &mut [f32], off: usize, rb: usize, lo: usize, hi: usize, r0: usize, 
     }
 }
 
+/// Offsets (from the start of a chunk's activations, see [`act_off`]) of the 4
+/// activations paired with the low nibbles of sub-steps 0..4; the high nibbles'
+/// are 4 further on.
+const SUB_OFF: [usize; 4] = [0, 8, CHUNK, CHUNK + 8];
+
 /// 8 rows (block `blk`) × `T` tokens `t..t+T`: each 32-byte weight load and its
 /// nibble split are shared by the `T` tokens. Bounds were asserted by the caller.
+///
+/// A chunk's 4 sub-steps are summed in i16 (|u4 · i8| pair sums ≤ 2·15·127, eight
+/// of them ≤ 30,480 < 2¹⁵) and widened with one `vpmaddwd` per chunk; the
+/// integer sums are exact, so the result does not depend on this order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -97,55 +106,53 @@ fn tile<const T: usize>(
 ) -> [__m256; T] {
     let il = &q.il;
     let (ng, cpg) = (q.n_groups, q.gp / CHUNK);
-    let wb = &il.codes[blk * il.block_bytes..(blk + 1) * il.block_bytes];
-    let sc = &il.scales[blk * ng * IL_ROWS..(blk + 1) * ng * IL_ROWS];
-    let zs = &il.zs[blk * ng * IL_ROWS..(blk + 1) * ng * IL_ROWS];
-    let xt: [&[i8]; T] = std::array::from_fn(|j| &xq[(t + j) * ld..(t + j + 1) * ld]);
-    let m = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut ch = 0;
-    for g in 0..ng {
-        let mut isum = [_mm256_setzero_si256(); T];
-        for _ in 0..cpg {
-            let base = (ch / 2) * 2 * CHUNK;
-            let half = ch % 2;
-            for s in 0..4 {
-                let (ol, oh) = (base + act_off(half, 8 * s), base + act_off(half, 8 * s + 4));
-                // SAFETY: chunk `ch` < il.chunks: 32 bytes at (ch·4+s)·32 lie in
-                // `wb` (block_bytes = chunks·128); activation offsets + 4 <=
-                // (ch/2 + 1)·64 <= ld = len of each `xt` row (asserted by caller).
-                unsafe {
-                    let w =
-                        _mm256_loadu_si256(wb.as_ptr().add((ch * 4 + s) * 32) as *const __m256i);
+    debug_assert_eq!(SUB_OFF[3] + 4, act_off(0, 28));
+    // SAFETY: the caller asserted `il.codes` holds `blocks · block_bytes` bytes
+    // (block_bytes = ng·cpg·128), `il.scales` / `il.zs` `blocks · ng · 8` floats,
+    // every token row `t + j` of `xq` holds `ld >= ⌈chunks/2⌉·64` bytes and `a` /
+    // `b` hold `ng` floats per token: every pointer below stays inside those.
+    unsafe {
+        let mut wp = il.codes.as_ptr().add(blk * il.block_bytes);
+        let sp = il.scales.as_ptr().add(blk * ng * IL_ROWS);
+        let zp = il.zs.as_ptr().add(blk * ng * IL_ROWS);
+        let xp: [*const i8; T] = std::array::from_fn(|j| xq.as_ptr().add((t + j) * ld));
+        let ap = a.as_ptr().add(t * ng);
+        let bp = b.as_ptr().add(t * ng);
+        let m = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut ch = 0;
+        for g in 0..ng {
+            let mut isum = [_mm256_setzero_si256(); T];
+            for _ in 0..cpg {
+                let xo = act_off(ch % 2, 0) + (ch / 2) * 2 * CHUNK;
+                let mut s16 = [_mm256_setzero_si256(); T];
+                for (s, off) in SUB_OFF.into_iter().enumerate() {
+                    let w = _mm256_loadu_si256(wp.add(s * 32) as *const __m256i);
                     let lo = _mm256_and_si256(w, m);
                     let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), m);
                     for j in 0..T {
-                        let xp = xt[j].as_ptr();
-                        let xl = _mm256_set1_epi32((xp.add(ol) as *const i32).read_unaligned());
-                        let xh = _mm256_set1_epi32((xp.add(oh) as *const i32).read_unaligned());
-                        let p = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(lo, xl),
-                            _mm256_maddubs_epi16(hi, xh),
-                        );
-                        isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p, ones));
+                        let x = xp[j].add(xo + off);
+                        let xl = _mm256_set1_epi32((x as *const i32).read_unaligned());
+                        let xh = _mm256_set1_epi32((x.add(4) as *const i32).read_unaligned());
+                        s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, xl));
+                        s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, xh));
                     }
                 }
+                for j in 0..T {
+                    isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s16[j], ones));
+                }
+                wp = wp.add(4 * 32);
+                ch += 1;
             }
-            ch += 1;
+            let s = _mm256_loadu_ps(sp.add(g * IL_ROWS));
+            let z = _mm256_loadu_ps(zp.add(g * IL_ROWS));
+            for j in 0..T {
+                let sa = _mm256_mul_ps(s, _mm256_set1_ps(*ap.add(j * ng + g)));
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), sa, acc[j]);
+                acc[j] = _mm256_fnmadd_ps(z, _mm256_set1_ps(*bp.add(j * ng + g)), acc[j]);
+            }
         }
-        // SAFETY: g < ng: 8 floats at g·8 in `sc` / `zs`.
-        let (s, z) = unsafe {
-            (
-                _mm256_loadu_ps(sc.as_ptr().add(g * IL_ROWS)),
-                _mm256_loadu_ps(zs.as_ptr().add(g * IL_ROWS)),
-            )
-        };
-        for j in 0..T {
-            let sa = _mm256_mul_ps(s, _mm256_set1_ps(a[(t + j) * ng + g]));
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), sa, acc[j]);
-            acc[j] = _mm256_fnmadd_ps(z, _mm256_set1_ps(b[(t + j) * ng + g]), acc[j]);
-        }
+        acc
     }
-    acc
 }

@@ -265,34 +265,38 @@ mod avx2 {
         // (8·nb <= ld), and e has 2·ld >= ld + 8·nb floats (head 1 at e0 + ld).
         unsafe {
             let e1 = e0.add(ld);
-            // Pass 1: scores of both heads, 2 blocks in flight, K loaded once.
+            // Pass 1: scores of both heads, 4 blocks in flight (8 independent FMA
+            // chains hide the FMA latency), K loaded once for both heads.
+            let (q0p, q1p) = (q[0].as_ptr(), q[1].as_ptr());
             let mut b = 0;
-            while b + 2 <= nb {
-                let mut a = [_mm256_setzero_ps(); 4];
+            while b + 4 <= nb {
+                let mut a0 = [_mm256_setzero_ps(); 4];
+                let mut a1 = [_mm256_setzero_ps(); 4];
                 for d in 0..hs {
-                    let (q0, q1) = (_mm256_set1_ps(q[0][d]), _mm256_set1_ps(q[1][d]));
+                    let (q0, q1) = (_mm256_set1_ps(*q0p.add(d)), _mm256_set1_ps(*q1p.add(d)));
                     let row = kp.add(d * ld + b * 8);
-                    let (k0, k1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
-                    a[0] = _mm256_fmadd_ps(q0, k0, a[0]);
-                    a[1] = _mm256_fmadd_ps(q0, k1, a[1]);
-                    a[2] = _mm256_fmadd_ps(q1, k0, a[2]);
-                    a[3] = _mm256_fmadd_ps(q1, k1, a[3]);
+                    for u in 0..4 {
+                        let k = _mm256_loadu_ps(row.add(8 * u));
+                        a0[u] = _mm256_fmadd_ps(q0, k, a0[u]);
+                        a1[u] = _mm256_fmadd_ps(q1, k, a1[u]);
+                    }
                 }
-                _mm256_storeu_ps(e0.add(b * 8), a[0]);
-                _mm256_storeu_ps(e0.add(b * 8 + 8), a[1]);
-                _mm256_storeu_ps(e1.add(b * 8), a[2]);
-                _mm256_storeu_ps(e1.add(b * 8 + 8), a[3]);
-                b += 2;
+                for u in 0..4 {
+                    _mm256_storeu_ps(e0.add((b + u) * 8), a0[u]);
+                    _mm256_storeu_ps(e1.add((b + u) * 8), a1[u]);
+                }
+                b += 4;
             }
-            if b < nb {
+            while b < nb {
                 let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
                 for d in 0..hs {
                     let k = _mm256_loadu_ps(kp.add(d * ld + b * 8));
-                    a0 = _mm256_fmadd_ps(_mm256_set1_ps(q[0][d]), k, a0);
-                    a1 = _mm256_fmadd_ps(_mm256_set1_ps(q[1][d]), k, a1);
+                    a0 = _mm256_fmadd_ps(_mm256_set1_ps(*q0p.add(d)), k, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_set1_ps(*q1p.add(d)), k, a1);
                 }
                 _mm256_storeu_ps(e0.add(b * 8), a0);
                 _mm256_storeu_ps(e1.add(b * 8), a1);
+                b += 1;
             }
             let inv0 = softmax_blocks(e0, nb, mask);
             let inv1 = softmax_blocks(e1, nb, mask);
