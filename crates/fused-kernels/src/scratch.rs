@@ -248,14 +248,18 @@ fn stage_q8_rows<const SIMD: bool>(
             // 8-element runs (j ≡ 0 mod 8) are contiguous in the staged row.
             #[cfg(target_arch = "x86_64")]
             if SIMD {
-                while k0 + 8 <= blk.len() {
-                    let p = q.q8_pos(g * cpg + k0 / CHUNK, k0 % CHUNK);
-                    // SAFETY: SIMD is only instantiated from `stage_q8_avx2` (AVX2
-                    // detected); 8 floats at k0 and 8 bytes at p (one run) exist.
-                    sum += unsafe {
-                        crate::stage_avx2::quant8(&blk[k0..k0 + 8], qi, &mut row[p..p + 8])
-                    };
-                    k0 += 8;
+                use crate::stage_avx2::{hsum_epi32, quant8};
+                use std::arch::x86_64::{_mm256_add_epi32, _mm256_setzero_si256};
+                // SAFETY: SIMD is only instantiated from `stage_q8_avx2` (AVX2
+                // detected); 8 floats at k0 and 8 bytes at p (one run) exist.
+                unsafe {
+                    let mut qs = _mm256_setzero_si256();
+                    while k0 + 8 <= blk.len() {
+                        let p = q.q8_pos(g * cpg + k0 / CHUNK, k0 % CHUNK);
+                        qs = _mm256_add_epi32(qs, quant8(&blk[k0..k0 + 8], qi, &mut row[p..p + 8]));
+                        k0 += 8;
+                    }
+                    sum += hsum_epi32(qs);
                 }
             }
             for (k, v) in blk.iter().enumerate().skip(k0) {
@@ -283,8 +287,23 @@ fn absmax(v: &[f32], simd: bool) -> f32 {
     v.iter().fold(0f32, |m, x| m.max(x.abs()))
 }
 
-/// `1 / sqrt(mean(x²) + eps)`.
+/// `1 / sqrt(mean(x²) + eps)`, the squares summed in 8 lanes (element `i` into
+/// lane `i % 8`, lanes combined pairwise): the same IEEE operations whether the
+/// compiler vectorises it or not, so SIMD and scalar staging agree bit for bit.
+#[inline(always)]
 pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    1.0 / (ss + eps).sqrt()
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v * v;
+        }
+    }
+    for (l, v) in lanes.iter_mut().zip(tail) {
+        *l += v * v;
+    }
+    let [l0, l1, l2, l3, l4, l5, l6, l7] = lanes;
+    let ss = ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7));
+    1.0 / (ss / x.len() as f32 + eps).sqrt()
 }

@@ -26,13 +26,14 @@ pub(crate) unsafe fn absmax(v: &[f32], init: f32) -> f32 {
     v[full..].iter().fold(m, |a, x| a.max(x.abs()))
 }
 
-/// Quantizes 8 floats `v[i..i+8]` with `qi` into `dst[0..8]` and returns their sum.
+/// Quantizes 8 floats `v[0..8]` with `qi` into `dst[0..8]` and returns the 8
+/// codes as i32 lanes (for the caller's running sum).
 ///
 /// # Safety
 /// AVX2 must be available; `v.len() >= 8` and `dst.len() >= 8`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn quant8(v: &[f32], qi: f32, dst: &mut [i8]) -> i32 {
+pub(crate) unsafe fn quant8(v: &[f32], qi: f32, dst: &mut [i8]) -> __m256i {
     debug_assert!(v.len() >= 8 && dst.len() >= 8);
     // SAFETY: 8 readable floats and 8 writable bytes (caller).
     unsafe {
@@ -45,13 +46,22 @@ pub(crate) unsafe fn quant8(v: &[f32], qi: f32, dst: &mut [i8]) -> i32 {
         );
         let p16 = _mm256_packs_epi32(q, q);
         let p8 = _mm256_packs_epi16(p16, p16);
-        let lo = _mm_cvtsi128_si32(_mm256_castsi256_si128(p8)) as u32 as u64;
-        let hi = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(p8)) as u32 as u64;
-        (dst.as_mut_ptr() as *mut u64).write_unaligned(lo | (hi << 32));
-        // Sum of the 8 values.
-        let s = _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-        _mm_cvtsi128_si32(s)
+        // Bytes 0..4 of each 128-bit lane hold the codes: bring dword 4 next to dword 0.
+        let p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        _mm_storel_epi64(dst.as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(p8));
+        q
     }
+}
+
+/// Sum of the 8 i32 lanes.
+///
+/// # Safety
+/// AVX2 must be available.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn hsum_epi32(q: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
 }

@@ -45,6 +45,11 @@ pub(crate) unsafe fn q4il_rows(
     assert!(il.chunks.div_ceil(2) * 2 * CHUNK <= ld && n * ld <= xq.len());
     assert!(n * ng <= a.len() && n * ng <= b.len());
     assert!(n == 0 || (n - 1) * ldy + (r1 - r0) <= y.len());
+    if n == 1 {
+        // SAFETY: bounds asserted above.
+        unsafe { gemv(q, xq, a, b, r0, r1, y) };
+        return;
+    }
     for blk in r0 / IL_ROWS..r1.div_ceil(IL_ROWS) {
         let rb = blk * IL_ROWS;
         let (lo, hi) = (rb.max(r0), (rb + IL_ROWS).min(r1));
@@ -60,6 +65,97 @@ pub(crate) unsafe fn q4il_rows(
             let acc = tile::<1>(q, blk, xq, ld, a, b, t);
             store(y, t * ldy, rb, lo, hi, r0, acc[0]);
             t += 1;
+        }
+    }
+}
+
+/// One chunk (32 elements × 8 rows) against one token: the 4 sub-steps summed
+/// in i16 (see [`tile`]), widened to i32 lanes (one per row).
+///
+/// # Safety
+/// 128 code bytes at `wp` and activations `x + SUB_OFF[s] .. + 8` readable.
+#[inline(always)]
+unsafe fn chunk1(wp: *const u8, x: *const i8, m: __m256i, ones: __m256i) -> __m256i {
+    // SAFETY: caller guarantees the reads.
+    unsafe {
+        let mut s16 = _mm256_setzero_si256();
+        for (s, off) in SUB_OFF.into_iter().enumerate() {
+            let w = _mm256_loadu_si256(wp.add(s * 32) as *const __m256i);
+            let lo = _mm256_and_si256(w, m);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), m);
+            let xl = _mm256_set1_epi32((x.add(off) as *const i32).read_unaligned());
+            let xh = _mm256_set1_epi32((x.add(off + 4) as *const i32).read_unaligned());
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo, xl));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi, xh));
+        }
+        _mm256_madd_epi16(s16, ones)
+    }
+}
+
+/// Decode GEMV (one token): rows `r0..r1` into `y[r − r0]`, every pointer
+/// computed once per 8-row block and the accumulator kept in a register.
+///
+/// # Safety
+/// AVX2 + FMA + F16C; the bounds asserted by [`q4il_rows`] for `n = 1`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv(
+    q: &QuantRepr,
+    xq: &[i8],
+    a: &[f32],
+    b: &[f32],
+    r0: usize,
+    r1: usize,
+    y: &mut [f32],
+) {
+    let il = &q.il;
+    let (ng, cpg) = (q.n_groups, q.gp / CHUNK);
+    let m = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let (x, ap, bp) = (xq.as_ptr(), a.as_ptr(), b.as_ptr());
+    // Activations of chunk `ch`: see `act_off`.
+    let xo = |ch: usize| (ch / 2) * 2 * CHUNK + (ch % 2) * 16;
+    // SAFETY (whole body): blocks lie inside `il.codes` / `il.scales` / `il.zs`
+    // (asserted sizes), chunk activations inside `xq[..ld]`, groups inside `a` /
+    // `b`, and rows `lo..hi` inside `y[..r1 − r0]`.
+    unsafe {
+        for blk in r0 / IL_ROWS..r1.div_ceil(IL_ROWS) {
+            let mut wp = il.codes.as_ptr().add(blk * il.block_bytes);
+            let sp = il.scales.as_ptr().add(blk * ng * IL_ROWS);
+            let zp = il.zs.as_ptr().add(blk * ng * IL_ROWS);
+            let mut group = |g: usize| {
+                let mut isum = _mm256_setzero_si256();
+                for c in 0..cpg {
+                    isum = _mm256_add_epi32(isum, chunk1(wp, x.add(xo(g * cpg + c)), m, ones));
+                    wp = wp.add(4 * 32);
+                }
+                let sa = _mm256_mul_ps(
+                    _mm256_loadu_ps(sp.add(g * IL_ROWS)),
+                    _mm256_set1_ps(*ap.add(g)),
+                );
+                (_mm256_cvtepi32_ps(isum), sa)
+            };
+            // Same operation order per group as `tile` (so a token's outputs do
+            // not depend on how tokens were tiled or split across threads).
+            let mut acc = _mm256_setzero_ps();
+            for g in 0..ng {
+                let (v, sa) = group(g);
+                acc = _mm256_fmadd_ps(v, sa, acc);
+                acc = _mm256_fnmadd_ps(
+                    _mm256_loadu_ps(zp.add(g * IL_ROWS)),
+                    _mm256_set1_ps(*bp.add(g)),
+                    acc,
+                );
+            }
+            let rb = blk * IL_ROWS;
+            let (lo, hi) = (rb.max(r0), (rb + IL_ROWS).min(r1));
+            if lo == rb && hi - lo == IL_ROWS {
+                _mm256_storeu_ps(y.as_mut_ptr().add(rb - r0), acc);
+            } else {
+                let mut v = [0f32; IL_ROWS];
+                _mm256_storeu_ps(v.as_mut_ptr(), acc);
+                y[lo - r0..hi - r0].copy_from_slice(&v[lo - rb..hi - rb]);
+            }
         }
     }
 }
