@@ -248,12 +248,27 @@ fn stage_q8_rows<const SIMD: bool>(
             // 8-element runs (j ≡ 0 mod 8) are contiguous in the staged row.
             #[cfg(target_arch = "x86_64")]
             if SIMD {
-                use crate::stage_avx2::{hsum_epi32, quant8};
+                use crate::stage_avx2::{hsum_epi32, quant8, quant32};
                 use std::arch::x86_64::{_mm256_add_epi32, _mm256_setzero_si256};
                 // SAFETY: SIMD is only instantiated from `stage_q8_avx2` (AVX2
-                // detected); 8 floats at k0 and 8 bytes at p (one run) exist.
+                // detected); 32 (8) floats at k0 and the chunk halves (the 8-byte
+                // run) at their staged positions exist.
                 unsafe {
                     let mut qs = _mm256_setzero_si256();
+                    while k0 + CHUNK <= blk.len() {
+                        let ch = g * cpg + k0 / CHUNK;
+                        let (p0, p1) = (q.q8_pos(ch, 0), q.q8_pos(ch, 16));
+                        debug_assert!(p0 + 16 <= p1 || p1 + 16 <= p0);
+                        let (lo, hi) = if p0 < p1 {
+                            let (a, b) = row.split_at_mut(p1);
+                            (&mut a[p0..p0 + 16], &mut b[..16])
+                        } else {
+                            let (a, b) = row.split_at_mut(p0);
+                            (&mut b[..16], &mut a[p1..p1 + 16])
+                        };
+                        qs = _mm256_add_epi32(qs, quant32(&blk[k0..k0 + CHUNK], qi, lo, hi));
+                        k0 += CHUNK;
+                    }
                     while k0 + 8 <= blk.len() {
                         let p = q.q8_pos(g * cpg + k0 / CHUNK, k0 % CHUNK);
                         qs = _mm256_add_epi32(qs, quant8(&blk[k0..k0 + 8], qi, &mut row[p..p + 8]));

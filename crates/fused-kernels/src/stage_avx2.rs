@@ -65,3 +65,41 @@ pub(crate) fn hsum_epi32(q: __m256i) -> i32 {
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
     _mm_cvtsi128_si32(s)
 }
+
+/// Quantizes 32 floats `v[0..32]` with `qi` (same rounding and clamp as
+/// [`quant8`]) and stores codes 0..16 at `lo[0..16]` and 16..32 at `hi[0..16]`
+/// (the two halves of a chunk in the staging order); returns the codes' sum as
+/// i32 lanes.
+///
+/// # Safety
+/// AVX2 must be available; `v.len() >= 32`, `lo.len() >= 16`, `hi.len() >= 16`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quant32(v: &[f32], qi: f32, lo: &mut [i8], hi: &mut [i8]) -> __m256i {
+    debug_assert!(v.len() >= 32 && lo.len() >= 16 && hi.len() >= 16);
+    // SAFETY: 32 readable floats and 2 × 16 writable bytes (caller).
+    unsafe {
+        let qiv = _mm256_set1_ps(qi);
+        let (sign, half) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(0.5));
+        let (pmax, pmin) = (_mm256_set1_epi32(127), _mm256_set1_epi32(-127));
+        let q: [__m256i; 4] = std::array::from_fn(|k| {
+            let r = _mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(8 * k)), qiv);
+            let h = _mm256_or_ps(_mm256_and_ps(r, sign), half);
+            let q = _mm256_cvttps_epi32(_mm256_add_ps(r, h));
+            _mm256_max_epi32(_mm256_min_epi32(q, pmax), pmin)
+        });
+        // Per 128-bit lane: bytes [q0 | q1 | q2 | q3] of elements 0..4 (low lane)
+        // and 4..8 (high lane); the dword permute restores element order.
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm_storeu_si128(lo.as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(p));
+        _mm_storeu_si128(
+            hi.as_mut_ptr() as *mut __m128i,
+            _mm256_extracti128_si256::<1>(p),
+        );
+        _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]))
+    }
+}
