@@ -222,6 +222,9 @@ fn stage_q8_rows<const SIMD: bool>(
 ) {
     let (ld, ng, group) = (q.padded_in(), q.n_groups, q.group);
     let cpg = q.gp / CHUNK;
+    // Every staged byte is written when the groups tile the row exactly in
+    // whole chunks; otherwise the padding must read as zero.
+    let dense = ld == inp && inp.is_multiple_of(group) && q.gp == group;
     for t in 0..n {
         let src = &x[t * inp..(t + 1) * inp];
         // [inp] the row as the weight sees it (normalized once).
@@ -236,7 +239,9 @@ fn stage_q8_rows<const SIMD: bool>(
             None => v.copy_from_slice(src),
         }
         let row = &mut s.xq[t * ld..(t + 1) * ld];
-        row.fill(0);
+        if !dense {
+            row.fill(0);
+        }
         for g in 0..ng {
             let (c0, c1) = (g * group, ((g + 1) * group).min(inp));
             let blk = &v[c0..c1];
