@@ -150,6 +150,7 @@ impl LlamaRt {
                     .chain(l.ffn.weights()),
                 cap,
             );
+            l.ffn.reserve(&mut s, cap);
         }
         reserve(&mut s, [&head.cls], cap);
         let ld = seq.next_multiple_of(8);
@@ -241,7 +242,7 @@ impl Family for LlamaRt {
                 // Decode: pull this layer's post-attention weights toward L2 while
                 // the (compute-bound) attention runs.
                 layers[l].wo.prefetch();
-                layers[l].ffn.weights().iter().for_each(|w| w.prefetch());
+                layers[l].ffn.weights().for_each(|w| w.prefetch());
             }
             let layer = &mut layers[l];
             let norm = Some(RmsNorm {

@@ -115,41 +115,58 @@ impl Exec {
     }
 }
 
-/// A SwiGLU FFN `W2 (silu(W1 x) ⊙ W3 x)`; gate/up fused when W1/W3 share a format.
+/// A SwiGLU FFN `W2 (silu(W1 x) ⊙ W3 x)`; gate/up stacked into one weight when W1/W3 share a
+/// format.
 #[derive(Debug)]
 pub(crate) struct SwiGlu {
-    /// `[hidden, d]`.
-    pub w1: PackedWeight,
-    /// `[hidden, d]`.
-    pub w3: PackedWeight,
+    /// Gate (`w1`) and up (`w3`) projections.
+    gate_up: GateUp,
     /// `[d, hidden]`.
     pub w2: PackedWeight,
     /// Hidden width (per layer / per expert).
     pub hidden: usize,
-    /// `[2, cap, hidden]` gate/up outputs when the pair cannot be fused (else empty).
-    tmp: Vec<f32>,
+}
+
+/// How a SwiGLU's gate and up projections are stored.
+#[derive(Debug)]
+enum GateUp {
+    /// `w1 ‖ w3` stacked row-wise, `[2·hidden, d]`: one matmul (one activation staging, one
+    /// kernel call) gives each token's gate then up values.
+    Stacked(PackedWeight),
+    /// Formats differ (mixed precision): `w1`, `w3` `[hidden, d]` each and their
+    /// `[2, cap, hidden]` outputs.
+    Pair(PackedWeight, PackedWeight, Vec<f32>),
 }
 
 impl SwiGlu {
     /// Loads `w1`, `w2`, `w3` named by `names` for model width `d`.
     pub fn load(w: &Weights, names: [&str; 3], d: usize, cap: usize) -> Result<Self> {
         let hidden = load::dim0(w, names[0])?;
-        let w1 = load::matrix(w, names[0], hidden, d)?;
         let w2 = load::matrix(w, names[1], d, hidden)?;
-        let w3 = load::matrix(w, names[2], hidden, d)?;
-        let fused = crate::matmul::check_pair(&w1, &w3).is_ok();
-        let tmp = if fused {
-            Vec::new()
-        } else {
-            vec![0.0; 2 * cap * hidden]
+        let parts = [
+            (names[0].to_string(), hidden),
+            (names[2].to_string(), hidden),
+        ];
+        let gate_up = match load::stacked(w, &parts, d)? {
+            load::Stacked::Fused(gu) => GateUp::Stacked(gu),
+            load::Stacked::Split(mut ws) => {
+                let w3 = ws.pop().expect("two parts");
+                let w1 = ws.pop().expect("two parts");
+                GateUp::Pair(w1, w3, vec![0.0; 2 * cap * hidden])
+            }
         };
         Ok(SwiGlu {
-            w1,
-            w3,
+            gate_up,
             w2,
             hidden,
-            tmp,
         })
+    }
+
+    /// Grows `s` so that [`SwiGlu::up`] never allocates for up to `n` tokens.
+    pub fn reserve(&self, s: &mut Scratch, n: usize) {
+        if s.tmp.len() < 2 * n * self.hidden {
+            s.tmp.resize(2 * n * self.hidden, 0.0);
+        }
     }
 
     /// `hid [n, hidden] = silu(W1 x) ⊙ (W3 x)` for `x [n, d]` (optionally normed).
@@ -162,32 +179,54 @@ impl SwiGlu {
         s: &mut Scratch,
         norm: Option<RmsNorm<'_>>,
     ) -> Result<()> {
-        let (d, h) = (self.w1.inp(), self.hidden);
-        let (x, hid) = (&x[..n * d], &mut hid[..n * h]);
-        if self.tmp.is_empty() {
-            let opts = MatOpts {
-                act: ex.act,
-                level: Some(ex.level),
-                norm,
-                threads: 1,
-            };
-            return ex
-                .ops
-                .swiglu_matmul(&self.w1, &self.w3, x, n, hid, s, &opts)
-                .map_err(|e| Error::invalid(format!("swiglu: {e}")));
+        let h = self.hidden;
+        let swiglu = |o: &mut [f32], g: &[f32], u: &[f32]| {
+            ex.ops
+                .swiglu(o, g, u)
+                .map_err(|e| Error::invalid(e.to_string()))
+        };
+        match &mut self.gate_up {
+            GateUp::Stacked(gu) => {
+                let d = gu.inp();
+                // [n, 2·hidden]: token t's gate values, then its up values.
+                let mut tmp = std::mem::take(&mut s.tmp);
+                if tmp.len() < 2 * n * h {
+                    tmp.resize(2 * n * h, 0.0);
+                }
+                let r = ex.mm(gu, &x[..n * d], n, &mut tmp[..2 * n * h], s, norm);
+                let r = r.and_then(|()| {
+                    for (o, gu_t) in hid[..n * h]
+                        .chunks_exact_mut(h)
+                        .zip(tmp.chunks_exact(2 * h))
+                    {
+                        let (g, u) = gu_t.split_at(h);
+                        swiglu(o, g, u)?;
+                    }
+                    Ok(())
+                });
+                s.tmp = tmp;
+                r
+            }
+            GateUp::Pair(w1, w3, tmp) => {
+                let d = w1.inp();
+                let half = tmp.len() / 2;
+                let (g, u) = tmp.split_at_mut(half);
+                ex.mm(w1, &x[..n * d], n, g, s, norm)?;
+                ex.mm(w3, &x[..n * d], n, u, s, norm)?;
+                swiglu(&mut hid[..n * h], &g[..n * h], &u[..n * h])
+            }
         }
-        let half = self.tmp.len() / 2;
-        let (g, u) = self.tmp.split_at_mut(half);
-        ex.mm(&self.w1, x, n, g, s, norm)?;
-        ex.mm(&self.w3, x, n, u, s, norm)?;
-        ex.ops
-            .swiglu(hid, &g[..n * h], &u[..n * h])
-            .map_err(|e| Error::invalid(e.to_string()))
     }
 
-    /// The weights, for scratch sizing.
-    pub fn weights(&self) -> [&PackedWeight; 3] {
-        [&self.w1, &self.w3, &self.w2]
+    /// The weights, for scratch sizing and prefetching (no allocation: called per token).
+    pub fn weights(&self) -> impl Iterator<Item = &PackedWeight> {
+        let (first, second) = match &self.gate_up {
+            GateUp::Stacked(gu) => (gu, None),
+            GateUp::Pair(w1, w3, _) => (w1, Some(w3)),
+        };
+        std::iter::once(first)
+            .chain(second)
+            .chain(std::iter::once(&self.w2))
     }
 }
 

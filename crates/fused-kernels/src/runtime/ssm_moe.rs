@@ -165,6 +165,7 @@ impl SsmRt {
                     .chain(l.experts.iter().flat_map(|e| e.weights())),
                 cap,
             );
+            l.experts.iter().for_each(|e| e.reserve(&mut s, cap));
         }
         reserve(&mut s, [&head.cls], cap);
         Ok(SsmRt {
