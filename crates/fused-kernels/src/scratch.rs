@@ -175,7 +175,8 @@ impl Scratch {
             return self.staged_q8(n, ld, ng);
         }
         let _ = simd;
-        stage_q8_rows::<false>(self, q, inp, x, n, norm);
+        // SAFETY: the scalar instantiation has no CPU requirement.
+        unsafe { stage_q8_rows::<false>(self, q, inp, x, n, norm) };
         self.staged_q8(n, ld, ng)
     }
 
@@ -205,14 +206,19 @@ unsafe fn stage_q8_avx2(
     n: usize,
     norm: Option<RmsNorm<'_>>,
 ) {
-    stage_q8_rows::<true>(s, q, inp, x, n, norm)
+    // SAFETY: this function's own contract (AVX2 + FMA + F16C available).
+    unsafe { stage_q8_rows::<true>(s, q, inp, x, n, norm) }
 }
 
 /// Quantizes each token row of `x: [n, inp]` (normalized first when `norm`) per
 /// weight group into `s.xq` (staging order of `q`), with scales `s.a` and
-/// zero-point corrections `s.b`. Buffers were grown by the caller.
+/// zero-point corrections `s.b`. Buffers were grown by the caller. SIMD and
+/// scalar give the same bits for finite activations.
+///
+/// # Safety
+/// `SIMD = true` only where AVX2 + FMA + F16C are available (`stage_q8_avx2`).
 #[inline(always)]
-fn stage_q8_rows<const SIMD: bool>(
+unsafe fn stage_q8_rows<const SIMD: bool>(
     s: &mut Scratch,
     q: &crate::pack::QuantRepr,
     inp: usize,
@@ -247,7 +253,10 @@ fn stage_q8_rows<const SIMD: bool>(
             let blk = &v[c0..c1];
             let amax = absmax(blk, SIMD);
             let a = amax / 127.0;
-            let qi = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            // 0 for an all-zero block, and for one so tiny that 127/amax overflows
+            // (where SIMD's cvtt of +inf and the scalar cast would disagree).
+            let qi = 127.0 / amax;
+            let qi = if qi.is_finite() { qi } else { 0.0 };
             let mut sum = 0i32;
             let mut k0 = 0;
             // 8-element runs (j ≡ 0 mod 8) are contiguous in the staged row.
@@ -255,9 +264,9 @@ fn stage_q8_rows<const SIMD: bool>(
             if SIMD {
                 use crate::stage_avx2::{hsum_epi32, quant8, quant32};
                 use std::arch::x86_64::{_mm256_add_epi32, _mm256_setzero_si256};
-                // SAFETY: SIMD is only instantiated from `stage_q8_avx2` (AVX2
-                // detected); 32 (8) floats at k0 and the chunk halves (the 8-byte
-                // run) at their staged positions exist.
+                // SAFETY: SIMD = true only under AVX2 (this function's contract);
+                // 32 (8) floats at k0 and the chunk halves (the 8-byte run) at
+                // their staged positions exist.
                 unsafe {
                     let mut qs = _mm256_setzero_si256();
                     while k0 + CHUNK <= blk.len() {
@@ -326,4 +335,127 @@ pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
     let [l0, l1, l2, l3, l4, l5, l6, l7] = lanes;
     let ss = ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7));
     1.0 / (ss / x.len() as f32 + eps).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{QuantFormat, QuantParts};
+    use half::f16;
+
+    /// A quantized weight of the given shape and format (codes and scales do not
+    /// matter for staging: only the group layout does).
+    fn weight(out: usize, inp: usize, group: usize, format: QuantFormat) -> PackedWeight {
+        let n_groups = inp.div_ceil(group);
+        let row_bytes = if format.bits() == 4 {
+            inp.div_ceil(2)
+        } else {
+            inp
+        };
+        let qweight = vec![0u8; out * row_bytes];
+        let scales = vec![f16::ONE; out * n_groups];
+        let zeros = vec![0u8; out * n_groups];
+        let asym = matches!(format, QuantFormat::Int4Asym | QuantFormat::Int8Asym);
+        PackedWeight::from_quant(QuantParts {
+            format,
+            out,
+            inp,
+            group,
+            qweight: &qweight,
+            scales: &scales,
+            zeros: asym.then_some(&zeros[..]),
+        })
+        .unwrap()
+    }
+
+    /// SIMD staging (AVX2) writes exactly the bytes, scales and corrections of the
+    /// scalar staging, for every format, width (incl. short last groups and
+    /// padding) and with or without the fused RMSNorm.
+    #[test]
+    fn simd_staging_is_bit_identical_to_scalar() {
+        if crate::SimdLevel::detect() < crate::SimdLevel::Avx2 {
+            eprintln!("NOTICE: no AVX2 on this CPU; SIMD staging not exercised");
+            return;
+        }
+        let mut seed = 17u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let formats = [
+            QuantFormat::Int4Sym,
+            QuantFormat::Int4Asym,
+            QuantFormat::Int8Sym,
+            QuantFormat::Int8Asym,
+        ];
+        for &inp in &[1usize, 4, 17, 32, 64, 72, 128, 172, 256] {
+            for &group in &[4usize, 16, 32, 64, 128, inp] {
+                if group > inp {
+                    continue;
+                }
+                for format in formats {
+                    let w = weight(3, inp, group, format);
+                    for n in [1usize, 3] {
+                        // Magnitudes from 1e-3 to 1e2, one exact zero row element.
+                        let mut x: Vec<f32> = (0..n * inp)
+                            .map(|i| rnd() * 10f32.powi((i % 6) as i32 - 3))
+                            .collect();
+                        x[0] = 0.0;
+                        let nw: Vec<f32> = (0..inp).map(|_| 0.5 + rnd()).collect();
+                        for norm in [
+                            None,
+                            Some(RmsNorm {
+                                weight: &nw,
+                                eps: 1e-5,
+                            }),
+                        ] {
+                            let mut s = [Scratch::new(), Scratch::new()];
+                            // Dirty buffers: padding must be zeroed, not assumed.
+                            for sc in &mut s {
+                                sc.xq = vec![0x55; 4096];
+                            }
+                            let got: Vec<(Vec<i8>, Vec<f32>, Vec<f32>)> = s
+                                .iter_mut()
+                                .zip([false, true])
+                                .map(|(sc, simd)| match sc.stage_q8(&w, &x, n, norm, simd) {
+                                    Staged::Q8 { xq, a, b, .. } => {
+                                        (xq.to_vec(), a.to_vec(), b.to_vec())
+                                    }
+                                    Staged::F32 { .. } => unreachable!(),
+                                })
+                                .collect();
+                            let what = format!(
+                                "inp {inp} group {group} {format:?} n {n} norm {}",
+                                norm.is_some()
+                            );
+                            assert_eq!(got[0].0, got[1].0, "codes: {what}");
+                            // Every byte a group does not own reads as zero (the kernels
+                            // multiply padding codes by it).
+                            let Repr::Quant(q) = &w.repr else {
+                                unreachable!()
+                            };
+                            let (ld, cpg) = (q.padded_in(), q.gp / CHUNK);
+                            let mut owned = vec![false; ld];
+                            for j in 0..inp {
+                                let (g, k) = (j / group, j % group);
+                                owned[q.q8_pos(g * cpg + k / CHUNK, k % CHUNK)] = true;
+                            }
+                            for (t, row) in got[1].0.chunks(ld).enumerate() {
+                                for (p, &v) in row.iter().enumerate() {
+                                    assert!(
+                                        owned[p] || v == 0,
+                                        "padding byte {p} of token {t} is {v}: {what}"
+                                    );
+                                }
+                            }
+                            assert_eq!(got[0].1, got[1].1, "scales: {what}");
+                            assert_eq!(got[0].2, got[1].2, "corrections: {what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -53,10 +53,7 @@ pub(crate) unsafe fn quant8(v: &[f32], qi: f32, dst: &mut [i8]) -> __m256i {
     }
 }
 
-/// Sum of the 8 i32 lanes.
-///
-/// # Safety
-/// AVX2 must be available.
+/// Sum of the 8 i32 lanes (callers need AVX2: the function carries the feature).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn hsum_epi32(q: __m256i) -> i32 {

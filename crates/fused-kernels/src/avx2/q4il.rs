@@ -55,14 +55,16 @@ pub(crate) unsafe fn q4il_rows(
         let (lo, hi) = (rb.max(r0), (rb + IL_ROWS).min(r1));
         let mut t = 0;
         while t + 4 <= n {
-            let acc = tile::<4>(q, blk, xq, ld, a, b, t);
+            // SAFETY: blk < blocks, t + 4 <= n; sizes asserted above.
+            let acc = unsafe { tile::<4>(q, blk, xq, ld, a, b, t) };
             for (j, v) in acc.iter().enumerate() {
                 store(y, (t + j) * ldy, rb, lo, hi, r0, *v);
             }
             t += 4;
         }
         while t < n {
-            let acc = tile::<1>(q, blk, xq, ld, a, b, t);
+            // SAFETY: blk < blocks, t < n; sizes asserted above.
+            let acc = unsafe { tile::<1>(q, blk, xq, ld, a, b, t) };
             store(y, t * ldy, rb, lo, hi, r0, acc[0]);
             t += 1;
         }
@@ -183,15 +185,19 @@ fn store(y: &mut [f32], off: usize, rb: usize, lo: usize, hi: usize, r0: usize, 
 const SUB_OFF: [usize; 4] = [0, 8, CHUNK, CHUNK + 8];
 
 /// 8 rows (block `blk`) × `T` tokens `t..t+T`: each 32-byte weight load and its
-/// nibble split are shared by the `T` tokens. Bounds were asserted by the caller.
+/// nibble split are shared by the `T` tokens.
 ///
 /// A chunk's 4 sub-steps are summed in i16 (|u4 · i8| pair sums ≤ 2·15·127, eight
 /// of them ≤ 30,480 < 2¹⁵) and widened with one `vpmaddwd` per chunk; the
 /// integer sums are exact, so the result does not depend on this order.
+///
+/// # Safety
+/// AVX2 + FMA + F16C; the bounds asserted by [`q4il_rows`], with `blk` one of
+/// its blocks and `t + T <= n` (the reads below are unchecked).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-fn tile<const T: usize>(
+unsafe fn tile<const T: usize>(
     q: &QuantRepr,
     blk: usize,
     xq: &[i8],

@@ -162,9 +162,10 @@ impl SwiGlu {
         })
     }
 
-    /// Grows `s` so that [`SwiGlu::up`] never allocates for up to `n` tokens.
+    /// Grows `s` so that [`SwiGlu::up`] never allocates for up to `n` tokens (the
+    /// stacked form borrows `s.tmp`; the pair form owns its buffer).
     pub fn reserve(&self, s: &mut Scratch, n: usize) {
-        if s.tmp.len() < 2 * n * self.hidden {
+        if matches!(self.gate_up, GateUp::Stacked(_)) && s.tmp.len() < 2 * n * self.hidden {
             s.tmp.resize(2 * n * self.hidden, 0.0);
         }
     }
