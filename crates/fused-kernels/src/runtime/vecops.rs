@@ -150,30 +150,8 @@ mod avx2 {
                 _mm256_storeu_ps(ep.add(b * 8), acc);
                 b += 1;
             }
-            let tail = _mm256_loadu_ps(ep.add(last));
-            _mm256_storeu_ps(
-                ep.add(last),
-                _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), tail, mask),
-            );
-            let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
-            for b in 0..nb {
-                vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(ep.add(b * 8)));
-            }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), vmax);
-            let m = _mm256_set1_ps(lanes.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)));
-            // Pass 2: exp and sum (masked lanes exactly 0).
-            let mut vs = _mm256_setzero_ps();
-            for b in 0..nb {
-                let mut x = exp256(_mm256_sub_ps(_mm256_loadu_ps(ep.add(b * 8)), m));
-                if b + 1 == nb {
-                    x = _mm256_and_ps(x, mask);
-                }
-                _mm256_storeu_ps(ep.add(b * 8), x);
-                vs = _mm256_add_ps(vs, x);
-            }
-            _mm256_storeu_ps(lanes.as_mut_ptr(), vs);
-            let inv = 1.0 / lanes.iter().sum::<f32>();
+            // Pass 2: mask, max, exp and sum (masked lanes exactly 0).
+            let inv = softmax_blocks(ep, nb, mask);
             // Pass 3: weighted sum of V rows, 8 head dimensions at a time.
             let mut d0 = 0;
             while d0 + 8 <= hs {
