@@ -271,15 +271,12 @@ unsafe fn stage_q8_rows<const SIMD: bool>(
                     let mut qs = _mm256_setzero_si256();
                     while k0 + CHUNK <= blk.len() {
                         let ch = g * cpg + k0 / CHUNK;
+                        // The second half follows the first in both staging orders
+                        // (INT8: +16, INT4: +32).
                         let (p0, p1) = (q.q8_pos(ch, 0), q.q8_pos(ch, 16));
-                        debug_assert!(p0 + 16 <= p1 || p1 + 16 <= p0);
-                        let (lo, hi) = if p0 < p1 {
-                            let (a, b) = row.split_at_mut(p1);
-                            (&mut a[p0..p0 + 16], &mut b[..16])
-                        } else {
-                            let (a, b) = row.split_at_mut(p0);
-                            (&mut b[..16], &mut a[p1..p1 + 16])
-                        };
+                        debug_assert!(p0 + 16 <= p1);
+                        let (a, b) = row.split_at_mut(p1);
+                        let (lo, hi) = (&mut a[p0..p0 + 16], &mut b[..16]);
                         qs = _mm256_add_epi32(qs, quant32(&blk[k0..k0 + CHUNK], qi, lo, hi));
                         k0 += CHUNK;
                     }

@@ -26,6 +26,24 @@ pub(crate) unsafe fn absmax(v: &[f32], init: f32) -> f32 {
     v[full..].iter().fold(m, |a, x| a.max(x.abs()))
 }
 
+/// The 8 codes of `v[0..8]` at scale `qi` as i32 lanes: `r = v·qi`,
+/// `trunc(r + copysign(½, r))` clamped to ±127 (the scalar loop's operations).
+///
+/// # Safety
+/// AVX2 must be available; 8 floats readable at `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes8(v: *const f32, qi: __m256) -> __m256i {
+    // SAFETY: 8 readable floats (caller).
+    let r = _mm256_mul_ps(unsafe { _mm256_loadu_ps(v) }, qi);
+    let half = _mm256_or_ps(_mm256_and_ps(r, _mm256_set1_ps(-0.0)), _mm256_set1_ps(0.5));
+    let q = _mm256_cvttps_epi32(_mm256_add_ps(r, half));
+    _mm256_max_epi32(
+        _mm256_min_epi32(q, _mm256_set1_epi32(127)),
+        _mm256_set1_epi32(-127),
+    )
+}
+
 /// Quantizes 8 floats `v[0..8]` with `qi` into `dst[0..8]` and returns the 8
 /// codes as i32 lanes (for the caller's running sum).
 ///
@@ -37,13 +55,7 @@ pub(crate) unsafe fn quant8(v: &[f32], qi: f32, dst: &mut [i8]) -> __m256i {
     debug_assert!(v.len() >= 8 && dst.len() >= 8);
     // SAFETY: 8 readable floats and 8 writable bytes (caller).
     unsafe {
-        let r = _mm256_mul_ps(_mm256_loadu_ps(v.as_ptr()), _mm256_set1_ps(qi));
-        let half = _mm256_or_ps(_mm256_and_ps(r, _mm256_set1_ps(-0.0)), _mm256_set1_ps(0.5));
-        let q = _mm256_cvttps_epi32(_mm256_add_ps(r, half));
-        let q = _mm256_max_epi32(
-            _mm256_min_epi32(q, _mm256_set1_epi32(127)),
-            _mm256_set1_epi32(-127),
-        );
+        let q = codes8(v.as_ptr(), _mm256_set1_ps(qi));
         let p16 = _mm256_packs_epi32(q, q);
         let p8 = _mm256_packs_epi16(p16, p16);
         // Bytes 0..4 of each 128-bit lane hold the codes: bring dword 4 next to dword 0.
@@ -77,14 +89,7 @@ pub(crate) unsafe fn quant32(v: &[f32], qi: f32, lo: &mut [i8], hi: &mut [i8]) -
     // SAFETY: 32 readable floats and 2 × 16 writable bytes (caller).
     unsafe {
         let qiv = _mm256_set1_ps(qi);
-        let (sign, half) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(0.5));
-        let (pmax, pmin) = (_mm256_set1_epi32(127), _mm256_set1_epi32(-127));
-        let q: [__m256i; 4] = std::array::from_fn(|k| {
-            let r = _mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(8 * k)), qiv);
-            let h = _mm256_or_ps(_mm256_and_ps(r, sign), half);
-            let q = _mm256_cvttps_epi32(_mm256_add_ps(r, h));
-            _mm256_max_epi32(_mm256_min_epi32(q, pmax), pmin)
-        });
+        let q: [__m256i; 4] = std::array::from_fn(|k| codes8(v.as_ptr().add(8 * k), qiv));
         // Per 128-bit lane: bytes [q0 | q1 | q2 | q3] of elements 0..4 (low lane)
         // and 4..8 (high lane); the dword permute restores element order.
         let p = _mm256_packs_epi16(

@@ -17,6 +17,13 @@ fn act_off(half: usize, e: usize) -> usize {
     (e / 16) * CHUNK + half * 16 + e % 16
 }
 
+/// Offset of chunk `ch`'s activations in a staged INT4 row (element 0 of the
+/// chunk; see [`act_off`]).
+#[inline]
+fn chunk_off(ch: usize) -> usize {
+    (ch / 2) * 2 * CHUNK + act_off(ch % 2, 0)
+}
+
 /// Rows `r0..r1` of `y [n, ldy]` (column `r − r0`) for `n` staged tokens.
 ///
 /// # Safety
@@ -115,11 +122,9 @@ unsafe fn gemv(
     let m = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let (x, ap, bp) = (xq.as_ptr(), a.as_ptr(), b.as_ptr());
-    // Activations of chunk `ch`: see `act_off`.
-    let xo = |ch: usize| (ch / 2) * 2 * CHUNK + (ch % 2) * 16;
     // SAFETY (whole body): blocks lie inside `il.codes` / `il.scales` / `il.zs`
     // (asserted sizes), chunk activations inside `xq[..ld]`, groups inside `a` /
-    // `b`, and rows `lo..hi` inside `y[..r1 − r0]`.
+    // `b` (outputs go through the bounds-checked `store`).
     unsafe {
         for blk in r0 / IL_ROWS..r1.div_ceil(IL_ROWS) {
             let mut wp = il.codes.as_ptr().add(blk * il.block_bytes);
@@ -128,7 +133,8 @@ unsafe fn gemv(
             let mut group = |g: usize| {
                 let mut isum = _mm256_setzero_si256();
                 for c in 0..cpg {
-                    isum = _mm256_add_epi32(isum, chunk1(wp, x.add(xo(g * cpg + c)), m, ones));
+                    isum =
+                        _mm256_add_epi32(isum, chunk1(wp, x.add(chunk_off(g * cpg + c)), m, ones));
                     wp = wp.add(4 * 32);
                 }
                 let sa = _mm256_mul_ps(
@@ -150,14 +156,7 @@ unsafe fn gemv(
                 );
             }
             let rb = blk * IL_ROWS;
-            let (lo, hi) = (rb.max(r0), (rb + IL_ROWS).min(r1));
-            if lo == rb && hi - lo == IL_ROWS {
-                _mm256_storeu_ps(y.as_mut_ptr().add(rb - r0), acc);
-            } else {
-                let mut v = [0f32; IL_ROWS];
-                _mm256_storeu_ps(v.as_mut_ptr(), acc);
-                y[lo - r0..hi - r0].copy_from_slice(&v[lo - rb..hi - rb]);
-            }
+            store(y, 0, rb, rb.max(r0), (rb + IL_ROWS).min(r1), r0, acc);
         }
     }
 }
@@ -227,7 +226,7 @@ unsafe fn tile<const T: usize>(
         for g in 0..ng {
             let mut isum = [_mm256_setzero_si256(); T];
             for _ in 0..cpg {
-                let xo = act_off(ch % 2, 0) + (ch / 2) * 2 * CHUNK;
+                let xo = chunk_off(ch);
                 let mut s16 = [_mm256_setzero_si256(); T];
                 for (s, off) in SUB_OFF.into_iter().enumerate() {
                     let w = _mm256_loadu_si256(wp.add(s * 32) as *const __m256i);

@@ -117,15 +117,33 @@ pub(crate) fn scan_t(
         return;
     }
     for i in 0..di {
-        let (dt, xi) = (delta[i], x[i]);
-        let mut acc = 0f32;
-        for k in 0..ns {
-            let hv = (dt * a[k * di + i]).exp() * h[k * di + i] + dt * xi * b[k];
-            h[k * di + i] = hv;
-            acc += hv * c[k];
-        }
-        y[i] = acc + dskip[i] * xi;
+        y[i] = scan_channel(i, x, delta, b, c, a, dskip, h);
     }
+}
+
+/// The scalar scan step of channel `i` (see [`scan_t`]); updates its `N` states
+/// and returns `y_i`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn scan_channel(
+    i: usize,
+    x: &[f32],
+    delta: &[f32],
+    b: &[f32],
+    c: &[f32],
+    a: &[f32],
+    dskip: &[f32],
+    h: &mut [f32],
+) -> f32 {
+    let (di, ns) = (x.len(), b.len());
+    let (dt, xi) = (delta[i], x[i]);
+    let mut acc = 0f32;
+    for k in 0..ns {
+        let hv = (dt * a[k * di + i]).exp() * h[k * di + i] + dt * xi * b[k];
+        h[k * di + i] = hv;
+        acc += hv * c[k];
+    }
+    acc + dskip[i] * xi
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -314,74 +332,72 @@ mod x86 {
         h: &mut [f32],
         y: &mut [f32],
     ) {
-        let (di, ns) = (x.len(), b.len());
+        let di = x.len();
         let full = di / 8 * 8;
         // Two channel blocks per pass over the states and two partial sums per
         // block: four independent exp → state → readout chains in flight.
-        let log2e = _mm256_set1_ps(std::f32::consts::LOG2_E);
         let mut i = 0;
         while i + 16 <= full {
             // SAFETY: i + 16 <= di; rows of a / h have di entries, ns rows (caller).
-            unsafe {
-                let (x0, x1) = (ld(x, i), ld(x, i + 8));
-                let (t0, t1) = (ld(delta, i), ld(delta, i + 8));
-                let (dx0, dx1) = (_mm256_mul_ps(t0, x0), _mm256_mul_ps(t1, x1));
-                // exp(Δ·A) = 2^(Δ·log2 e · A).
-                let (t0, t1) = (_mm256_mul_ps(t0, log2e), _mm256_mul_ps(t1, log2e));
-                let mut acc = [
-                    _mm256_mul_ps(ld(dskip, i), x0),
-                    _mm256_mul_ps(ld(dskip, i + 8), x1),
-                    _mm256_setzero_ps(),
-                    _mm256_setzero_ps(),
-                ];
-                for k in 0..ns {
-                    let (bk, ck) = (_mm256_set1_ps(b[k]), _mm256_set1_ps(c[k]));
-                    let o = k * di + i;
-                    let da0 = exp2_256(_mm256_mul_ps(t0, ld(a, o)));
-                    let da1 = exp2_256(_mm256_mul_ps(t1, ld(a, o + 8)));
-                    let h0 = _mm256_fmadd_ps(dx0, bk, _mm256_mul_ps(da0, ld(h, o)));
-                    let h1 = _mm256_fmadd_ps(dx1, bk, _mm256_mul_ps(da1, ld(h, o + 8)));
-                    st(h, o, h0);
-                    st(h, o + 8, h1);
-                    let p = 2 * (k & 1);
-                    acc[p] = _mm256_fmadd_ps(h0, ck, acc[p]);
-                    acc[p + 1] = _mm256_fmadd_ps(h1, ck, acc[p + 1]);
-                }
-                st(y, i, _mm256_add_ps(acc[0], acc[2]));
-                st(y, i + 8, _mm256_add_ps(acc[1], acc[3]));
-            }
+            unsafe { scan_blocks::<2>(i, x, delta, b, c, a, dskip, h, y) };
             i += 16;
         }
-        while i < full {
-            // SAFETY: i + 8 <= di; rows of a / h have di entries, ns rows (caller).
-            unsafe {
-                let (xv, dt) = (ld(x, i), ld(delta, i));
-                let dx = _mm256_mul_ps(dt, xv);
-                let dt = _mm256_mul_ps(dt, log2e);
-                let mut acc = [_mm256_mul_ps(ld(dskip, i), xv), _mm256_setzero_ps()];
-                for k in 0..ns {
-                    let da = exp2_256(_mm256_mul_ps(dt, ld(a, k * di + i)));
-                    let hv = _mm256_fmadd_ps(
-                        dx,
-                        _mm256_set1_ps(b[k]),
-                        _mm256_mul_ps(da, ld(h, k * di + i)),
-                    );
-                    st(h, k * di + i, hv);
-                    acc[k & 1] = _mm256_fmadd_ps(hv, _mm256_set1_ps(c[k]), acc[k & 1]);
-                }
-                st(y, i, _mm256_add_ps(acc[0], acc[1]));
-            }
-            i += 8;
+        if i < full {
+            // SAFETY: i + 8 <= di, as above.
+            unsafe { scan_blocks::<1>(i, x, delta, b, c, a, dskip, h, y) };
         }
         for i in full..di {
-            let (dt, xi) = (delta[i], x[i]);
-            let mut acc = dskip[i] * xi;
+            y[i] = super::scan_channel(i, x, delta, b, c, a, dskip, h);
+        }
+    }
+
+    /// `P` blocks of 8 channels from channel `i`: states of even and odd `k` are
+    /// read out into separate partial sums (per channel the same operations
+    /// whatever `P`).
+    ///
+    /// # Safety
+    /// AVX2 + FMA + F16C; `i + 8·P <= x.len()` and the shapes of [`super::scan_t`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scan_blocks<const P: usize>(
+        i: usize,
+        x: &[f32],
+        delta: &[f32],
+        b: &[f32],
+        c: &[f32],
+        a: &[f32],
+        dskip: &[f32],
+        h: &mut [f32],
+        y: &mut [f32],
+    ) {
+        let (di, ns) = (x.len(), b.len());
+        let log2e = _mm256_set1_ps(std::f32::consts::LOG2_E);
+        // SAFETY: every access is at `k·di + i + 8p + 0..8` or `i + 8p + 0..8`,
+        // inside the arrays by the caller's contract.
+        unsafe {
+            let xv: [__m256; P] = std::array::from_fn(|p| ld(x, i + 8 * p));
+            let dt: [__m256; P] = std::array::from_fn(|p| ld(delta, i + 8 * p));
+            let dx: [__m256; P] = std::array::from_fn(|p| _mm256_mul_ps(dt[p], xv[p]));
+            // exp(Δ·A) = 2^(Δ·log2 e · A).
+            let t: [__m256; P] = std::array::from_fn(|p| _mm256_mul_ps(dt[p], log2e));
+            let mut acc = [
+                std::array::from_fn::<_, P, _>(|p| _mm256_mul_ps(ld(dskip, i + 8 * p), xv[p])),
+                [_mm256_setzero_ps(); P],
+            ];
             for k in 0..ns {
-                let hv = (dt * a[k * di + i]).exp() * h[k * di + i] + dt * xi * b[k];
-                h[k * di + i] = hv;
-                acc += hv * c[k];
+                let (bk, ck) = (_mm256_set1_ps(b[k]), _mm256_set1_ps(c[k]));
+                for p in 0..P {
+                    let o = k * di + i + 8 * p;
+                    let da = exp2_256(_mm256_mul_ps(t[p], ld(a, o)));
+                    let hv = _mm256_fmadd_ps(dx[p], bk, _mm256_mul_ps(da, ld(h, o)));
+                    st(h, o, hv);
+                    acc[k & 1][p] = _mm256_fmadd_ps(hv, ck, acc[k & 1][p]);
+                }
             }
-            y[i] = acc;
+            for p in 0..P {
+                st(y, i + 8 * p, _mm256_add_ps(acc[0][p], acc[1][p]));
+            }
         }
     }
 }
