@@ -11,7 +11,7 @@
 //!   scratch are sized up front.
 //! * Fusions: RMSNorm is applied inside the activation staging of the matmul that
 //!   follows it; Q/K/V are one stacked GEMM (when their formats match) with RoPE
-//!   applied right after; SwiGLU gate/up run in one tiled pass; the selective scan
+//!   applied right after; SwiGLU gate/up are one stacked GEMM; the selective scan
 //!   is one fused step per token; MoE runs only the routed experts (tokens are
 //!   grouped per expert in prefill).
 //! * Widths come from the tensor shapes (pruned checkpoints: per-layer FFN hidden,
@@ -31,6 +31,7 @@
 //! [`PAR_MIN_MACS`] multiply-adds and everything smaller runs on the calling
 //! thread (the 1-thread path).
 
+mod blocks;
 mod llama;
 mod load;
 mod rtn;
@@ -42,6 +43,7 @@ use squish_core::checkpoint::{Checkpoint, Weights};
 use squish_core::config::ModelConfig;
 use squish_core::{Error, Result};
 
+pub(crate) use blocks::{Head, SwiGlu};
 pub use rtn::{is_matmul_weight, rtn_quantize};
 
 use crate::dispatch::SimdLevel;
@@ -115,193 +117,6 @@ impl Exec {
     }
 }
 
-/// A SwiGLU FFN `W2 (silu(W1 x) ⊙ W3 x)`; gate/up stacked into one weight when W1/W3 share a
-/// format.
-#[derive(Debug)]
-pub(crate) struct SwiGlu {
-    /// Gate (`w1`) and up (`w3`) projections.
-    gate_up: GateUp,
-    /// `[d, hidden]`.
-    pub w2: PackedWeight,
-    /// Hidden width (per layer / per expert).
-    pub hidden: usize,
-}
-
-/// How a SwiGLU's gate and up projections are stored.
-#[derive(Debug)]
-enum GateUp {
-    /// `w1 ‖ w3` stacked row-wise, `[2·hidden, d]`: one matmul (one activation staging, one
-    /// kernel call) gives each token's gate then up values.
-    Stacked(PackedWeight),
-    /// Formats differ (mixed precision): `w1`, `w3` `[hidden, d]` each and their
-    /// `[2, cap, hidden]` outputs.
-    Pair(PackedWeight, PackedWeight, Vec<f32>),
-}
-
-impl SwiGlu {
-    /// Loads `w1`, `w2`, `w3` named by `names` for model width `d`.
-    pub fn load(w: &Weights, names: [&str; 3], d: usize, cap: usize) -> Result<Self> {
-        let hidden = load::dim0(w, names[0])?;
-        let w2 = load::matrix(w, names[1], d, hidden)?;
-        let parts = [
-            (names[0].to_string(), hidden),
-            (names[2].to_string(), hidden),
-        ];
-        let gate_up = match load::stacked(w, &parts, d)? {
-            load::Stacked::Fused(gu) => GateUp::Stacked(gu),
-            load::Stacked::Split(mut ws) => {
-                let w3 = ws.pop().expect("two parts");
-                let w1 = ws.pop().expect("two parts");
-                GateUp::Pair(w1, w3, vec![0.0; 2 * cap * hidden])
-            }
-        };
-        Ok(SwiGlu {
-            gate_up,
-            w2,
-            hidden,
-        })
-    }
-
-    /// Grows `s` so that [`SwiGlu::up`] never allocates for up to `n` tokens (the
-    /// stacked form borrows `s.tmp`; the pair form owns its buffer).
-    pub fn reserve(&self, s: &mut Scratch, n: usize) {
-        if matches!(self.gate_up, GateUp::Stacked(_)) && s.tmp.len() < 2 * n * self.hidden {
-            s.tmp.resize(2 * n * self.hidden, 0.0);
-        }
-    }
-
-    /// `hid [n, hidden] = silu(W1 x) ⊙ (W3 x)` for `x [n, d]` (optionally normed).
-    pub fn up(
-        &mut self,
-        ex: &Exec,
-        x: &[f32],
-        n: usize,
-        hid: &mut [f32],
-        s: &mut Scratch,
-        norm: Option<RmsNorm<'_>>,
-    ) -> Result<()> {
-        let h = self.hidden;
-        let swiglu = |o: &mut [f32], g: &[f32], u: &[f32]| {
-            ex.ops
-                .swiglu(o, g, u)
-                .map_err(|e| Error::invalid(e.to_string()))
-        };
-        match &mut self.gate_up {
-            GateUp::Stacked(gu) => {
-                let d = gu.inp();
-                // [n, 2·hidden]: token t's gate values, then its up values.
-                let mut tmp = std::mem::take(&mut s.tmp);
-                if tmp.len() < 2 * n * h {
-                    tmp.resize(2 * n * h, 0.0);
-                }
-                let r = ex.mm(gu, &x[..n * d], n, &mut tmp[..2 * n * h], s, norm);
-                let r = r.and_then(|()| {
-                    for (o, gu_t) in hid[..n * h]
-                        .chunks_exact_mut(h)
-                        .zip(tmp.chunks_exact(2 * h))
-                    {
-                        let (g, u) = gu_t.split_at(h);
-                        swiglu(o, g, u)?;
-                    }
-                    Ok(())
-                });
-                s.tmp = tmp;
-                r
-            }
-            GateUp::Pair(w1, w3, tmp) => {
-                let d = w1.inp();
-                let half = tmp.len() / 2;
-                let (g, u) = tmp.split_at_mut(half);
-                ex.mm(w1, &x[..n * d], n, g, s, norm)?;
-                ex.mm(w3, &x[..n * d], n, u, s, norm)?;
-                swiglu(&mut hid[..n * h], &g[..n * h], &u[..n * h])
-            }
-        }
-    }
-
-    /// The weights, for scratch sizing and prefetching (no allocation: called per token).
-    pub fn weights(&self) -> impl Iterator<Item = &PackedWeight> {
-        let (first, second) = match &self.gate_up {
-            GateUp::Stacked(gu) => (gu, None),
-            GateUp::Pair(w1, w3, _) => (w1, Some(w3)),
-        };
-        std::iter::once(first)
-            .chain(second)
-            .chain(std::iter::once(&self.w2))
-    }
-}
-
-/// Token embedding (F32 copy for lookups) and the classifier with its final norm.
-#[derive(Debug)]
-pub(crate) struct Head {
-    /// `[vocab, d]` dequantized embedding rows.
-    emb: Vec<f32>,
-    /// `[vocab, d]` classifier (the embedding itself when tied).
-    pub cls: PackedWeight,
-    /// `[d]` final RMSNorm gain.
-    norm: Vec<f32>,
-    eps: f32,
-    /// Vocabulary size.
-    pub vocab: usize,
-    /// Model width.
-    pub d: usize,
-}
-
-impl Head {
-    /// Loads the embedding, the final norm and the classifier (`None` = tied).
-    pub fn load(w: &Weights, vocab: usize, d: usize, eps: f32, cls: Option<&str>) -> Result<Self> {
-        let emb_name = "tok_embeddings.weight";
-        let emb = load::tensor(w, emb_name, &[vocab, d])?.to_f32();
-        let cls = load::matrix(w, cls.unwrap_or(emb_name), vocab, d)?;
-        let norm = load::vector(w, "norm.weight", &[d])?;
-        Ok(Head {
-            emb,
-            cls,
-            norm,
-            eps,
-            vocab,
-            d,
-        })
-    }
-
-    /// `x [n, d]` = embedding rows of `tokens` (ids checked).
-    pub fn embed(&self, tokens: &[u32], x: &mut [f32]) -> Result<()> {
-        let d = self.d;
-        for (t, &id) in tokens.iter().enumerate() {
-            let id = id as usize;
-            if id >= self.vocab {
-                return Err(Error::invalid(format!(
-                    "token id {id} outside vocabulary of {}",
-                    self.vocab
-                )));
-            }
-            x[t * d..(t + 1) * d].copy_from_slice(&self.emb[id * d..(id + 1) * d]);
-        }
-        Ok(())
-    }
-
-    /// Final norm + classifier for the rows of `x [n, d]` that `out` asks for.
-    pub fn logits(
-        &self,
-        ex: &Exec,
-        x: &[f32],
-        n: usize,
-        out: Logits<'_>,
-        s: &mut Scratch,
-    ) -> Result<()> {
-        let d = self.d;
-        let norm = Some(RmsNorm {
-            weight: &self.norm,
-            eps: self.eps,
-        });
-        match out {
-            Logits::None => Ok(()),
-            Logits::Last(l) => ex.mm(&self.cls, &x[(n - 1) * d..n * d], 1, l, s, norm),
-            Logits::All(a) => ex.mm(&self.cls, x, n, a, s, norm),
-        }
-    }
-}
-
 /// Which logits a forward chunk must produce.
 pub(crate) enum Logits<'a> {
     /// None (a non-final prefill chunk).
@@ -326,7 +141,7 @@ pub(crate) trait Family: Send + std::fmt::Debug {
     fn forward(&mut self, ex: &Exec, tokens: &[u32], pos0: usize, out: Logits<'_>) -> Result<()>;
 }
 
-/// Reserves `s` for `n` tokens of every weight (plus the SwiGLU tiles).
+/// Reserves `s` for `n` tokens of every weight (SwiGLU outputs: [`SwiGlu::reserve`]).
 pub(crate) fn reserve<'a>(
     s: &mut Scratch,
     ws: impl IntoIterator<Item = &'a PackedWeight>,
@@ -335,7 +150,6 @@ pub(crate) fn reserve<'a>(
     for w in ws {
         s.reserve(w, n);
     }
-    s.reserve_swiglu(n);
 }
 
 /// The native runtime of one checkpoint (see the module docs).
