@@ -187,8 +187,8 @@ pub fn run(ctx: &Ctx, c: &KernelsStage, fingerprint: &str) -> Result<(serde_json
     let mut points = Vec::new();
     for (stage, path, act, threads, rt, timings) in setups {
         let per_s = |n: usize, s: f64| if n > 0 { n as f64 / s } else { 0.0 };
-        let mid = median(timings.iter().map(|t| t.0).collect());
-        let best = timings.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
+        let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let e2e: Vec<f64> = timings.iter().map(|t| t.0).collect();
         let pre: Vec<f64> = timings.iter().map(|t| t.1).collect();
         let dec: Vec<f64> = timings.iter().map(|t| t.2).collect();
         let p = BenchPoint {
@@ -198,12 +198,12 @@ pub fn run(ctx: &Ctx, c: &KernelsStage, fingerprint: &str) -> Result<(serde_json
             activations: act,
             simd: rt.level().name().to_string(),
             formats: rt.format_summary().to_string(),
-            latency_ms: mid * 1e3,
+            latency_ms: median(e2e.clone()) * 1e3,
             prefill_tok_s: per_s(c.prefill, median(pre.clone())),
             decode_tok_s: per_s(c.decode, median(dec.clone())),
-            best_latency_ms: best * 1e3,
-            best_prefill_tok_s: per_s(c.prefill, pre.iter().copied().fold(f64::INFINITY, f64::min)),
-            best_decode_tok_s: per_s(c.decode, dec.iter().copied().fold(f64::INFINITY, f64::min)),
+            best_latency_ms: fastest(&e2e) * 1e3,
+            best_prefill_tok_s: per_s(c.prefill, fastest(&pre)),
+            best_decode_tok_s: per_s(c.decode, fastest(&dec)),
         };
         println!(
             "  [kernels] {} ×{} act {}: {:.3} ms median round, {:.3} ms best (prefill {:.0} tok/s, decode {:.0} tok/s)",
