@@ -59,7 +59,7 @@ pub struct QuantizeArgs {
     /// QAT: latent starting point: f32, rtn, mse, gptq.
     #[arg(long, default_value = "mse")]
     pub qat_init: String,
-    /// QAT: scale choice at every step: minmax or mse.
+    /// QAT: scale choice: minmax or mse (recomputed every step), or learned (LSQ, symmetric only).
     #[arg(long, default_value = "mse")]
     pub qat_scales: String,
     /// Asymmetric (zero points) instead of symmetric.
@@ -166,7 +166,11 @@ fn qat_config(a: &QuantizeArgs, quant: QuantConfig) -> Result<QatConfig> {
     c.scales = match a.qat_scales.as_str() {
         "minmax" => QatScales::MinMax,
         "mse" => QatScales::default(),
-        other => bail!("unknown --qat-scales {other} (minmax, mse)"),
+        "learned" => match QatScales::default() {
+            QatScales::Mse(m) => QatScales::Learned(m),
+            other => other,
+        },
+        other => bail!("unknown --qat-scales {other} (minmax, mse, learned)"),
     };
     c.train.steps = a.steps;
     c.train.lr = a.lr;

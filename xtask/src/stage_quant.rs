@@ -93,7 +93,9 @@ pub fn run_qat(
         scales: q.scales.clone(),
         ..QatConfig::default()
     };
-    let calib = if q.init == QatInit::Gptq || matches!(q.scales, QatScales::Mse(_)) {
+    let calib = if q.init == QatInit::Gptq
+        || matches!(q.scales, QatScales::Mse(_) | QatScales::Learned(_))
+    {
         Some(calibrate(input, ckpt)?)
     } else {
         None

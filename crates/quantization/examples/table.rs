@@ -213,6 +213,7 @@ fn main() {
                 let sc = match scales {
                     QatScales::MinMax => "minmax",
                     QatScales::Mse(_) => "mse",
+                    QatScales::Learned(_) => "learned",
                 };
                 let init = format!("{init:?}").to_lowercase();
                 (

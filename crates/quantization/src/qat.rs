@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Tensor};
+use half::f16;
 use serde::{Deserialize, Serialize};
 use squish_core::checkpoint::{Checkpoint, TensorData, Weights};
 use squish_core::config::ModelConfig;
@@ -22,7 +23,7 @@ use squish_core::train::{TrainConfig, TrainPoint, Trainable, train};
 use squish_core::{Error, Result};
 
 use crate::calibration::Calibration;
-use crate::grid::{group_ranges, level, pack, params_for, sym_div};
+use crate::grid::{GroupParams, group_ranges, level, pack, params_for, sym_div};
 use crate::mse::{MseConfig, best_params};
 use crate::pipeline::{QuantConfig, SmallFormat, is_linear_weight};
 use crate::qat_export::export;
@@ -54,6 +55,10 @@ pub enum QatScales {
     MinMax,
     /// Per-group clipping search (weighted by calibration `E[x²]` when available).
     Mse(MseConfig),
+    /// Learned step size (LSQ, Esser et al. 2020): the scales start from the clipping search of
+    /// the initial latents, then are trained with the weights (log-parameterised, F16-rounded in
+    /// the forward by a straight-through estimator). Symmetric formats only.
+    Learned(MseConfig),
 }
 
 impl Default for QatScales {
@@ -193,7 +198,9 @@ pub fn qat_quantize(
             let v = &row[g.clone()];
             let p = match scales {
                 QatScales::MinMax => params_for(v, fmt, 1.0, sym_div(fmt))?,
-                QatScales::Mse(c) => best_params(v, importance.map(|m| &m[g.clone()]), fmt, c)?,
+                QatScales::Mse(c) | QatScales::Learned(c) => {
+                    best_params(v, importance.map(|m| &m[g.clone()]), fmt, c)?
+                }
             };
             for c in g {
                 levels[r * cols + c] = level(row[c], &p, fmt);
@@ -202,6 +209,43 @@ pub fn qat_quantize(
         }
     }
     pack(fmt, rows, cols, group, &levels, &params)
+}
+
+/// The F16 a learned scale is stored as: nearest, kept within `[smallest subnormal, F16::MAX]`
+/// (the training forward and the export round alike).
+pub fn learned_scale(s: f32) -> f16 {
+    let h = f16::from_f32(s.clamp(0.0, f16::MAX.to_f32()));
+    if h.to_f32() > 0.0 {
+        h
+    } else {
+        f16::from_bits(1)
+    }
+}
+
+/// Packs `w [rows, cols]` with given per-(row, group) parameters `[rows, n_groups]` (nearest
+/// codes, clamped): the export of learned scales.
+pub fn quantize_with_params(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    fmt: &QuantFormat,
+    params: &[GroupParams],
+) -> Result<QTensor> {
+    crate::spec::check_weights(w, rows, cols)?;
+    let group = fmt.group_for(cols)?;
+    let n_groups = cols.div_ceil(group);
+    if params.len() != rows * n_groups {
+        return Err(Error::invalid(format!(
+            "{} group parameters for {rows} rows × {n_groups} groups",
+            params.len()
+        )));
+    }
+    let levels: Vec<i32> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| level(x, &params[(i / cols) * n_groups + (i % cols) / group], fmt))
+        .collect();
+    pack(fmt, rows, cols, group, &levels, params)
 }
 
 /// The per-tensor plan of `ckpt` under `cfg` (name order). The default format on a row narrower
@@ -269,8 +313,18 @@ pub fn build_plan(
                 TensorTarget::Quant(f)
             }
         };
+        if let (TensorTarget::Quant(f), QatScales::Learned(_)) = (&target, &cfg.scales)
+            && f.asym
+        {
+            return Err(Error::tensor(
+                name,
+                "learned QAT scales support symmetric formats only (drop --asym or use mse scales)",
+            ));
+        }
         let importance = match (&target, &cfg.scales, calib.and_then(|c| c.get(name))) {
-            (TensorTarget::Quant(_), QatScales::Mse(m), Some(s)) if m.weighted => {
+            (TensorTarget::Quant(_), QatScales::Mse(m) | QatScales::Learned(m), Some(s))
+                if m.weighted =>
+            {
                 let m = s.col_sq_mean();
                 let mean = m.iter().sum::<f64>() / m.len().max(1) as f64;
                 Some(m.iter().map(|&x| (x + 1e-3 * mean) as f32).collect())

@@ -9,7 +9,7 @@ use squish_core::quant::QBits;
 use squish_core::{Error, Result, fsutil};
 
 use crate::calibration::Calibration;
-use crate::qat::{QatConfig, QatSummary, qat_quantize};
+use crate::qat::{QatConfig, QatSummary, qat_quantize, quantize_with_params};
 use crate::qat_net::{QatNet, TensorTarget};
 use crate::report::{KeptTensor, QuantReport, TableRow, TensorReport};
 
@@ -24,7 +24,7 @@ pub fn export(
     let latent = net.latent_weights()?;
     let mut out = parent.clone();
     let (mut tensors, mut kept) = (Vec::new(), Vec::new());
-    for e in &net.plan.entries {
+    for (i, e) in net.plan.entries.iter().enumerate() {
         let w = latent.get(&e.name)?.to_f32(); // [shape]
         let nt = match &e.target {
             TensorTarget::F32 => WeightTensor::f32(e.shape.clone(), w)?,
@@ -34,14 +34,17 @@ pub fn export(
             },
             TensorTarget::Quant(fmt) => {
                 let (rows, cols) = (e.shape[0], e.shape[1]);
-                let q = qat_quantize(
-                    &w,
-                    rows,
-                    cols,
-                    fmt,
-                    &net.plan.scales,
-                    e.importance.as_deref(),
-                )
+                let q = match net.learned_params(i)? {
+                    Some(params) => quantize_with_params(&w, rows, cols, fmt, &params),
+                    None => qat_quantize(
+                        &w,
+                        rows,
+                        cols,
+                        fmt,
+                        &net.plan.scales,
+                        e.importance.as_deref(),
+                    ),
+                }
                 .map_err(|err| Error::tensor(&e.name, err.to_string()))?;
                 // Errors against the F32 parent (what QAT has to make up for).
                 let orig = parent.weights.get(&e.name)?.to_f32();

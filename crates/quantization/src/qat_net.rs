@@ -7,7 +7,7 @@
 //! function the export uses, so the exported checkpoint *is* the fake-quant model) or F16 rounding.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use half::f16;
 use squish_core::checkpoint::Weights;
 use squish_core::model::llama::{Llama, layer_tensor_names};
@@ -17,7 +17,9 @@ use squish_core::model::tensor_to_vec;
 use squish_core::train::Trainable;
 use squish_core::{Error, Result};
 
-use crate::qat::{QatScales, qat_quantize};
+use crate::grid::{GroupParams, group_ranges};
+use crate::mse::best_params;
+use crate::qat::{QatScales, learned_scale, qat_quantize};
 use crate::spec::QuantFormat;
 
 /// Storage of one tensor after QAT.
@@ -84,9 +86,15 @@ pub struct QatNet {
     pub llama: Option<Llama>,
     /// The latent SsmMoe, when the family is SsmMoe.
     pub ssm_moe: Option<SsmMoe>,
+    /// Learned scales ([`QatScales::Learned`]): `ln(scale)` `[rows, n_groups]` of every
+    /// quantized tensor, in plan order; empty for the other scale choices.
+    pub log_scales: Vec<Param<Tensor<2>>>,
     /// The per-tensor plan (not a parameter).
     #[module(skip)]
     pub plan: QatPlan,
+    /// Per plan entry, its index in `log_scales` (learned scales only).
+    #[module(skip)]
+    slots: Vec<Option<usize>>,
 }
 
 /// A mutable handle on one parameter of a model.
@@ -178,6 +186,36 @@ fn straight_through<const D: usize>(
     Ok(())
 }
 
+/// Replaces `p` by its fake-quantized value on the learned grid `exp(log_s)` (LSQ): the codes
+/// `clamp(round(w / s))` pass the gradient straight through to `w` inside the range, and the
+/// scale gets `round(x) − x` inside and the clamp level outside, as in Esser et al. 2020.
+fn learned_straight_through(
+    p: &mut Param<Tensor<2>>,
+    log_s: &Tensor<2>,
+    fmt: &crate::spec::QuantFormat,
+) -> Result<()> {
+    let w = p.val(); // [rows, cols]
+    let [rows, cols] = w.dims();
+    let device = w.device();
+    let group = fmt.group_for(cols)?;
+    let n_groups = cols.div_ceil(group);
+    let s = log_s.clone().exp(); // [rows, n_groups]
+    let host = tensor_to_vec(s.clone().detach())?;
+    let to_f16: Vec<f32> = host
+        .iter()
+        .map(|&x| learned_scale(x).to_f32() - x)
+        .collect();
+    let s = s + Tensor::<2>::from_data(TensorData::new(to_f16, [rows, n_groups]), &device); // [rows, n_groups], F16 values
+    let col_group: Vec<i64> = (0..cols).map(|c| (c / group) as i64).collect();
+    let col_group = Tensor::<1, Int>::from_data(TensorData::new(col_group, [cols]), &device);
+    let s = s.select(1, col_group); // [rows, cols]
+    let x = w / s.clone(); // [rows, cols]
+    let rounded = x.clone() + (x.clone().round() - x).detach();
+    let (lo, hi) = fmt.level_range();
+    *p = Param::initialized(p.id, rounded.clamp(lo as f32, hi as f32) * s);
+    Ok(())
+}
+
 impl QatNet {
     /// Wraps a latent model; checks that the plan names exactly the model's tensors.
     pub fn new(llama: Option<Llama>, ssm_moe: Option<SsmMoe>, plan: QatPlan) -> Result<Self> {
@@ -187,7 +225,9 @@ impl QatNet {
         let mut net = QatNet {
             llama,
             ssm_moe,
+            log_scales: Vec::new(),
             plan,
+            slots: Vec::new(),
         };
         let names: Vec<String> = net.params_mut().into_iter().map(|(n, _)| n).collect();
         let planned: Vec<&String> = net.plan.entries.iter().map(|e| &e.name).collect();
@@ -201,7 +241,57 @@ impl QatNet {
                 names.first().map_or("", String::as_str)
             )));
         }
+        if let QatScales::Learned(mse) = net.plan.scales.clone() {
+            let latent = net.latent_weights()?;
+            let device = match net.params_mut().into_iter().next() {
+                Some((_, ParamMut::Two(p))) => p.val().device(),
+                Some((_, ParamMut::One(p))) => p.val().device(),
+                None => return Err(Error::invalid("QAT model without parameters")),
+            };
+            let mut slots = Vec::with_capacity(net.plan.entries.len());
+            for e in &net.plan.entries {
+                let TensorTarget::Quant(fmt) = &e.target else {
+                    slots.push(None);
+                    continue;
+                };
+                let (rows, cols) = (e.shape[0], e.shape[1]);
+                let group = fmt.group_for(cols)?;
+                let w = latent.get(&e.name)?.to_f32(); // [rows, cols]
+                let mut log_s = Vec::with_capacity(rows * cols.div_ceil(group)); // [rows, n_groups]
+                for row in w.chunks_exact(cols) {
+                    for g in group_ranges(cols, group) {
+                        let imp = e.importance.as_deref().map(|m| &m[g.clone()]);
+                        let p = best_params(&row[g], imp, fmt, &mse)
+                            .map_err(|err| Error::tensor(&e.name, err.to_string()))?;
+                        log_s.push(p.s().ln());
+                    }
+                }
+                let shape = [rows, cols.div_ceil(group)];
+                let t = Tensor::<2>::from_data(TensorData::new(log_s, shape), &device);
+                slots.push(Some(net.log_scales.len()));
+                net.log_scales.push(Param::from_tensor(t));
+            }
+            net.slots = slots;
+        }
         Ok(net)
+    }
+
+    /// The group parameters the learned scales of plan entry `entry` stand for (F16-rounded as
+    /// in the forward), `[rows, n_groups]`; `None` unless scales are learned and it is quantized.
+    pub fn learned_params(&self, entry: usize) -> Result<Option<Vec<GroupParams>>> {
+        let Some(Some(slot)) = self.slots.get(entry) else {
+            return Ok(None);
+        };
+        let log_s = tensor_to_vec(self.log_scales[*slot].val().detach())?;
+        Ok(Some(
+            log_s
+                .iter()
+                .map(|&l| GroupParams {
+                    scale: learned_scale(l.exp()),
+                    zero: 0,
+                })
+                .collect(),
+        ))
     }
 
     fn params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
@@ -225,6 +315,8 @@ impl QatNet {
     pub fn fake_quant(&self) -> Result<QatNet> {
         let mut net = self.clone();
         let plan = net.plan.clone();
+        let slots = net.slots.clone();
+        let log_scales: Vec<Tensor<2>> = net.log_scales.iter().map(|p| p.val()).collect();
         for (name, p) in net.params_mut() {
             let i = plan
                 .entries
@@ -232,6 +324,16 @@ impl QatNet {
                 .map_err(|_| Error::tensor(&name, "not in the QAT plan"))?;
             let entry = &plan.entries[i];
             if entry.target == TensorTarget::F32 {
+                continue;
+            }
+            if let (Some(slot), TensorTarget::Quant(fmt)) =
+                (slots.get(i).copied().flatten(), &entry.target)
+            {
+                let ParamMut::Two(p) = p else {
+                    return Err(Error::tensor(&name, "only 2-D tensors can be quantized"));
+                };
+                learned_straight_through(p, &log_scales[slot], fmt)
+                    .map_err(|e| Error::tensor(&name, e.to_string()))?;
                 continue;
             }
             match p {

@@ -217,6 +217,58 @@ fn exported_ssm_moe_equals_fake_quant_model() {
     export_matches_fake_quant(&tiny_ssm_moe(), QatScales::default(), false);
 }
 
+fn learned() -> QatScales {
+    match QatScales::default() {
+        QatScales::Mse(m) => QatScales::Learned(m),
+        other => other,
+    }
+}
+
+#[test]
+fn learned_scales_export_equals_fake_quant_model() {
+    export_matches_fake_quant(&tiny_llama(), learned(), false);
+    export_matches_fake_quant(&tiny_ssm_moe(), learned(), false);
+}
+
+#[test]
+fn learned_scales_get_gradients_and_move() {
+    let base = tiny_llama();
+    let mut cfg = config(1);
+    cfg.scales = learned();
+    let net = qat_net(&base, &cfg, None).unwrap();
+    // One [rows, n_groups] log-scale per quantized tensor; they start at the clipping search.
+    let quantized = build_plan(&base, &cfg, None)
+        .unwrap()
+        .entries
+        .iter()
+        .filter(|e| matches!(e.target, squish_quant::qat_net::TensorTarget::Quant(_)))
+        .count();
+    assert_eq!(net.log_scales.len(), quantized);
+    let before: Vec<Vec<f32>> = net
+        .log_scales
+        .iter()
+        .map(|p| tensor_to_vec(p.val()).unwrap())
+        .collect();
+    let tr = stream(400, 5);
+    let (inp, tgt) = sample_batch(&tr, 4, 16, 1, &mut Rng::new(9));
+    let (logits, _) = net.train_forward(&inp).unwrap();
+    let grads = GradientsParams::from_grads(cross_entropy(logits, &tgt).backward(), &net);
+    for p in &net.log_scales {
+        let g = tensor_to_vec(grads.get::<2>(p.id).expect("gradient for a log-scale")).unwrap();
+        assert!(g.iter().all(|x| x.is_finite()) && g.iter().any(|x| x.abs() > 0.0));
+    }
+    let mut cfg = config(10);
+    cfg.scales = learned();
+    let (net, _) = train(net, &tr, &tr, 1, &cfg.train, None, |_| {}).unwrap();
+    let moved = net
+        .log_scales
+        .iter()
+        .zip(&before)
+        .filter(|(p, b)| tensor_to_vec(p.val()).unwrap() != **b)
+        .count();
+    assert_eq!(moved, quantized, "every learned scale trains");
+}
+
 #[test]
 fn gradients_reach_the_latent_weights_and_a_step_lowers_the_loss() {
     let base = tiny_llama();
@@ -325,6 +377,10 @@ fn unsupported_combinations_are_clear_errors() {
     let mut c = config(1);
     c.init = QatInit::Gptq;
     assert!(err(&c).contains("needs calibration"), "{}", err(&c));
+    let mut c = config(1);
+    c.scales = learned();
+    c.quant.format.asym = true;
+    assert!(err(&c).contains("symmetric formats only"), "{}", err(&c));
     // An already-quantized input.
     let (q, _) = qat_checkpoint(&base, &config(1), &data, None, &mut |_| {}).unwrap();
     assert!(err_plan(&q).contains("already quantized"));
