@@ -42,7 +42,7 @@ fn fake_quant_group(v: &mut [f32], qmax: f32) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 4 || args.len() % 2 != 0 {
+    if args.len() < 4 || !args.len().is_multiple_of(2) {
         return Err("usage: lowbit_probe IN OUT_DIR BITS GROUP [BITS GROUP …]".into());
     }
     let base = checkpoint::load(Path::new(&args[0]))?;
