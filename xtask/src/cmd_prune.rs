@@ -126,6 +126,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         eval_every: 0,
         eval_chunks: 8,
         seed: a.seed,
+        adam_epsilon: squish_core::train::DEFAULT_ADAM_EPSILON,
     });
     let cfg = PruneConfig {
         ratio: a.ratio,

@@ -59,6 +59,9 @@ pub struct QuantizeArgs {
     /// QAT: latent starting point: f32, rtn, mse, gptq.
     #[arg(long, default_value = "mse")]
     pub qat_init: String,
+    /// QAT: AdamW ε (burn's default 1e-5 damps the tiny gradients of a distillation loss).
+    #[arg(long, default_value_t = squish_core::train::DEFAULT_ADAM_EPSILON)]
+    pub adam_eps: f32,
     /// QAT: scale choice: minmax or mse (recomputed every step), or learned (LSQ, symmetric only).
     #[arg(long, default_value = "mse")]
     pub qat_scales: String,
@@ -179,6 +182,7 @@ fn qat_config(a: &QuantizeArgs, quant: QuantConfig) -> Result<QatConfig> {
     c.train.seq_len = a.seq_len;
     c.train.warmup_steps = a.warmup;
     c.train.distill_alpha = a.distill_alpha;
+    c.train.adam_epsilon = a.adam_eps;
     c.backend = CpuBackend::from_env()?;
     c.train.validate()?;
     Ok(c)

@@ -59,6 +59,25 @@ pub struct TrainConfig {
     /// Seed of the batch sampler.
     #[serde(default)]
     pub seed: u64,
+    /// AdamW ε (burn's default 1e-5; omitted from the serialized config at that value, so
+    /// existing configs keep their hashes). Small-loss fine-tuning (QAT/distillation: gradients
+    /// of 1e-6–1e-5) wants PyTorch's 1e-8, or ε damps most updates.
+    #[serde(
+        default = "default_adam_epsilon",
+        skip_serializing_if = "is_default_adam_epsilon"
+    )]
+    pub adam_epsilon: f32,
+}
+
+/// burn's AdamW default ε.
+pub const DEFAULT_ADAM_EPSILON: f32 = 1e-5;
+
+fn default_adam_epsilon() -> f32 {
+    DEFAULT_ADAM_EPSILON
+}
+
+fn is_default_adam_epsilon(e: &f32) -> bool {
+    *e == DEFAULT_ADAM_EPSILON
 }
 
 fn default_wd() -> f32 {
@@ -100,6 +119,12 @@ impl TrainConfig {
             return Err(Error::invalid(format!(
                 "train: lr {} / min_lr {} must satisfy 0 ≤ min_lr ≤ lr",
                 self.lr, self.min_lr
+            )));
+        }
+        if !(self.adam_epsilon > 0.0 && self.adam_epsilon.is_finite()) {
+            return Err(Error::invalid(format!(
+                "train: adam_epsilon {} must be a positive number",
+                self.adam_epsilon
             )));
         }
         if !(0.0..=1.0).contains(&self.distill_alpha) {
@@ -240,6 +265,7 @@ pub fn train<M: Trainable>(
     }
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay)
+        .with_epsilon(cfg.adam_epsilon)
         .with_grad_clipping(
             (cfg.grad_clip > 0.0).then_some(GradientClippingConfig::Norm(cfg.grad_clip)),
         )
@@ -310,12 +336,32 @@ mod tests {
             eval_every: 0,
             eval_chunks: 4,
             seed: 0,
+            adam_epsilon: DEFAULT_ADAM_EPSILON,
         };
         assert!((c.lr_at(0) - 1e-4).abs() < 1e-12);
         assert!((c.lr_at(9) - 1e-3).abs() < 1e-12);
         assert!((c.lr_at(10) - 1e-3).abs() < 1e-12);
         assert!((c.lr_at(99) - 1e-4).abs() < 2e-6);
         assert!(c.lr_at(50) < c.lr_at(20));
+    }
+
+    #[test]
+    fn adam_epsilon_is_omitted_at_its_default_and_validated() {
+        let json = r#"{"steps":1,"batch_size":1,"seq_len":8,"lr":0.001}"#;
+        let mut c: TrainConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(c.adam_epsilon, DEFAULT_ADAM_EPSILON);
+        // Configs written before the field existed keep their serialized form (and hashes).
+        assert!(!serde_json::to_string(&c).unwrap().contains("adam_epsilon"));
+        c.adam_epsilon = 1e-8;
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.adam_epsilon, 1e-8);
+        c.adam_epsilon = 0.0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("adam_epsilon")
+        );
     }
 
     #[test]

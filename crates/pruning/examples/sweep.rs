@@ -176,6 +176,7 @@ fn main() -> Result<()> {
                 eval_every: 0,
                 eval_chunks: 4,
                 seed: 1,
+                adam_epsilon: squish_core::train::DEFAULT_ADAM_EPSILON,
             });
             let t = Instant::now();
             let (out, rep) = prune_checkpoint(&ck, &cfg, &data, &mut |e| match e {

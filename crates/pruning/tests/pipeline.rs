@@ -60,6 +60,7 @@ fn recovery() -> TrainConfig {
         eval_every: 0,
         eval_chunks: 2,
         seed: 3,
+        adam_epsilon: squish_core::train::DEFAULT_ADAM_EPSILON,
     }
 }
 

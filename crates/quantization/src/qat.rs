@@ -114,6 +114,7 @@ fn default_train() -> TrainConfig {
         eval_every: 0,
         eval_chunks: 16,
         seed: 0,
+        adam_epsilon: squish_core::train::DEFAULT_ADAM_EPSILON,
     }
 }
 
