@@ -9,7 +9,7 @@ use squish_core::quant::QBits;
 use squish_core::{Error, Result, fsutil};
 
 use crate::calibration::Calibration;
-use crate::qat::{QatConfig, QatSummary, qat_quantize, quantize_with_params};
+use crate::qat::{QatConfig, QatSummary, quantize_with_params};
 use crate::qat_net::{QatNet, TensorTarget};
 use crate::report::{KeptTensor, QuantReport, TableRow, TensorReport};
 
@@ -35,17 +35,10 @@ pub fn export(
             TensorTarget::Quant(fmt) => {
                 let (rows, cols) = (e.shape[0], e.shape[1]);
                 let q = match net.learned_params(i)? {
-                    Some(params) => quantize_with_params(&w, rows, cols, fmt, &params),
-                    None => qat_quantize(
-                        &w,
-                        rows,
-                        cols,
-                        fmt,
-                        &net.plan.scales,
-                        e.importance.as_deref(),
-                    ),
-                }
-                .map_err(|err| Error::tensor(&e.name, err.to_string()))?;
+                    Some(params) => quantize_with_params(&w, rows, cols, fmt, &params)
+                        .map_err(|err| Error::tensor(&e.name, err.to_string()))?,
+                    None => e.apply_packed(&w, &net.plan.scales)?,
+                };
                 // Errors against the F32 parent (what QAT has to make up for).
                 let orig = parent.weights.get(&e.name)?.to_f32();
                 let deq = q.dequantize();

@@ -14,11 +14,11 @@ use squish_core::model::llama::{Llama, layer_tensor_names};
 use squish_core::model::ssm_moe::SsmMoe;
 use squish_core::model::ssm_moe_weights::{expert_name, router_name, ssm_name};
 use squish_core::model::tensor_to_vec;
+use squish_core::quant::QTensor;
 use squish_core::train::Trainable;
 use squish_core::{Error, Result};
 
-use crate::grid::{GroupParams, group_ranges};
-use crate::mse::best_params;
+use crate::grid::GroupParams;
 use crate::qat::{QatScales, learned_scale, qat_quantize};
 use crate::spec::QuantFormat;
 
@@ -62,20 +62,26 @@ impl PlanEntry {
         match &self.target {
             TensorTarget::F32 => Ok(w.to_vec()),
             TensorTarget::F16 => Ok(w.iter().map(|&x| f16::from_f32(x).to_f32()).collect()),
-            TensorTarget::Quant(fmt) => {
-                let [rows, cols] = self.shape[..] else {
-                    return Err(Error::tensor(
-                        &self.name,
-                        "only 2-D tensors can be quantized",
-                    ));
-                };
-                Ok(
-                    qat_quantize(w, rows, cols, fmt, scales, self.importance.as_deref())
-                        .map_err(|e| Error::tensor(&self.name, e.to_string()))?
-                        .dequantize(),
-                )
-            }
+            TensorTarget::Quant(_) => Ok(self.apply_packed(w, scales)?.dequantize()),
         }
+    }
+
+    /// The packed tensor of a quantized entry for latent values `w` ([`qat_quantize`]).
+    pub fn apply_packed(&self, w: &[f32], scales: &QatScales) -> Result<QTensor> {
+        let TensorTarget::Quant(fmt) = &self.target else {
+            return Err(Error::tensor(
+                &self.name,
+                "not planned as a quantized tensor",
+            ));
+        };
+        let [rows, cols] = self.shape[..] else {
+            return Err(Error::tensor(
+                &self.name,
+                "only 2-D tensors can be quantized",
+            ));
+        };
+        qat_quantize(w, rows, cols, fmt, scales, self.importance.as_deref())
+            .map_err(|e| Error::tensor(&self.name, e.to_string()))
     }
 }
 
@@ -192,7 +198,7 @@ fn straight_through<const D: usize>(
 fn learned_straight_through(
     p: &mut Param<Tensor<2>>,
     log_s: &Tensor<2>,
-    fmt: &crate::spec::QuantFormat,
+    fmt: &QuantFormat,
 ) -> Result<()> {
     let w = p.val(); // [rows, cols]
     let [rows, cols] = w.dims();
@@ -241,7 +247,7 @@ impl QatNet {
                 names.first().map_or("", String::as_str)
             )));
         }
-        if let QatScales::Learned(mse) = net.plan.scales.clone() {
+        if matches!(net.plan.scales, QatScales::Learned(_)) {
             let latent = net.latent_weights()?;
             let device = match net.params_mut().into_iter().next() {
                 Some((_, ParamMut::Two(p))) => p.val().device(),
@@ -250,23 +256,15 @@ impl QatNet {
             };
             let mut slots = Vec::with_capacity(net.plan.entries.len());
             for e in &net.plan.entries {
-                let TensorTarget::Quant(fmt) = &e.target else {
+                if !matches!(e.target, TensorTarget::Quant(_)) {
                     slots.push(None);
                     continue;
-                };
-                let (rows, cols) = (e.shape[0], e.shape[1]);
-                let group = fmt.group_for(cols)?;
-                let w = latent.get(&e.name)?.to_f32(); // [rows, cols]
-                let mut log_s = Vec::with_capacity(rows * cols.div_ceil(group)); // [rows, n_groups]
-                for row in w.chunks_exact(cols) {
-                    for g in group_ranges(cols, group) {
-                        let imp = e.importance.as_deref().map(|m| &m[g.clone()]);
-                        let p = best_params(&row[g], imp, fmt, &mse)
-                            .map_err(|err| Error::tensor(&e.name, err.to_string()))?;
-                        log_s.push(p.s().ln());
-                    }
                 }
-                let shape = [rows, cols.div_ceil(group)];
+                // The starting scales: the clipping search of the initial latents.
+                let w = latent.get(&e.name)?.to_f32(); // [rows, cols]
+                let q = e.apply_packed(&w, &net.plan.scales)?;
+                let log_s: Vec<f32> = q.scales.iter().map(|s| s.to_f32().ln()).collect(); // [rows, n_groups]
+                let shape = [q.rows, q.n_groups()];
                 let t = Tensor::<2>::from_data(TensorData::new(log_s, shape), &device);
                 slots.push(Some(net.log_scales.len()));
                 net.log_scales.push(Param::from_tensor(t));
