@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use squish_core::data::{EvalMode, EvalText};
 use squish_core::eval::{PerplexityReport, Protocol, perplexity};
 use squish_core::model::CpuBackend;
 use squish_core::tokenizer::Tokenizer;
@@ -16,9 +17,17 @@ pub struct EvalArgs {
     /// Checkpoint (.safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Text file to score (read whole, tokenized with BOS).
+    /// Text to score: its stories (split at `<|endoftext|>` lines, or a JSON file's texts)
+    /// joined by blank lines, tokenized with one BOS — see --raw.
     #[arg(long)]
     pub data: PathBuf,
+    /// Score the file as it is, `<|endoftext|>` lines included (the pre-stories protocol).
+    #[arg(long)]
+    pub raw: bool,
+    /// Also write the scored text to this file (what `llama-perplexity -f` should read to give
+    /// the same number).
+    #[arg(long)]
+    pub write_text: Option<PathBuf>,
     /// Context length.
     #[arg(long, default_value_t = 256)]
     pub ctx: usize,
@@ -39,7 +48,7 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Runs perplexity for a checkpoint on a text file with the burn reference engine.
+/// Runs perplexity for a checkpoint on a text file's stories with the burn reference engine.
 pub fn evaluate(
     checkpoint: &Path,
     data: &Path,
@@ -49,9 +58,10 @@ pub fn evaluate(
     backend: &str,
     show_progress: bool,
 ) -> Result<PerplexityReport> {
+    let text = EvalText::load(data, EvalMode::Stories, None).context("reading evaluation text")?;
     evaluate_with(
         checkpoint,
-        data,
+        &text,
         ctx,
         protocol,
         batch,
@@ -61,11 +71,11 @@ pub fn evaluate(
     )
 }
 
-/// Runs perplexity for a checkpoint on a text file with `engine`.
+/// Runs perplexity for a checkpoint on an evaluation text with `engine`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_with(
     checkpoint: &Path,
-    data: &Path,
+    text: &EvalText,
     ctx: usize,
     protocol: &str,
     batch: usize,
@@ -75,12 +85,7 @@ pub fn evaluate_with(
 ) -> Result<PerplexityReport> {
     let _protocol = Protocol::parse(protocol)?;
     let loaded = load_checkpoint(checkpoint)?;
-    let mut text = squish_core::data::read_text(data).with_context(|| "reading evaluation text")?;
-    // llama.cpp's `-f` strips one trailing newline from the file (common/arg.cpp); so do we.
-    if text.ends_with('\n') {
-        text.pop();
-    }
-    let tokens = loaded.tokenizer.encode(&text, true, false);
+    let tokens = text.tokens(&loaded.tokenizer);
     let backend = CpuBackend::parse(backend)?;
     let mut burn;
     let mut native;
@@ -121,11 +126,29 @@ pub fn evaluate_with(
     Ok(report)
 }
 
+/// What `eval --json` prints: the perplexity and the text it was measured on.
+#[derive(serde::Serialize)]
+struct EvalOutput<'a> {
+    #[serde(flatten)]
+    report: &'a PerplexityReport,
+    eval_text: &'a EvalText,
+}
+
 /// Entry point of `eval`.
 pub fn run(a: &EvalArgs) -> Result<()> {
+    let mode = if a.raw {
+        EvalMode::Raw
+    } else {
+        EvalMode::Stories
+    };
+    let text = EvalText::load(&a.data, mode, None).context("reading evaluation text")?;
+    if let Some(p) = &a.write_text {
+        text.write(p)
+            .with_context(|| format!("writing the evaluation text {}", p.display()))?;
+    }
     let r = evaluate_with(
         &a.checkpoint,
-        &a.data,
+        &text,
         a.ctx,
         &a.protocol,
         a.batch,
@@ -134,11 +157,21 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         !a.json,
     )?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let out = EvalOutput {
+            report: &r,
+            eval_text: &text,
+        };
+        println!("{}", serde_json::to_string(&out)?);
     } else {
         println!(
-            "PPL {:.4}  ({:.5} nats/token over {} scored tokens, {} chunks of {}, protocol {})",
-            r.ppl, r.nats_per_token, r.tokens, r.chunks, r.ctx, r.protocol
+            "PPL {:.4}  ({:.5} nats/token over {} scored tokens, {} chunks of {}, protocol {})\ntext: {}",
+            r.ppl,
+            r.nats_per_token,
+            r.tokens,
+            r.chunks,
+            r.ctx,
+            r.protocol,
+            text.describe()
         );
     }
     Ok(())

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use squish_core::generate::generate;
+use squish_core::generate::{Until, generate_until};
 use squish_core::model::CpuBackend;
 use squish_core::sample::Sampler;
 
@@ -20,9 +20,14 @@ pub struct GenerateArgs {
     /// Prompt text (empty: start from BOS).
     #[arg(long, default_value = "")]
     pub prompt: String,
-    /// Positions to run, as llama2.c's `-n`.
+    /// Positions to run at most, as llama2.c's `-n`; generation stops earlier at the end of the
+    /// story (a BOS, as llama2.c's `run.c`, or an EOS) unless --ignore-eos.
     #[arg(long, default_value_t = 256)]
     pub steps: usize,
+    /// Run exactly --steps positions: a story end is printed as a blank line and the model
+    /// goes on with a new story (as llama.cpp's --ignore-eos).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Temperature (0 = greedy).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
@@ -59,11 +64,17 @@ pub fn generate_text(a: &GenerateArgs) -> Result<Vec<u8>> {
     };
     let mut sampler = Sampler::new(a.temperature, a.topp, a.seed);
     let mut out = Vec::new();
-    generate(
+    let until = if a.ignore_eos {
+        Until::Steps
+    } else {
+        Until::StoryEnd
+    };
+    generate_until(
         stepper,
         &loaded.tokenizer,
         &a.prompt,
         a.steps,
+        until,
         &mut sampler,
         |piece| out.extend_from_slice(piece),
     )?;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use squish_core::checkpoint;
 use squish_core::data::{
-    DEFAULT_CALIBRATION_STORIES, calibration_subset, locate_corpus_readonly, read_stories,
-    read_text,
+    DEFAULT_CALIBRATION_STORIES, EvalMode, EvalText, calibration_subset, locate_corpus_readonly,
+    read_stories,
 };
 use squish_core::model::CpuBackend;
 use squish_core::tokenizer::Tokenizer;
@@ -146,14 +146,9 @@ pub fn run(a: &MixedArgs) -> Result<()> {
         None
     };
     let valid = match &a.eval {
-        Some(p) => {
-            let mut text = read_text(p).with_context(|| "reading evaluation text")?;
-            // As `cargo xtask eval` (llama.cpp's `-f` strips one trailing newline).
-            if text.ends_with('\n') {
-                text.pop();
-            }
-            tok.encode(&text, true, false)
-        }
+        Some(p) => EvalText::load(p, EvalMode::Stories, None)
+            .context("reading evaluation text")?
+            .tokens(tok),
         None => Vec::new(),
     };
     let data = MixedData {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use squish_core::checkpoint;
 use squish_core::data::{
-    DEFAULT_CALIBRATION_STORIES, calibration_subset, locate_corpus_readonly, read_stories,
-    read_text,
+    DEFAULT_CALIBRATION_STORIES, EvalMode, EvalText, calibration_subset, locate_corpus_readonly,
+    read_stories, story_tokens,
 };
 use squish_core::model::CpuBackend;
 use squish_core::tokenizer::Tokenizer;
@@ -17,7 +17,8 @@ use squish_quant::{
     quantize_checkpoint,
 };
 
-use crate::cmd_eval::evaluate;
+use crate::cmd_bench::Engine;
+use crate::cmd_eval::evaluate_with;
 use crate::common::{load_checkpoint, place_tokenizer};
 
 /// Arguments of `quantize`.
@@ -244,11 +245,8 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
                     .context("no validation text: pass --eval or set $SQUISH_DATA")?,
             };
             let tok = &loaded.tokenizer;
-            let train: Vec<u32> = stories
-                .iter()
-                .flat_map(|s| tok.encode(s, true, false))
-                .collect();
-            let valid = tok.encode(&read_text(&valid_path)?, true, false);
+            let train = story_tokens(tok, &stories);
+            let valid = EvalText::load(&valid_path, EvalMode::Stories, None)?.tokens(tok);
             let data = QatData {
                 train: &train,
                 valid: &valid,
@@ -293,10 +291,24 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     let file_bytes = std::fs::metadata(&a.out)?.len();
     let (ppl, base) = match &a.eval {
         Some(data) => {
-            let q = evaluate(&a.out, data, a.ctx, "llama-cpp", 8, "flex", false)?.ppl;
+            // On the native runtime, as every pipeline stage measures.
+            let text = EvalText::load(data, EvalMode::Stories, None)?;
+            let native = |c: &Path| {
+                evaluate_with(
+                    c,
+                    &text,
+                    a.ctx,
+                    "llama-cpp",
+                    8,
+                    "flex",
+                    Engine::Native,
+                    false,
+                )
+            };
+            let q = native(&a.out)?.ppl;
             let b = match a.base_ppl {
                 Some(b) => b,
-                None => evaluate(&a.checkpoint, data, a.ctx, "llama-cpp", 8, "flex", false)?.ppl,
+                None => native(&a.checkpoint)?.ppl,
             };
             (Some(q), Some(b))
         }

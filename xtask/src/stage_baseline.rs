@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use squish_core::checkpoint::{self, Checkpoint, Provenance, TokenizerRef};
 use squish_core::config::{ModelConfig, SsmMoeConfig};
-use squish_core::data::{Corpus, locate_corpus, read_text};
+use squish_core::data::{
+    Corpus, EvalMode, EvalText, locate_corpus, read_stories, story_tokens, train_story_tokenizer,
+};
 use squish_core::eval::perplexity;
 use squish_core::fsutil;
 use squish_core::generate::generate;
@@ -18,7 +20,7 @@ use squish_core::model::ssm_moe::{ScanMode, SsmMoe};
 use squish_core::model::ssm_moe_step::SsmMoeStepper;
 use squish_core::model::ssm_moe_weights::init_weights;
 use squish_core::sample::Sampler;
-use squish_core::tokenizer::{Tokenizer, train_bpe};
+use squish_core::tokenizer::Tokenizer;
 use squish_core::train::{TrainConfig, TrainPoint, train};
 
 use crate::common::progress_bar;
@@ -43,10 +45,14 @@ pub struct BaselineStage {
     /// Evaluation context.
     #[serde(default = "default_ctx")]
     pub eval_ctx: usize,
-    /// Evaluate on only the first this-many bytes of the validation text (smoke runs); the
-    /// default, none, is the whole file.
+    /// Evaluate on only the first this-many bytes of the evaluation text (smoke runs); the
+    /// default, none, is the whole text.
     #[serde(default)]
     pub eval_limit_bytes: Option<usize>,
+    /// The evaluation text: the validation stories joined by blank lines (`stories`, the
+    /// default) or the file as it is (`raw`).
+    #[serde(default, skip_serializing_if = "is_stories")]
+    pub eval_mode: EvalMode,
     /// Tokens of the greedy sample in the report.
     #[serde(default = "default_sample")]
     pub sample_tokens: usize,
@@ -56,6 +62,9 @@ pub struct BaselineStage {
     pub train: TrainConfig,
 }
 
+fn is_stories(m: &EvalMode) -> bool {
+    *m == EvalMode::Stories
+}
 fn default_ctx() -> usize {
     256
 }
@@ -68,6 +77,8 @@ fn default_sample() -> usize {
 pub struct BaselineResult {
     pub checkpoint: PathBuf,
     pub corpus: Corpus,
+    pub eval_text: EvalText,
+    pub stories: usize,
     pub parameters: usize,
     pub file_bytes: u64,
     pub ppl: squish_core::eval::PerplexityReport,
@@ -122,17 +133,12 @@ pub fn run(cfg: &BaselineStage, out: &Path, fingerprint: &str) -> Result<Baselin
         cfg.data_dir.as_deref(),
         &out.parent().unwrap_or(Path::new(".")).join("corpus"),
     )?;
-    let train_text = read_text(&corpus.train)?;
-    let mut valid_text = read_text(&corpus.valid)?;
-    if let Some(limit) = cfg.eval_limit_bytes {
-        let mut cut = limit.min(valid_text.len());
-        while !valid_text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        valid_text.truncate(cut);
-    }
+    // Stories, not a stream: the `<|endoftext|>` separators never reach the tokenizer trainer
+    // or the model; every story starts with BOS, so the model learns where a story ends.
+    let stories = read_stories(&corpus.train)?;
+    let eval_text = EvalText::load(&corpus.valid, cfg.eval_mode, cfg.eval_limit_bytes)?;
     let t0 = std::time::Instant::now();
-    let tok = train_bpe(&train_text, cfg.vocab_size).context("training the tokenizer")?;
+    let tok = train_story_tokenizer(&stories, cfg.vocab_size).context("training the tokenizer")?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "tokenizer trained");
     let tok_bytes = tok.to_bytes();
     let tok_path = out.parent().unwrap_or(Path::new(".")).join("tokenizer.bin");
@@ -142,8 +148,8 @@ pub fn run(cfg: &BaselineStage, out: &Path, fingerprint: &str) -> Result<Baselin
         kind: "llama2c".into(),
         sha256: fsutil::sha256_hex(&tok_bytes),
     };
-    let train_tokens = tok.encode(&train_text, true, false);
-    let valid_tokens = tok.encode(&valid_text, true, false);
+    let train_tokens = story_tokens(&tok, &stories);
+    let valid_tokens = eval_text.tokens(&tok);
     let mut model_cfg = cfg.model.clone();
     model_cfg.vocab_size = cfg.vocab_size;
 
@@ -152,8 +158,9 @@ pub fn run(cfg: &BaselineStage, out: &Path, fingerprint: &str) -> Result<Baselin
     let model = SsmMoe::from_weights(&model_cfg, &weights, &device, cfg.scan)?;
     let params = weights.param_count();
     println!(
-        "  [baseline] SsmMoe with {params} parameters; {} training tokens, {} validation tokens ({})",
+        "  [baseline] SsmMoe with {params} parameters; {} training tokens in {} stories, {} validation tokens ({})",
         train_tokens.len(),
+        stories.len(),
         valid_tokens.len(),
         corpus.origin
     );
@@ -224,6 +231,8 @@ pub fn run(cfg: &BaselineStage, out: &Path, fingerprint: &str) -> Result<Baselin
     Ok(BaselineResult {
         checkpoint: out.to_path_buf(),
         corpus,
+        eval_text,
+        stories: stories.len(),
         parameters: params,
         file_bytes: std::fs::metadata(out)?.len(),
         ppl,
@@ -250,7 +259,8 @@ pub fn report(
         "stage": "baseline",
         "command": "cargo xtask pipeline --only baseline",
         "fingerprint": fingerprint,
-        "inputs": {"train": {"path": r.corpus.train, "sha256": fsutil::sha256_file(&r.corpus.train)?}, "valid": {"path": r.corpus.valid, "sha256": fsutil::sha256_file(&r.corpus.valid)?}, "corpus_origin": r.corpus.origin, "generated_corpus": r.corpus.generated},
+        "inputs": {"train": {"path": r.corpus.train, "sha256": fsutil::sha256_file(&r.corpus.train)?, "stories": r.stories}, "valid": {"path": r.corpus.valid, "sha256": fsutil::sha256_file(&r.corpus.valid)?}, "corpus_origin": r.corpus.origin, "generated_corpus": r.corpus.generated},
+        "eval_text": r.eval_text,
         "output": {"path": r.checkpoint, "sha256": fsutil::sha256_file(&r.checkpoint)?, "bytes": r.file_bytes},
         "parameters": r.parameters,
         "perplexity": r.ppl,
@@ -263,7 +273,7 @@ pub fn report(
         "settings": cfg,
     });
     let mut md = format!(
-        "# Stage `baseline` — SsmMoe trained from scratch\n{warn}\n| what | value |\n|---|---|\n| parameters | {} |\n| file bytes (F32) | {} |\n| validation PPL (llama-cpp, ctx {}) | {:.4} |\n| nats/token | {:.4} |\n| unigram nats/token (same tokenizer) | {:.4} |\n| better than unigram by | {:.3} nats/token |\n| training time | {:.0} s ({:.0} tokens/s) |\n| corpus | {} |\n\n## Validation loss over training\n\n| step | train loss | valid nats/token |\n|---|---|---|\n",
+        "# Stage `baseline` — SsmMoe trained from scratch\n{warn}\n| what | value |\n|---|---|\n| parameters | {} |\n| file bytes (F32) | {} |\n| validation PPL (llama-cpp, ctx {}) | {:.4} |\n| nats/token | {:.4} |\n| unigram nats/token (same tokenizer) | {:.4} |\n| better than unigram by | {:.3} nats/token |\n| training time | {:.0} s ({:.0} tokens/s) |\n| corpus | {} ({} training stories, each BOS-first) |\n| evaluation text | {} |\n\n## Validation loss over training\n\n| step | train loss | valid nats/token |\n|---|---|---|\n",
         r.parameters,
         r.file_bytes,
         r.ppl.ctx,
@@ -273,7 +283,9 @@ pub fn report(
         r.unigram_nats - r.ppl.nats_per_token,
         r.train_seconds,
         r.tokens_per_s,
-        r.corpus.origin
+        r.corpus.origin,
+        r.stories,
+        crate::stage_data::eval_text_md(&r.eval_text)
     );
     for p in r.curve.iter().filter(|p| p.valid_nats.is_some()) {
         md.push_str(&format!(

@@ -67,6 +67,7 @@ struct StageRow {
     decode_tok_s_1t: Option<f64>,
     latency_ms_1t_int8_act: Option<f64>,
     sample: String,
+    sample_ended: bool,
     sha256: String,
 }
 
@@ -102,6 +103,7 @@ fn rows(ctx: &Ctx, c: &FinalStage, kernels: &Value) -> Result<Vec<StageRow>> {
                 decode_tok_s_1t: dec,
                 latency_ms_1t_int8_act: lat8,
                 sample: s["sample"].as_str().unwrap_or("").to_string(),
+                sample_ended: s["sample_ended"].as_bool().unwrap_or(false),
                 sha256: s["sha256"].as_str().unwrap_or("").to_string(),
             });
             Ok(())
@@ -140,6 +142,11 @@ pub fn run(ctx: &Ctx, c: &FinalStage, fingerprint: &str) -> Result<(Value, Strin
     }
     let kernels = read_report(ctx, &c.kernels).unwrap_or(Value::Null);
     let rows = rows(ctx, c, &kernels)?;
+    // The text every PPL was measured on (the stages share it; the reference's says which).
+    let eval_text = read_report(ctx, &c.reference)?
+        .pointer("/summary/eval_text")
+        .cloned()
+        .unwrap_or(Value::Null);
     let base = rows
         .iter()
         .find(|r| r.stage == c.reference)
@@ -157,7 +164,7 @@ pub fn run(ctx: &Ctx, c: &FinalStage, fingerprint: &str) -> Result<(Value, Strin
         json!({"criterion": "compression vs squish's own FP32 baseline", "seed_phase6": "-", "target": "- (informative: the mission's 50–100× is against the seed's 7.20 MB)", "stretch": "-", "achieved": format!("{own_x:.1}× ({} → {})", human_bytes(base.file_bytes), human_bytes(fin.file_bytes)), "verdict": "-"}),
         json!({"criterion": "file size", "seed_phase6": "0.56 MB", "target": "≤ 120 KB", "stretch": "≤ 60 KB", "achieved": format!("{:.0} bytes ({:.1} KB)", fin.file_bytes, fin.file_bytes / 1000.0), "verdict": verdict(fin.file_bytes, 120e3, 60e3, true)}),
         json!({"criterion": "parameters", "seed_phase6": format!("{SEED_P6_PARAMS}"), "target": "< 100K", "stretch": "< 50K", "achieved": format!("{:.0} ({:.1}× fewer than the seed's FP32 reference of 1.89M; {:.1}× fewer than squish's baseline)", fin.parameters, SEED_FP32_PARAMS / fin.parameters, base.parameters / fin.parameters), "verdict": verdict(fin.parameters, 99_999.0, 49_999.0, true)}),
-        json!({"criterion": format!("ΔPPL vs own FP32 baseline (llama-cpp protocol, ctx {}, valid.txt)", ctx.cfg.data.eval_ctx), "seed_phase6": "PPL 1215 (other tokenizer/protocol)", "target": "≤ +32 %", "stretch": "≤ +15 %", "achieved": format!("{dppl:+.2} % (PPL {:.4} vs {:.4})", fin.ppl, base.ppl), "verdict": verdict(dppl, 32.0, 15.0, true)}),
+        json!({"criterion": format!("ΔPPL vs own FP32 baseline (llama-cpp protocol, ctx {}, valid.txt stories)", ctx.cfg.data.eval_ctx), "seed_phase6": "PPL 1215 (other tokenizer/protocol)", "target": "≤ +32 %", "stretch": "≤ +15 %", "achieved": format!("{dppl:+.2} % (PPL {:.4} vs {:.4})", fin.ppl, base.ppl), "verdict": verdict(dppl, 32.0, 15.0, true)}),
         json!({"criterion": "latency, prefill 128 + decode 128, 1 thread", "seed_phase6": "36 ms (11.34 ms ONNX Runtime)", "target": "faster than 36 ms", "stretch": "faster than 11.34 ms", "achieved": format!("{lat:.3} ms"), "verdict": verdict(lat, SEED_P6_MS, 11.34, true)}),
     ];
     // Plot: bytes vs PPL for every stage.
@@ -218,6 +225,7 @@ pub fn run(ctx: &Ctx, c: &FinalStage, fingerprint: &str) -> Result<(Value, Strin
         "inputs": inputs,
         "deliverable": {"stage": c.deliverable, "file_bytes": fin.file_bytes, "parameters": fin.parameters, "ppl": fin.ppl, "delta_ppl_pct": fin.delta_ppl_pct, "latency_ms_1t": fin.latency_ms_1t, "compression_vs_own_fp32": own_x, "compression_vs_seed_fp32": seed_x, "sha256": fin.sha256},
         "criteria": criteria,
+        "eval_text": eval_text,
         "stages": rows,
         "plots": [svg_path],
     });
@@ -236,6 +244,19 @@ pub fn run(ctx: &Ctx, c: &FinalStage, fingerprint: &str) -> Result<(Value, Strin
             k["stretch"].as_str().unwrap_or(""),
             k["achieved"].as_str().unwrap_or(""),
             k["verdict"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(sha) = eval_text["sha256"].as_str() {
+        md.push_str(&format!(
+            "\nPPL text: `{}`, {} ({} stories), written to `{}`, sha256 `{sha}` — `llama-perplexity -c {} -f` on that file scores the same tokens.\n",
+            eval_text["source"].as_str().unwrap_or(""),
+            match eval_text["mode"].as_str() {
+                Some("raw") => "the file as it is, `<|endoftext|>` lines included",
+                _ => "its stories joined by blank lines, no `<|endoftext|>` strings",
+            },
+            eval_text["stories"],
+            crate::stage_data::eval_text_path(ctx).display(),
+            ctx.cfg.data.eval_ctx
         ));
     }
     md.push_str("\nLatency is the native runtime with float activations — the configuration every PPL here was measured with — as the median of the kernels stage's interleaved rounds (its report also lists the best round: the shared 2-vCPU host swings by up to 1.6×); the int8-activation column (quantized checkpoints only) is the faster integer path, whose PPL shift the kernels README measures (≈0.2 % on stories260K INT4).\n\nCompression is file bytes of the reference over file bytes of the deliverable. The seed's FP32 reference (7.20 MB, 1.89M parameters) is the seed project's original model; squish's own FP32 baseline is the model the `baseline` stage trained. PPL of the seed (1215) used another tokenizer and protocol and is not comparable.\n\n## Stages\n\n| stage | file bytes | parameters | PPL | ΔPPL | prefill128+decode128 ms (1 thread) | decode tok/s | ms with int8 activations | sha256 |\n|---|---|---|---|---|---|---|---|---|\n");
@@ -271,7 +292,12 @@ pub fn run(ctx: &Ctx, c: &FinalStage, fingerprint: &str) -> Result<(Value, Strin
         crate::stage_data::SAMPLE_PROMPT
     ));
     for r in &rows {
-        md.push_str(&format!("\n### {}\n\n```\n{}\n```\n", r.stage, r.sample));
+        md.push_str(&format!(
+            "\n### {} ({})\n\n```\n{}\n```\n",
+            r.stage,
+            crate::stage_data::sample_end_note(r.sample_ended, ctx.cfg.data.sample_tokens),
+            r.sample
+        ));
     }
     Ok((json, md, vec![svg_path]))
 }

@@ -246,6 +246,6 @@ pub fn run(
             q.train.steps, q.train.batch_size, q.train.seq_len, q.train.distill_alpha
         ));
     }
-    md.push_str(&sample_md(&m));
+    md.push_str(&sample_md(&ctx.cfg.data, &m));
     Ok((json, md, vec![svg_path]))
 }

@@ -168,6 +168,6 @@ pub fn run(
     }
     md.push_str(&format!("\nCommand: `{command}`\n"));
     md.push_str(&int4_md);
-    md.push_str(&sample_md(&m));
+    md.push_str(&sample_md(&ctx.cfg.data, &m));
     Ok((json, md, extra))
 }

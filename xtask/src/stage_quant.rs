@@ -320,7 +320,7 @@ pub fn run(
             .mean_output_error()
             .map(|e| format!("{e:.4}"))
             .unwrap_or_else(|| "-".into()),
-        sample_md(&m)
+        sample_md(&ctx.cfg.data, &m)
     );
     Ok((json, md))
 }

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use squish_core::checkpoint;
-use squish_core::data::{calibration_subset, read_stories, read_text};
+use squish_core::data::{EvalMode, EvalText, calibration_subset, read_stories};
 use squish_core::model::CpuBackend;
 use squish_core::tokenizer::{Llama2cTokenizer, Tokenizer};
 use squish_mixed::{Budget, MixedConfig, MixedData, MixedEvent, Objective, frontier_svg};
@@ -134,11 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ckpt.config.vocab_size(),
     )?;
     let data_dir = PathBuf::from("/work/shared/data/tinystories");
-    let mut text = read_text(&data_dir.join("valid.txt"))?;
-    if text.ends_with('\n') {
-        text.pop();
-    }
-    let valid = tok.encode(&text, true, false);
+    let valid = EvalText::load(&data_dir.join("valid.txt"), EvalMode::Stories, None)?.tokens(&tok);
     let stories = read_stories(&data_dir.join("train.txt"))?;
     let windows = calibration_windows(&tok, &calibration_subset(&stories, 1000, 0), 256);
     let t0 = std::time::Instant::now();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use squish_core::checkpoint;
-use squish_core::data::Rng;
+use squish_core::data::{EvalMode, EvalText, Rng, read_stories, story_tokens};
 use squish_core::eval::{LogitsModel, perplexity};
 use squish_core::model::CpuBackend;
 use squish_core::tokenizer::{Llama2cTokenizer, Tokenizer};
@@ -95,9 +95,14 @@ fn data_dir() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from("/work/shared/data/tinystories"))
 }
 
-fn tokenize(tok: &Llama2cTokenizer, path: &Path) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-    Ok(tok.encode(&text, true, false))
+/// Training stories (each BOS-first) of `train.txt`.
+fn train_tokens(tok: &Llama2cTokenizer, path: &Path) -> Result<Vec<u32>> {
+    Ok(story_tokens(tok, &read_stories(path)?))
+}
+
+/// The evaluation text (stories joined by blank lines) of `valid.txt`, tokenized.
+fn valid_tokens(tok: &Llama2cTokenizer, path: &Path) -> Result<Vec<u32>> {
+    Ok(EvalText::load(path, EvalMode::Stories, None)?.tokens(tok))
 }
 
 fn full_ppl(ck: &checkpoint::Checkpoint, valid: &[u32], bos: u32) -> Result<f64> {
@@ -126,8 +131,8 @@ fn main() -> Result<()> {
     let tpath = a.ckpt.parent().unwrap_or(Path::new(".")).join(&tref.file);
     let tok = Llama2cTokenizer::from_file(&tpath, ck.config.vocab_size())?;
     let t0 = Instant::now();
-    let train = tokenize(&tok, &data_dir().join("train.txt"))?;
-    let valid = tokenize(&tok, &data_dir().join("valid.txt"))?;
+    let train = train_tokens(&tok, &data_dir().join("train.txt"))?;
+    let valid = valid_tokens(&tok, &data_dir().join("valid.txt"))?;
     let bos = tok.bos_id();
     eprintln!(
         "tokenized train {} / valid {} tokens in {:.1}s",

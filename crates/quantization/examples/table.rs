@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use squish_core::checkpoint::{self, Checkpoint};
 use squish_core::config::ModelConfig;
-use squish_core::data::{calibration_subset, read_stories, read_text};
+use squish_core::data::{EvalMode, EvalText, calibration_subset, read_stories, story_tokens};
 use squish_core::eval::perplexity;
 use squish_core::model::CpuBackend;
 use squish_core::model::llama::Llama;
@@ -141,14 +141,15 @@ fn main() {
         };
         (c, tok)
     };
-    let valid = tok.encode(
-        &read_text(&shared.join("tinystories/valid.txt")).unwrap(),
-        true,
-        false,
-    );
-    let train_text = read_text(&shared.join("tinystories/train.txt")).unwrap();
-    let train = tok.encode(&train_text, true, false);
+    let valid = EvalText::load(
+        &shared.join("tinystories/valid.txt"),
+        EvalMode::Stories,
+        None,
+    )
+    .unwrap()
+    .tokens(&tok);
     let stories = read_stories(&shared.join("tinystories/train.txt")).unwrap();
+    let train = story_tokens(&tok, &stories);
     let n_calib = env("CALIB_STORIES", 1000usize);
     let windows = calibration_windows(&tok, &calibration_subset(&stories, n_calib, 0), 256);
     let t0 = std::time::Instant::now();

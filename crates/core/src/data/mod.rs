@@ -2,9 +2,15 @@
 //!
 //! Formats: `.txt` with stories separated by `<|endoftext|>` lines (the V1 convention), and JSON
 //! `{"texts": ["…", …]}`. The calibration subset is a seeded, order-preserving sample of N stories
-//! (default 1,000); the validation set is a whole file, read as-is.
+//! (default 1,000). [`stories`] turns stories into model inputs: BOS-first training streams and
+//! the separator-free evaluation text.
 
+pub mod stories;
 pub mod synth;
+
+pub use stories::{
+    EvalMode, EvalText, join_stories, stories_within, story_tokens, train_story_tokenizer,
+};
 
 use std::path::{Path, PathBuf};
 
