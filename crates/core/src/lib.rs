@@ -3,13 +3,20 @@
 //! - [`config`]: model hyper-parameters; TOML loading with file/line/key errors.
 //! - [`data`]: TinyStories readers, calibration subset, seeded RNG.
 //! - [`tokenizer`]: the [`tokenizer::Tokenizer`] trait and llama2.c `tokenizer.bin`.
-//! - [`model`]: burn modules (Llama family) and the CPU backend choice.
+//! - [`model`]: tensor names, initialisation and prunable structure of the model families; with
+//!   the `burn` feature, their burn modules and the CPU backend choice.
 //! - [`llama2c`]: import of llama2.c legacy v0 checkpoints.
 //! - [`quant`]: the packed INT4/INT8 byte layout.
 //! - [`checkpoint`]: the safetensors checkpoint format and the framework-free [`checkpoint::Weights`].
 //! - [`eval`]: perplexity (protocol `llama-cpp`).
 //! - [`sample`] / [`generate`]: llama2.c-exact sampling and generation loop.
 //! - [`fsutil`]: atomic writes and hashing; [`shared`]: where the real data lives.
+//! - `train` (feature `burn`): AdamW training of the burn models.
+//!
+//! Feature `burn` (default) compiles burn and everything that needs it: the burn models in
+//! [`model`], their `LogitsModel`/`StepModel` impls, `model::CpuBackend` and `train`. Without it
+//! (`default-features = false`) the crate is framework-free — enough to load a checkpoint and run
+//! perplexity or generation on the native runtime of `squish-kernels`.
 #![deny(missing_docs)]
 
 pub mod checkpoint;
@@ -25,6 +32,7 @@ pub mod quant;
 pub mod sample;
 pub mod shared;
 pub mod tokenizer;
+#[cfg(feature = "burn")]
 pub mod train;
 
 pub use error::{Error, Result};

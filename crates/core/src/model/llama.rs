@@ -6,6 +6,8 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
+// The names are framework-free (`llama_names`); re-exported at their historical path.
+pub use super::llama_names::layer_tensor_names;
 use super::ops::{embed, linear, param1, param2, put_param, rms_norm};
 use crate::checkpoint::Weights;
 use crate::config::LlamaConfig;
@@ -48,22 +50,6 @@ pub struct Llama {
     /// Hyper-parameters.
     #[module(skip)]
     pub config: LlamaConfig,
-}
-
-/// Tensor names of layer `i`'s weights, as stored in checkpoints.
-pub fn layer_tensor_names(i: usize) -> [String; 9] {
-    [
-        "attention_norm.weight",
-        "attention.wq.weight",
-        "attention.wk.weight",
-        "attention.wv.weight",
-        "attention.wo.weight",
-        "ffn_norm.weight",
-        "feed_forward.w1.weight",
-        "feed_forward.w2.weight",
-        "feed_forward.w3.weight",
-    ]
-    .map(|s| format!("layers.{i}.{s}"))
 }
 
 impl Llama {

@@ -1,61 +1,30 @@
-//! burn modules for the model families, and the backend choice.
+//! The model families: framework-free tensor names, initialisation and structure, and — with the
+//! default `burn` feature — the burn modules and the backend choice.
 //!
-//! Every model is built from a framework-free [`crate::checkpoint::Weights`] map and can be turned
-//! back into one, so stages that need autodiff (training, QAT, recovery) and stages that do not
-//! share the same checkpoint format.
+//! Every burn model is built from a framework-free [`crate::checkpoint::Weights`] map and can be
+//! turned back into one, so stages that need autodiff (training, QAT, recovery) and stages that do
+//! not (the native runtime, which needs no burn) share the same checkpoint format.
 
-pub mod llama;
-mod ops;
-pub mod ssm_moe;
-pub mod ssm_moe_step;
+pub mod llama_names;
 pub mod ssm_moe_weights;
-pub mod ssm_scan;
 pub mod structure;
 
-use burn::tensor::Device;
+#[cfg(feature = "burn")]
+mod backend;
+#[cfg(feature = "burn")]
+pub mod llama;
+#[cfg(feature = "burn")]
+mod ops;
+#[cfg(feature = "burn")]
+pub mod ssm_moe;
+#[cfg(feature = "burn")]
+mod ssm_moe_io;
+#[cfg(feature = "burn")]
+pub mod ssm_moe_step;
+#[cfg(feature = "burn")]
+pub mod ssm_scan;
 
+#[cfg(feature = "burn")]
+pub use backend::CpuBackend;
+#[cfg(feature = "burn")]
 pub use ops::{param1, param2, tensor_to_vec};
-
-/// Which burn CPU backend runs the models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CpuBackend {
-    /// burn-flex (pure Rust; the default — see README for the measurement behind the choice).
-    #[default]
-    Flex,
-    /// burn-ndarray (deprecated upstream in burn 0.22, kept selectable).
-    Ndarray,
-}
-
-impl CpuBackend {
-    /// Parses `flex` / `ndarray`.
-    pub fn parse(s: &str) -> crate::Result<Self> {
-        match s {
-            "flex" => Ok(CpuBackend::Flex),
-            "ndarray" => Ok(CpuBackend::Ndarray),
-            other => Err(crate::Error::invalid(format!(
-                "unknown backend `{other}` (expected flex or ndarray)"
-            ))),
-        }
-    }
-    /// The backend named by `$SQUISH_BACKEND`, else the default.
-    pub fn from_env() -> crate::Result<Self> {
-        match std::env::var("SQUISH_BACKEND") {
-            Ok(s) => Self::parse(&s),
-            Err(_) => Ok(Self::default()),
-        }
-    }
-    /// A burn device for inference on this backend.
-    pub fn device(self) -> Device {
-        match self {
-            CpuBackend::Flex => Device::flex(),
-            // Deprecated upstream in burn 0.22, kept selectable on purpose (see README).
-            #[allow(deprecated)]
-            CpuBackend::Ndarray => Device::ndarray(),
-        }
-    }
-    /// A burn device with autodiff enabled, for training.
-    pub fn autodiff_device(self) -> Device {
-        self.device().autodiff()
-    }
-}

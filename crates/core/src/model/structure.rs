@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use super::llama::layer_tensor_names;
+use super::llama_names::layer_tensor_names;
 use super::ssm_moe_weights::{expert_name, experts_in_layer, router_name, ssm_name};
 use crate::checkpoint::Weights;
 use crate::config::{LlamaConfig, ModelConfig, SsmMoeConfig};
