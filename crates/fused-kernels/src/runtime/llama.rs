@@ -6,7 +6,7 @@
 
 use squish_core::checkpoint::Weights;
 use squish_core::config::LlamaConfig;
-use squish_core::model::llama::layer_tensor_names;
+use squish_core::model::llama_names::layer_tensor_names;
 use squish_core::{Error, Result};
 
 use super::load::{self, Stacked};
