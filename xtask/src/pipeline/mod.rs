@@ -1,13 +1,25 @@
 //! The stage runner behind `cargo xtask pipeline`.
 //!
-//! Each stage has a *fingerprint*: the sha256 of its name, its settings (as JSON) and the sha256
-//! of every input file (the parent stage's checkpoint, source files). After a stage succeeds its
-//! outputs are written atomically and then a stamp `<checkpoint_dir>/<stage>/stage.json` records
-//! the fingerprint and the outputs' hashes. A rerun skips a stage whose stamp matches and whose
-//! outputs are intact, and says why; anything else reruns it.
+//! Each stage has a *fingerprint*: the sha256 of its name, its settings (as JSON), the sha256 of
+//! every input file (the parent stage's checkpoint, source files) and the hashes of the code it
+//! runs (the workspace crates and xtask files of [`code`], embedded at build time). After a stage
+//! succeeds its outputs are written atomically and then a stamp
+//! `<checkpoint_dir>/<stage>/stage.json` records the fingerprint, the code hashes and the
+//! outputs' hashes. A rerun skips a stage whose stamp matches and whose outputs are intact, and
+//! says why (e.g. "code changed: squish-quant"); anything else reruns it.
 
+mod baseline;
+pub mod code;
+// Shared with build.rs; some items are used only there or by the tests.
+#[cfg_attr(not(test), allow(dead_code))]
+mod code_hash;
 pub mod config;
+mod eval;
+mod import;
 mod stages;
+mod summary;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +59,25 @@ pub struct Stamp {
     pub fingerprint: String,
     /// Output path → sha256.
     pub outputs: BTreeMap<String, String>,
+    /// Fingerprint of its inputs and settings without the code (absent in stamps written before
+    /// code hashes existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_fingerprint: Option<String>,
+    /// The code it ran: unit → hash (see [`code`]; empty in older stamps).
+    #[serde(default)]
+    pub code: BTreeMap<String, String>,
+}
+
+/// A stage's fingerprint and the parts that tell a code change from an input change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    /// sha256 of the stage name, its inputs and settings, and its code hashes: what the stamp
+    /// must match.
+    pub full: String,
+    /// sha256 of the stage name, its inputs and settings only.
+    pub inputs: String,
+    /// The code the stage runs: unit (`squish-quant`, `xtask/src/stage_quant.rs`) → hash.
+    pub code: BTreeMap<String, String>,
 }
 
 /// Shared state of a pipeline run.
@@ -88,7 +119,7 @@ pub enum Status {
     Stale(String),
 }
 
-fn status(ctx: &Ctx, stage: &str, fingerprint: &str) -> Status {
+fn status(ctx: &Ctx, stage: &str, fp: &Fingerprint) -> Status {
     let path = ctx.stamp_path(stage);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Status::Stale("never run (no stamp)".into());
@@ -96,8 +127,8 @@ fn status(ctx: &Ctx, stage: &str, fingerprint: &str) -> Status {
     let Ok(stamp) = serde_json::from_str::<Stamp>(&text) else {
         return Status::Stale(format!("stamp {} unreadable", path.display()));
     };
-    if stamp.fingerprint != fingerprint {
-        return Status::Stale("inputs or settings changed".into());
+    if stamp.fingerprint != fp.full {
+        return Status::Stale(stale_reason(&stamp, fp));
     }
     for (out, sha) in &stamp.outputs {
         match fsutil::sha256_file(Path::new(out)) {
@@ -109,15 +140,40 @@ fn status(ctx: &Ctx, stage: &str, fingerprint: &str) -> Status {
     Status::UpToDate
 }
 
-fn write_stamp(ctx: &Ctx, stage: &str, fingerprint: &str, outputs: &[PathBuf]) -> Result<()> {
+/// Why a stamp's fingerprint differs from `fp`: the code units that changed, and/or the inputs.
+fn stale_reason(stamp: &Stamp, fp: &Fingerprint) -> String {
+    let Some(old_inputs) = &stamp.inputs_fingerprint else {
+        return "inputs, settings or code changed (stamp without code hashes)".into();
+    };
+    let units: std::collections::BTreeSet<&str> = fp
+        .code
+        .keys()
+        .chain(stamp.code.keys())
+        .filter(|k| fp.code.get(*k) != stamp.code.get(*k))
+        .map(String::as_str)
+        .collect();
+    let code = format!(
+        "code changed: {}",
+        units.iter().copied().collect::<Vec<_>>().join(", ")
+    );
+    match (old_inputs == &fp.inputs, units.is_empty()) {
+        (true, false) => code,
+        (false, false) => format!("inputs or settings changed; {code}"),
+        _ => "inputs or settings changed".into(),
+    }
+}
+
+fn write_stamp(ctx: &Ctx, stage: &str, fp: &Fingerprint, outputs: &[PathBuf]) -> Result<()> {
     let mut map = BTreeMap::new();
     for o in outputs {
         map.insert(o.display().to_string(), fsutil::sha256_file(o)?);
     }
     let stamp = Stamp {
         stage: stage.into(),
-        fingerprint: fingerprint.into(),
+        fingerprint: fp.full.clone(),
         outputs: map,
+        inputs_fingerprint: Some(fp.inputs.clone()),
+        code: fp.code.clone(),
     };
     fsutil::atomic_write(
         &ctx.stamp_path(stage),
@@ -162,14 +218,15 @@ pub fn run(a: &PipelineArgs) -> Result<()> {
         cfg.order.join(" → ")
     );
     for (idx, stage) in selected {
-        let fingerprint = stages::fingerprint(&ctx, stage)
+        let fp = stages::fingerprint(&ctx, stage, code::embedded())
             .with_context(|| format!("fingerprinting stage `{stage}`"))?;
+        let fingerprint = fp.full.as_str();
         let forced = a.force || from_idx.is_some_and(|f| idx >= f);
-        let st = status(&ctx, stage, &fingerprint);
+        let st = status(&ctx, stage, &fp);
         match (&st, forced) {
             (Status::UpToDate, false) => {
                 println!(
-                    "  [{stage}] up to date — skipped (inputs unchanged, fingerprint {})",
+                    "  [{stage}] up to date — skipped (inputs and code unchanged, fingerprint {})",
                     &fingerprint[..12]
                 );
                 tracing::info!(stage, fingerprint, "up to date, skipped");
@@ -186,9 +243,9 @@ pub fn run(a: &PipelineArgs) -> Result<()> {
                     println!("  [{stage}] running: {why}");
                     tracing::info!(stage, fingerprint, reason = why.as_str(), "stage started");
                     let t0 = std::time::Instant::now();
-                    let outputs = stages::run_stage(&ctx, stage, &fingerprint)
+                    let outputs = stages::run_stage(&ctx, stage, fingerprint)
                         .with_context(|| format!("stage `{stage}` failed"))?;
-                    write_stamp(&ctx, stage, &fingerprint, &outputs)?;
+                    write_stamp(&ctx, stage, &fp, &outputs)?;
                     tracing::info!(
                         stage,
                         seconds = t0.elapsed().as_secs_f64(),

@@ -2,13 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::json;
 use squish_core::fsutil;
 
-use super::Ctx;
+use super::code::CodeTable;
+use super::summary::file_hash;
+use super::{Ctx, Fingerprint};
 use crate::report::write_report;
-use crate::stage_data::{corpus_fingerprint, input_fingerprint, load_input, measure, summary_json};
+use crate::stage_data::{corpus_fingerprint, input_fingerprint};
 
 /// A stage's checkpoint and tokenizer plus `reports`: the files it leaves behind.
 fn checkpoint_outputs(ctx: &Ctx, stage: &str, reports: Vec<PathBuf>) -> Vec<PathBuf> {
@@ -22,29 +24,15 @@ fn checkpoint_outputs(ctx: &Ctx, stage: &str, reports: Vec<PathBuf>) -> Vec<Path
     v
 }
 
-/// The native-runtime summary block of a stage's own checkpoint (import / baseline).
-fn own_summary(ctx: &Ctx, stage: &str, seconds: f64) -> Result<serde_json::Value> {
-    let input = load_input(ctx, stage)?;
-    let m = measure(
-        &ctx.cfg.data,
-        &input,
-        &input.loaded.ckpt,
-        &input.loaded.path,
-    )?;
-    Ok(summary_json(&m, Some(m.ppl.ppl), seconds))
-}
-
-fn file_hash(p: &Path) -> Result<String> {
-    fsutil::sha256_file(p).with_context(|| format!("hashing input {}", p.display()))
-}
-
-/// The hash of a stage's settings and input files.
-pub fn fingerprint(ctx: &Ctx, stage: &str) -> Result<String> {
+/// The fingerprint of `stage`: the hash of its name, settings, input files and the code it runs
+/// (`code`'s hashes of its units, see [`super::code`]; the real table is
+/// [`super::code::embedded`], tests pass altered ones).
+pub fn fingerprint(ctx: &Ctx, stage: &str, code: &CodeTable) -> Result<Fingerprint> {
     let s = &ctx.cfg.stages;
     let v = match stage {
         "import" => {
             let c = s.import.as_ref().expect("validated");
-            json!({"settings": c, "model": file_hash(&c.model)?, "tokenizer": file_hash(&c.tokenizer)?, "report": 2, "data": ctx.cfg.data})
+            json!({"settings": c, "model": file_hash(&c.model)?, "tokenizer": file_hash(&c.tokenizer)?, "data": ctx.cfg.data})
         }
         "eval" => {
             let c = s.eval.as_ref().expect("validated");
@@ -71,7 +59,7 @@ pub fn fingerprint(ctx: &Ctx, stage: &str) -> Result<String> {
                     None => json!("generated"),
                 },
             };
-            json!({"settings": c, "corpus": corpus, "report": 2})
+            json!({"settings": c, "corpus": corpus})
         }
         "int4_native" => {
             let c = s.int4_native.as_ref().expect("validated");
@@ -111,16 +99,22 @@ pub fn fingerprint(ctx: &Ctx, stage: &str) -> Result<String> {
         }
         other => bail!("unknown stage `{other}`"),
     };
-    let v = json!({"stage": stage, "tool": env!("CARGO_PKG_VERSION"), "inputs": v});
-    Ok(fsutil::sha256_hex(serde_json::to_string(&v)?.as_bytes()))
+    let code = code.stage_code(stage)?;
+    let full = json!({"stage": stage, "code": code, "inputs": v});
+    let inputs = json!({"stage": stage, "inputs": v});
+    Ok(Fingerprint {
+        full: fsutil::sha256_hex(serde_json::to_string(&full)?.as_bytes()),
+        inputs: fsutil::sha256_hex(serde_json::to_string(&inputs)?.as_bytes()),
+        code,
+    })
 }
 
 /// Runs `stage`; returns the files it wrote.
 pub fn run_stage(ctx: &Ctx, stage: &str, fingerprint: &str) -> Result<Vec<PathBuf>> {
     match stage {
-        "import" => import(ctx, fingerprint),
-        "eval" => eval(ctx, fingerprint),
-        "baseline" => baseline(ctx, fingerprint),
+        "import" => super::import::import(ctx, fingerprint),
+        "eval" => super::eval::eval(ctx, fingerprint),
+        "baseline" => super::baseline::baseline(ctx, fingerprint),
         "int4_native" => {
             let c = ctx.cfg.stages.int4_native.as_ref().expect("validated");
             let (json, md) = crate::stage_quant::run(ctx, stage, c, fingerprint)?;
@@ -171,101 +165,4 @@ pub fn run_stage(ctx: &Ctx, stage: &str, fingerprint: &str) -> Result<Vec<PathBu
         }
         other => bail!("unknown stage `{other}`"),
     }
-}
-
-fn import(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
-    let c = ctx.cfg.stages.import.as_ref().expect("validated");
-    let out = ctx.checkpoint_path("import");
-    let ckpt = crate::cmd_import::import(&c.model, &c.tokenizer, &out, "import")?;
-    let bytes = std::fs::metadata(&out)?.len();
-    let params = ckpt.weights.param_count();
-    let json = json!({
-        "stage": "import",
-        "command": format!("cargo xtask import-llama2c --model {} --tokenizer {} --out {}", c.model.display(), c.tokenizer.display(), out.display()),
-        "inputs": {"model": {"path": c.model, "sha256": file_hash(&c.model)?}, "tokenizer": {"path": c.tokenizer, "sha256": file_hash(&c.tokenizer)?}},
-        "fingerprint": fingerprint,
-        "output": {"path": out, "sha256": file_hash(&out)?, "bytes": bytes},
-        "parameters": params,
-        "config": ckpt.config,
-        "summary": own_summary(ctx, "import", 0.0)?,
-    });
-    let md = format!(
-        "# Stage `import`\n\nImported `{}` (llama2.c v0) with tokenizer `{}`.\n\n| what | value |\n|---|---|\n| parameters | {params} |\n| file bytes | {bytes} |\n| output | `{}` |\n| sha256 | `{}` |\n\nCommand: `{}`\n",
-        c.model.display(),
-        c.tokenizer.display(),
-        out.display(),
-        json["output"]["sha256"].as_str().unwrap_or(""),
-        json["command"].as_str().unwrap_or("")
-    );
-    let (rj, rm) = write_report(ctx, "import", &json, &md)?;
-    let tok = out.parent().unwrap_or(Path::new(".")).join("tokenizer.bin");
-    Ok(vec![out, tok, rj, rm])
-}
-
-fn eval(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
-    let c = ctx.cfg.stages.eval.as_ref().expect("validated");
-    let input = ctx.checkpoint_path(&c.input);
-    if !input.is_file() {
-        bail!(
-            "the checkpoint of stage `{}` ({}) does not exist; run that stage first",
-            c.input,
-            input.display()
-        );
-    }
-    let r = crate::cmd_eval::evaluate(
-        &input,
-        &c.data,
-        c.ctx,
-        &c.protocol,
-        c.batch,
-        &c.backend,
-        true,
-    )?;
-    let command = format!(
-        "cargo xtask eval --checkpoint {} --data {} --ctx {} --protocol {} --json",
-        input.display(),
-        c.data.display(),
-        c.ctx,
-        c.protocol
-    );
-    let json = json!({
-        "stage": "eval",
-        "command": command,
-        "inputs": {"checkpoint": {"path": input, "sha256": file_hash(&input)?}, "data": {"path": c.data, "sha256": file_hash(&c.data)?}},
-        "fingerprint": fingerprint,
-        "engine": format!("burn ({})", c.backend),
-        "perplexity": r,
-    });
-    let md = format!(
-        "# Stage `eval`\n\n| metric | value |\n|---|---|\n| PPL | {:.4} |\n| nats/token | {:.5} |\n| scored tokens | {} |\n| chunks × ctx | {} × {} |\n| protocol | {} |\n\nCheckpoint `{}` on `{}`.\n\nCommand: `{command}`\n",
-        r.ppl,
-        r.nats_per_token,
-        r.tokens,
-        r.chunks,
-        r.ctx,
-        r.protocol,
-        input.display(),
-        c.data.display()
-    );
-    println!(
-        "  [eval] PPL {:.4} ({:.5} nats/token, {} tokens)",
-        r.ppl, r.nats_per_token, r.tokens
-    );
-    let (rj, rm) = write_report(ctx, "eval", &json, &md)?;
-    Ok(vec![rj, rm])
-}
-
-fn baseline(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
-    let c = ctx.cfg.stages.baseline.as_ref().expect("validated");
-    let out = ctx.checkpoint_path("baseline");
-    let r = crate::stage_baseline::run(c, &out, fingerprint)?;
-    println!(
-        "  [baseline] {} parameters, PPL {:.4} ({:.4} nats/token; unigram {:.4}), trained in {:.0} s",
-        r.parameters, r.ppl.ppl, r.ppl.nats_per_token, r.unigram_nats, r.train_seconds
-    );
-    let (mut json, md) = crate::stage_baseline::report(&r, c, fingerprint)?;
-    json["summary"] = own_summary(ctx, "baseline", r.train_seconds)?;
-    let (rj, rm) = write_report(ctx, "baseline", &json, &md)?;
-    let tok = out.parent().unwrap_or(Path::new(".")).join("tokenizer.bin");
-    Ok(vec![out, tok, rj, rm])
 }

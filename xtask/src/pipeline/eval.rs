@@ -1,0 +1,68 @@
+//! Pipeline stage `eval`: perplexity of another stage's checkpoint (burn).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use squish_core::fsutil;
+
+use super::Ctx;
+use crate::report::write_report;
+
+/// Runs `eval`; returns the files it wrote.
+pub fn eval(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
+    let c = ctx.cfg.stages.eval.as_ref().expect("validated");
+    let input = ctx.checkpoint_path(&c.input);
+    if !input.is_file() {
+        bail!(
+            "the checkpoint of stage `{}` ({}) does not exist; run that stage first",
+            c.input,
+            input.display()
+        );
+    }
+    let r = crate::cmd_eval::evaluate(
+        &input,
+        &c.data,
+        c.ctx,
+        &c.protocol,
+        c.batch,
+        &c.backend,
+        true,
+    )?;
+    let command = format!(
+        "cargo xtask eval --checkpoint {} --data {} --ctx {} --protocol {} --json",
+        input.display(),
+        c.data.display(),
+        c.ctx,
+        c.protocol
+    );
+    let json = json!({
+        "stage": "eval",
+        "command": command,
+        "inputs": {"checkpoint": {"path": input, "sha256": file_hash(&input)?}, "data": {"path": c.data, "sha256": file_hash(&c.data)?}},
+        "fingerprint": fingerprint,
+        "engine": format!("burn ({})", c.backend),
+        "perplexity": r,
+    });
+    let md = format!(
+        "# Stage `eval`\n\n| metric | value |\n|---|---|\n| PPL | {:.4} |\n| nats/token | {:.5} |\n| scored tokens | {} |\n| chunks × ctx | {} × {} |\n| protocol | {} |\n\nCheckpoint `{}` on `{}`.\n\nCommand: `{command}`\n",
+        r.ppl,
+        r.nats_per_token,
+        r.tokens,
+        r.chunks,
+        r.ctx,
+        r.protocol,
+        input.display(),
+        c.data.display()
+    );
+    println!(
+        "  [eval] PPL {:.4} ({:.5} nats/token, {} tokens)",
+        r.ppl, r.nats_per_token, r.tokens
+    );
+    let (rj, rm) = write_report(ctx, "eval", &json, &md)?;
+    Ok(vec![rj, rm])
+}
+
+fn file_hash(p: &std::path::Path) -> Result<String> {
+    fsutil::sha256_file(p).with_context(|| format!("hashing input {}", p.display()))
+}
