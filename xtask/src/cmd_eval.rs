@@ -48,29 +48,6 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Runs perplexity for a checkpoint on a text file's stories with the burn reference engine.
-pub fn evaluate(
-    checkpoint: &Path,
-    data: &Path,
-    ctx: usize,
-    protocol: &str,
-    batch: usize,
-    backend: &str,
-    show_progress: bool,
-) -> Result<PerplexityReport> {
-    let text = EvalText::load(data, EvalMode::Stories, None).context("reading evaluation text")?;
-    evaluate_with(
-        checkpoint,
-        &text,
-        ctx,
-        protocol,
-        batch,
-        backend,
-        Engine::Burn,
-        show_progress,
-    )
-}
-
 /// Runs perplexity for a checkpoint on an evaluation text with `engine`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_with(
@@ -141,6 +118,10 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     } else {
         EvalMode::Stories
     };
+    // The checkpoint is the first thing a user gets wrong; name it before reading the text.
+    if !a.checkpoint.is_file() {
+        anyhow::bail!("checkpoint {} is not a file", a.checkpoint.display());
+    }
     let text = EvalText::load(&a.data, mode, None).context("reading evaluation text")?;
     if let Some(p) = &a.write_text {
         text.write(p)

@@ -183,7 +183,8 @@ fn smoke_pipeline_is_deterministic_and_resumes_after_sigkill() {
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
         if line.contains("[pruned] running") {
-            std::thread::sleep(std::time::Duration::from_millis(1500));
+            // The smoke `pruned` stage takes about a second; 200 ms lands inside it.
+            std::thread::sleep(std::time::Duration::from_millis(200));
             child.kill().unwrap(); // SIGKILL on Unix
             killed_in_pruned = true;
             break;

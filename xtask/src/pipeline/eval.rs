@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
+use squish_core::data::{EvalMode, EvalText};
 use squish_core::fsutil;
 
 use super::Ctx;
+use crate::cmd_bench::Engine;
 use crate::report::write_report;
 
 /// Runs `eval`; returns the files it wrote.
@@ -20,13 +22,16 @@ pub fn eval(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
             input.display()
         );
     }
-    let r = crate::cmd_eval::evaluate(
+    let text = EvalText::load(&c.data, EvalMode::Stories, None)
+        .with_context(|| format!("reading the evaluation text {}", c.data.display()))?;
+    let r = crate::cmd_eval::evaluate_with(
         &input,
-        &c.data,
+        &text,
         c.ctx,
         &c.protocol,
         c.batch,
         &c.backend,
+        Engine::Burn,
         true,
     )?;
     let command = format!(
@@ -43,15 +48,17 @@ pub fn eval(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
         "fingerprint": fingerprint,
         "engine": format!("burn ({})", c.backend),
         "perplexity": r,
+        "eval_text": text,
     });
     let md = format!(
-        "# Stage `eval`\n\n| metric | value |\n|---|---|\n| PPL | {:.4} |\n| nats/token | {:.5} |\n| scored tokens | {} |\n| chunks × ctx | {} × {} |\n| protocol | {} |\n\nCheckpoint `{}` on `{}`.\n\nCommand: `{command}`\n",
+        "# Stage `eval`\n\n| metric | value |\n|---|---|\n| PPL | {:.4} |\n| nats/token | {:.5} |\n| scored tokens | {} |\n| chunks × ctx | {} × {} |\n| protocol | {} |\n| evaluation text | {} |\n\nCheckpoint `{}` on `{}`.\n\nCommand: `{command}`\n",
         r.ppl,
         r.nats_per_token,
         r.tokens,
         r.chunks,
         r.ctx,
         r.protocol,
+        text.describe(),
         input.display(),
         c.data.display()
     );
