@@ -285,7 +285,7 @@ pub fn report(
         r.tokens_per_s,
         r.corpus.origin,
         r.stories,
-        crate::stage_data::eval_text_md(&r.eval_text)
+        r.eval_text.describe()
     );
     for p in r.curve.iter().filter(|p| p.valid_nats.is_some()) {
         md.push_str(&format!(

@@ -382,24 +382,9 @@ pub fn summary_md(m: &Measured, reference: Option<f64>) -> String {
         m.ppl.ctx,
         m.ppl.tokens,
         m.ppl.ppl,
-        eval_text_md(&m.eval_text),
+        m.eval_text.describe(),
         m.engine,
         m.sha256
-    )
-}
-
-/// The evaluation text in one Markdown cell: source, mode, stories, sha256.
-pub fn eval_text_md(e: &EvalText) -> String {
-    format!(
-        "`{}`, {} mode ({} stories, {} bytes{}), sha256 `{}`",
-        e.source.display(),
-        e.mode.name(),
-        e.stories,
-        e.bytes,
-        e.limit_bytes
-            .map(|l| format!(", first {l} bytes"))
-            .unwrap_or_default(),
-        e.sha256
     )
 }
 

@@ -151,10 +151,15 @@ impl EvalText {
         fsutil::atomic_write(path, self.text.as_bytes())
     }
 
-    /// One line for logs and reports: source, mode, stories, bytes, sha256.
+    /// One line for logs and reports: source, mode, stories, bytes (and the limit that cut
+    /// them), sha256.
     pub fn describe(&self) -> String {
+        let limit = self
+            .limit_bytes
+            .map(|l| format!(", first {l} bytes"))
+            .unwrap_or_default();
         format!(
-            "{} ({} mode, {} stories, {} bytes, sha256 {})",
+            "{} ({} mode, {} stories, {} bytes{limit}, sha256 {})",
             self.source.display(),
             self.mode.name(),
             self.stories,
