@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use squish_core::checkpoint;
 use squish_core::quant::QBits;
 use squish_kernels::runtime::{PAR_MIN_MACS, Runtime, RuntimeOptions, rtn_quantize};
-use squish_kernels::{Activations, SimdLevel};
+use squish_kernels::{Activations, dispatch};
 
 /// Inference engine of `eval` / `generate`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -195,8 +195,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         0.0
     };
     let rss = peak_rss_kb();
-    let simd = rt.level().name();
-    let detected = SimdLevel::detect().name();
+    let simd = rt.level().as_str();
+    let detected = dispatch::detect().as_str();
     let forced = std::env::var("SQUISH_SIMD").ok();
     let threads_note = format!(
         "matmuls under {PAR_MIN_MACS} multiply-adds run on one thread (thread spawn costs more than such a matmul)"

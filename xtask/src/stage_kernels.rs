@@ -196,7 +196,7 @@ pub fn run(ctx: &Ctx, c: &KernelsStage, fingerprint: &str) -> Result<(serde_json
             checkpoint: path,
             threads,
             activations: act,
-            simd: rt.level().name().to_string(),
+            simd: rt.level().as_str().to_string(),
             formats: rt.format_summary().to_string(),
             latency_ms: median(e2e.clone()) * 1e3,
             prefill_tok_s: per_s(c.prefill, median(pre.clone())),

@@ -73,7 +73,7 @@ fn weights(out: usize, inp: usize) -> Vec<(String, PackedWeight, Activations)> {
 }
 
 fn bench_matvec(c: &mut Criterion) {
-    let levels = SimdLevel::supported();
+    let levels = squish_kernels::dispatch::supported();
     for &(out, inp) in &[(512usize, 64usize), (172, 64), (64, 172), (768, 256)] {
         let mut grp = c.benchmark_group(format!("matvec/{out}x{inp}"));
         grp.measurement_time(Duration::from_millis(700))
@@ -91,7 +91,7 @@ fn bench_matvec(c: &mut Criterion) {
                     level: Some(l),
                     ..MatOpts::default()
                 };
-                grp.bench_function(BenchmarkId::new(&name, l.name()), |b| {
+                grp.bench_function(BenchmarkId::new(&name, l.as_str()), |b| {
                     b.iter(|| {
                         w.matmul_opts(black_box(&x), 1, &mut y, &mut s, &opts)
                             .unwrap()
@@ -105,7 +105,7 @@ fn bench_matvec(c: &mut Criterion) {
 
 fn bench_matmul_threads(c: &mut Criterion) {
     let (out, inp) = (768usize, 256usize);
-    let best = SimdLevel::detect();
+    let best = squish_kernels::dispatch::detect();
     let mut rng = Rng(7);
     let n = 16;
     let x: Vec<f32> = (0..n * inp).map(|_| rng.f()).collect();
@@ -126,7 +126,7 @@ fn bench_matmul_threads(c: &mut Criterion) {
             level: Some(best),
             ..MatOpts::default()
         };
-        grp.bench_function(BenchmarkId::new(name, best.name()), |b| {
+        grp.bench_function(BenchmarkId::new(name, best.as_str()), |b| {
             b.iter(|| {
                 w.matmul_opts(black_box(&x), n, &mut y, &mut s, &opts)
                     .unwrap()

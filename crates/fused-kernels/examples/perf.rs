@@ -81,7 +81,7 @@ fn main() {
     println!("matvec {out}x{inp}: min time over 2000 calls, GFLOP/s = 2*out*in/t");
     for (name, w, act) in &ws {
         let mut s = Scratch::for_weight(w, 1);
-        for l in SimdLevel::supported() {
+        for l in squish_kernels::dispatch::supported() {
             let opts = MatOpts {
                 act: *act,
                 level: Some(l),
@@ -96,7 +96,7 @@ fn main() {
             let gf = 2.0 * (out * inp) as f64 / best / 1e9;
             println!(
                 "{name:12} {:7} {:8.2} us {gf:7.2} GFLOP/s",
-                l.name(),
+                l.as_str(),
                 best * 1e6
             );
         }

@@ -1,159 +1,123 @@
-//! Run-time selection of the SIMD code path.
+//! Run-time selection of the SIMD code path, on squish-hwdiag's [`SimdLevel`] ladder.
 //!
-//! The best path the CPU supports is detected once (`is_x86_feature_detected!`);
-//! the environment variable `SQUISH_SIMD=scalar|avx2|avx512|neon` can force a
-//! lower (never a higher) path. Every kernel entry point also accepts an explicit
-//! [`SimdLevel`] which is clamped to what the hardware supports, so tests can
-//! exercise each present path without touching the environment.
+//! squish-hwdiag owns the level type, the CPU detection and the `SQUISH_SIMD` parser (a cap,
+//! never a raise: [`squish_hwdiag::best_simd_level`]). This module lowers those levels to what
+//! these kernels can run (their `#[target_feature]` sets also need F16C) and caches the result.
+//! Every kernel entry point also accepts an explicit level, clamped to the hardware by
+//! [`clamp`], so tests can exercise each present path without touching the environment.
+//!
+//! Kernel paths per level: `Scalar` (reference), `Neon` (aarch64), `Avx2`, `Avx512` (AVX-512
+//! float kernels; int8-activation kernels on the AVX2 code) and `Avx512Vnni` (as `Avx512`, with
+//! `vpdpbusd` int8-activation kernels).
 
 use std::sync::OnceLock;
 
-/// A kernel implementation family, ordered from slowest to fastest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum SimdLevel {
-    /// Portable scalar reference code (ground truth for the tests).
-    Scalar,
-    /// aarch64 NEON (only on aarch64; treated as above scalar).
-    Neon,
-    /// x86_64 AVX2 + FMA + F16C.
-    Avx2,
-    /// x86_64 AVX-512 F/BW/VL (+ VNNI for int8-activation kernels when present).
-    Avx512,
-}
+pub use squish_hwdiag::SimdLevel;
 
-impl SimdLevel {
-    /// Every level, slowest first.
-    pub const ALL: [SimdLevel; 4] = [
-        SimdLevel::Scalar,
-        SimdLevel::Neon,
-        SimdLevel::Avx2,
-        SimdLevel::Avx512,
-    ];
-
-    /// Lower-case name as accepted by `SQUISH_SIMD`.
-    pub fn name(self) -> &'static str {
-        match self {
-            SimdLevel::Scalar => "scalar",
-            SimdLevel::Neon => "neon",
-            SimdLevel::Avx2 => "avx2",
-            SimdLevel::Avx512 => "avx512",
-        }
-    }
-
-    /// Parses a `SQUISH_SIMD` value (case-insensitive).
-    pub fn parse(s: &str) -> Option<SimdLevel> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "scalar" => Some(SimdLevel::Scalar),
-            "neon" => Some(SimdLevel::Neon),
-            "avx2" => Some(SimdLevel::Avx2),
-            "avx512" => Some(SimdLevel::Avx512),
-            _ => None,
-        }
-    }
-
-    /// True if this machine can run the level.
-    pub fn is_supported(self) -> bool {
-        match self {
-            SimdLevel::Scalar => true,
-            SimdLevel::Neon => neon_supported(),
-            SimdLevel::Avx2 => avx2_supported(),
-            SimdLevel::Avx512 => avx512_supported(),
-        }
-    }
-
-    /// Levels this machine supports, slowest first.
-    pub fn supported() -> Vec<SimdLevel> {
+/// The best level these kernels can run on this CPU (hwdiag's detection, lowered to the kernels'
+/// own feature requirements; ignores `SQUISH_SIMD`). Computed once per process.
+pub fn detect() -> SimdLevel {
+    static DETECTED: OnceLock<SimdLevel> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        let hw = squish_hwdiag::simd::detected_simd_level();
         SimdLevel::ALL
             .into_iter()
-            .filter(|l| l.is_supported())
-            .collect()
-    }
-
-    /// The best level the hardware supports (ignores `SQUISH_SIMD`).
-    pub fn detect() -> SimdLevel {
-        *SimdLevel::ALL
-            .iter()
             .rev()
-            .find(|l| l.is_supported())
-            .unwrap_or(&SimdLevel::Scalar)
-    }
+            .find(|l| l.within(hw) && runnable(*l))
+            .unwrap_or(SimdLevel::Scalar)
+    })
+}
 
-    /// The level used by default: [`SimdLevel::detect`] lowered by `SQUISH_SIMD`
-    /// if set. Computed once per process.
-    pub fn active() -> SimdLevel {
-        static ACTIVE: OnceLock<SimdLevel> = OnceLock::new();
-        *ACTIVE.get_or_init(|| {
-            let env = std::env::var("SQUISH_SIMD")
-                .ok()
-                .and_then(|s| SimdLevel::parse(&s));
-            SimdLevel::clamp(env.unwrap_or(SimdLevel::Avx512))
-        })
-    }
+/// Levels this machine runs, lowest first (always starts with `Scalar`).
+pub fn supported() -> Vec<SimdLevel> {
+    SimdLevel::ALL
+        .into_iter()
+        .filter(|l| l.within(detect()))
+        .collect()
+}
 
-    /// The best supported level that is `<= want`.
-    pub fn clamp(want: SimdLevel) -> SimdLevel {
-        *SimdLevel::ALL
-            .iter()
-            .rev()
-            .find(|l| **l <= want && l.is_supported())
-            .unwrap_or(&SimdLevel::Scalar)
-    }
+/// The best supported level that does not exceed `want` (allocation-free).
+pub fn clamp(want: SimdLevel) -> SimdLevel {
+    let best = detect();
+    SimdLevel::ALL
+        .into_iter()
+        .rev()
+        .find(|l| l.within(want) && l.within(best))
+        .unwrap_or(SimdLevel::Scalar)
+}
 
-    /// Resolves an optional explicit request: `None` means [`SimdLevel::active`].
-    pub fn resolve(want: Option<SimdLevel>) -> SimdLevel {
-        match want {
-            None => SimdLevel::active(),
-            Some(w) => SimdLevel::clamp(w),
-        }
+/// The level used by default: [`detect`] capped by `SQUISH_SIMD` as squish-hwdiag reads it
+/// ([`squish_hwdiag::best_simd_level`]; invalid values are ignored). Computed once per process.
+pub fn active() -> SimdLevel {
+    static ACTIVE: OnceLock<SimdLevel> = OnceLock::new();
+    *ACTIVE.get_or_init(|| clamp(squish_hwdiag::best_simd_level()))
+}
+
+/// Resolves an optional explicit request: `None` means [`active`], `Some` is [`clamp`]ed.
+pub fn resolve(want: Option<SimdLevel>) -> SimdLevel {
+    match want {
+        None => active(),
+        Some(w) => clamp(w),
     }
 }
 
-/// True if the int8-activation AVX-512 kernels can use VNNI (`vpdpbusd`).
-pub fn vnni_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512_supported() && std::arch::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// True if `level` (a resolved level) runs the AVX2+FMA+F16C code, i.e. any x86 SIMD level.
+pub(crate) fn has_avx2(level: SimdLevel) -> bool {
+    cfg!(target_arch = "x86_64") && SimdLevel::Avx2.within(level)
+}
+
+/// True if the CPU has every target feature the kernels of `level` enable (cumulative: a level
+/// that is runnable implies every lower level on its ladder is).
+fn runnable(level: SimdLevel) -> bool {
+    match level {
+        SimdLevel::Scalar => true,
+        SimdLevel::Neon => neon_features(),
+        SimdLevel::Avx2 => avx2_features(),
+        SimdLevel::Avx512 => avx2_features() && avx512_features(),
+        SimdLevel::Avx512Vnni => avx2_features() && avx512_features() && vnni_feature(),
     }
 }
 
-fn avx2_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+#[cfg(target_arch = "x86_64")]
+fn avx2_features() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
-fn avx512_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx2_supported()
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+#[cfg(target_arch = "x86_64")]
+fn avx512_features() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
-fn neon_supported() -> bool {
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("neon")
-    }
-    #[cfg(not(target_arch = "aarch64"))]
-    {
-        false
-    }
+#[cfg(target_arch = "x86_64")]
+fn vnni_feature() -> bool {
+    std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_features() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_features() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn vnni_feature() -> bool {
+    false
+}
+
+#[cfg(target_arch = "aarch64")]
+fn neon_features() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn neon_features() -> bool {
+    false
 }

@@ -7,8 +7,8 @@
 //!   the dot product.
 //! * [`Ops`]: RMSNorm, softmax, RoPE, SwiGLU (incl. the fused two-matrix
 //!   [`Ops::swiglu_matmul`]) and the Mamba selective-scan step.
-//! * [`SimdLevel`]: scalar / AVX2 / AVX-512 (+VNNI) / NEON chosen at run time;
-//!   `SQUISH_SIMD=scalar|avx2|avx512` forces a lower path.
+//! * [`SimdLevel`] (squish-hwdiag's type, re-exported): scalar / AVX2 / AVX-512 /
+//!   AVX-512+VNNI / NEON chosen at run time ([`dispatch`]); `SQUISH_SIMD` caps the path.
 //! * INT4 × int8 activations on AVX2 use a row-interleaved copy of the codes
 //!   (8 rows per 32-byte load, no horizontal sums; `interleave.rs`,
 //!   `avx2/q4il.rs`), built at pack time.
@@ -28,7 +28,7 @@
     clippy::int_plus_one
 )]
 
-mod dispatch;
+pub mod dispatch;
 mod error;
 mod interleave;
 mod matmul;
@@ -49,7 +49,7 @@ mod ops_avx2;
 #[cfg(target_arch = "x86_64")]
 mod stage_avx2;
 
-pub use dispatch::{SimdLevel, vnni_supported};
+pub use dispatch::SimdLevel;
 pub use error::{KernelError, Result};
 pub use matmul::{Activations, MatOpts, SWIGLU_TILE};
 pub use ops::Ops;

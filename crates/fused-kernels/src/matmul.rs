@@ -1,6 +1,6 @@
 //! Public matvec / matmul entry points and per-path dispatch.
 
-use crate::dispatch::SimdLevel;
+use crate::dispatch::{self, SimdLevel};
 use crate::error::{KernelError, Result, check_len};
 use crate::pack::{PackedWeight, Repr};
 use crate::scalar;
@@ -25,7 +25,7 @@ pub enum Activations {
 pub struct MatOpts<'a> {
     /// Activation precision for quantized weights.
     pub act: Activations,
-    /// Requested SIMD path (`None` = [`SimdLevel::active`]); clamped to the hardware.
+    /// Requested SIMD path (`None` = [`dispatch::active`]); clamped to the hardware.
     pub level: Option<SimdLevel>,
     /// RMSNorm fused into the activation staging pass.
     pub norm: Option<RmsNorm<'a>>,
@@ -86,7 +86,7 @@ impl PackedWeight {
         if n == 0 {
             return Ok(());
         }
-        let level = SimdLevel::resolve(opts.level);
+        let level = dispatch::resolve(opts.level);
         let st = stage(self, x, n, scratch, opts);
         run_threaded(level, self, st, n, y, opts.threads);
         Ok(())
@@ -103,7 +103,7 @@ pub(crate) fn stage<'s>(
 ) -> Staged<'s> {
     let q8 = opts.act == Activations::Int8 && matches!(w.repr, Repr::Quant(_));
     if q8 {
-        let simd = SimdLevel::resolve(opts.level) >= SimdLevel::Avx2;
+        let simd = dispatch::has_avx2(dispatch::resolve(opts.level));
         scratch.stage_q8(w, x, n, opts.norm, simd)
     } else {
         scratch.stage_f32(w, x, n, opts.norm)
@@ -174,8 +174,8 @@ pub(crate) fn run_rows(
         (Repr::F32(wv), Staged::F32 { x, ld }) => {
             #[cfg(target_arch = "x86_64")]
             match level {
-                // SAFETY: `level` comes from SimdLevel::resolve, so the CPU supports it.
-                SimdLevel::Avx512 => unsafe {
+                // SAFETY: `level` comes from dispatch::resolve, so the CPU supports it.
+                SimdLevel::Avx512 | SimdLevel::Avx512Vnni => unsafe {
                     return crate::avx512::f32_rows(wv, inp, x, ld, n, r0, r1, y, ldy);
                 },
                 // SAFETY: as above, AVX2+FMA+F16C were detected.
@@ -193,8 +193,8 @@ pub(crate) fn run_rows(
         (Repr::F16(wv), Staged::F32 { x, ld }) => {
             #[cfg(target_arch = "x86_64")]
             match level {
-                // SAFETY: `level` comes from SimdLevel::resolve, so the CPU supports it.
-                SimdLevel::Avx512 => unsafe {
+                // SAFETY: `level` comes from dispatch::resolve, so the CPU supports it.
+                SimdLevel::Avx512 | SimdLevel::Avx512Vnni => unsafe {
                     return crate::avx512::f16_rows(wv, inp, x, ld, n, r0, r1, y, ldy);
                 },
                 // SAFETY: as above, AVX2+FMA+F16C were detected.
@@ -208,8 +208,8 @@ pub(crate) fn run_rows(
         (Repr::Quant(q), Staged::F32 { x, ld }) => {
             #[cfg(target_arch = "x86_64")]
             match level {
-                // SAFETY: `level` comes from SimdLevel::resolve, so the CPU supports it.
-                SimdLevel::Avx512 => unsafe {
+                // SAFETY: `level` comes from dispatch::resolve, so the CPU supports it.
+                SimdLevel::Avx512 | SimdLevel::Avx512Vnni => unsafe {
                     return crate::avx512::qf_rows(q, x, ld, n, r0, r1, y, ldy);
                 },
                 // SAFETY: as above, AVX2+FMA+F16C were detected.
@@ -227,8 +227,8 @@ pub(crate) fn run_rows(
         (Repr::Quant(q), Staged::Q8 { xq, ld, a, b, .. }) => {
             #[cfg(target_arch = "x86_64")]
             match level {
-                // SAFETY: AVX-512 F/BW/VL + VNNI were detected.
-                SimdLevel::Avx512 if crate::dispatch::vnni_supported() => unsafe {
+                // SAFETY: `level` comes from dispatch::resolve: AVX-512 F/BW/VL + VNNI were detected.
+                SimdLevel::Avx512Vnni => unsafe {
                     return crate::avx512::q8_rows(q, xq, ld, a, b, n, r0, r1, y, ldy);
                 },
                 // SAFETY: Avx2 or Avx512 level implies AVX2+FMA+F16C were detected.

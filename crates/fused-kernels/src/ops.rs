@@ -1,6 +1,6 @@
 //! Fused element-wise ops: RMSNorm, softmax, RoPE, SwiGLU, Mamba scan step.
 
-use crate::dispatch::SimdLevel;
+use crate::dispatch::{self, SimdLevel};
 use crate::error::{KernelError, Result, check_len};
 use crate::matmul::{MatOpts, SWIGLU_TILE, check_pair, run_rows, stage};
 use crate::pack::PackedWeight;
@@ -20,10 +20,10 @@ impl Default for Ops {
 }
 
 impl Ops {
-    /// Ops for the requested level (`None` = [`SimdLevel::active`]), clamped to the hardware.
+    /// Ops for the requested level (`None` = [`dispatch::active`]), clamped to the hardware.
     pub fn new(level: Option<SimdLevel>) -> Self {
         Ops {
-            level: SimdLevel::resolve(level),
+            level: dispatch::resolve(level),
         }
     }
 
@@ -34,7 +34,7 @@ impl Ops {
 
     #[cfg(target_arch = "x86_64")]
     fn simd(&self) -> bool {
-        cfg!(target_arch = "x86_64") && self.level >= SimdLevel::Avx2
+        dispatch::has_avx2(self.level)
     }
 
     /// `out = weight ⊙ x / sqrt(mean(x²) + eps)` (llama2.c `rmsnorm`).
@@ -46,7 +46,7 @@ impl Ops {
         }
         #[cfg(target_arch = "x86_64")]
         if self.simd() {
-            // SAFETY: level >= Avx2 was verified against the CPU by SimdLevel::resolve.
+            // SAFETY: an x86 SIMD level was verified against the CPU by dispatch::resolve.
             unsafe { crate::ops_avx2::rmsnorm(out, x, weight, eps) };
             return Ok(());
         }
@@ -64,7 +64,7 @@ impl Ops {
         }
         #[cfg(target_arch = "x86_64")]
         if self.simd() {
-            // SAFETY: level >= Avx2 was verified against the CPU by SimdLevel::resolve.
+            // SAFETY: an x86 SIMD level was verified against the CPU by dispatch::resolve.
             unsafe { crate::ops_avx2::softmax(x) };
             return;
         }
@@ -83,7 +83,7 @@ impl Ops {
         check_len("swiglu up", out.len(), up.len())?;
         #[cfg(target_arch = "x86_64")]
         if self.simd() {
-            // SAFETY: level >= Avx2 was verified against the CPU by SimdLevel::resolve.
+            // SAFETY: an x86 SIMD level was verified against the CPU by dispatch::resolve.
             unsafe { crate::ops_avx2::swiglu(out, gate, up) };
             return Ok(());
         }
@@ -119,7 +119,7 @@ impl Ops {
         if tmp.len() < 2 * n * SWIGLU_TILE {
             tmp.resize(2 * n * SWIGLU_TILE, 0.0);
         }
-        let level = SimdLevel::resolve(opts.level);
+        let level = dispatch::resolve(opts.level);
         let st = stage(w1, x, n, scratch, opts);
         let (g, u) = tmp.split_at_mut(n * SWIGLU_TILE);
         for r0 in (0..hidden).step_by(SWIGLU_TILE) {
@@ -183,7 +183,7 @@ impl Ops {
         check_len("scan y", di, y.len())?;
         #[cfg(target_arch = "x86_64")]
         if self.simd() {
-            // SAFETY: level >= Avx2 was verified against the CPU by SimdLevel::resolve.
+            // SAFETY: an x86 SIMD level was verified against the CPU by dispatch::resolve.
             unsafe { crate::ops_avx2::scan_step(x, delta, b, c, a, d, h, y) };
             return Ok(());
         }

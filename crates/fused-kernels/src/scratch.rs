@@ -370,7 +370,7 @@ mod tests {
     /// padding) and with or without the fused RMSNorm.
     #[test]
     fn simd_staging_is_bit_identical_to_scalar() {
-        if crate::SimdLevel::detect() < crate::SimdLevel::Avx2 {
+        if !crate::dispatch::has_avx2(crate::dispatch::detect()) {
             eprintln!("NOTICE: no AVX2 on this CPU; SIMD staging not exercised");
             return;
         }

@@ -60,8 +60,8 @@ fn scalar_matches_f64_reference() {
 
 #[test]
 fn simd_paths_match_scalar() {
-    let levels = SimdLevel::supported();
-    eprintln!("supported levels: {levels:?}, vnni: {}", vnni_supported());
+    let levels = dispatch::supported();
+    eprintln!("supported levels: {levels:?}");
     let mut worst = std::collections::BTreeMap::new();
     for seed in 0..400 {
         let mut rng = Rng::new(1000 + seed);
@@ -83,7 +83,7 @@ fn simd_paths_match_scalar() {
                 } else {
                     F_BOUND
                 };
-                let k = format!("{} {:?} {}", w.format_name(), act, l.name());
+                let k = format!("{} {:?} {}", w.format_name(), act, l.as_str());
                 let m = worst.entry(k).or_insert(0f64);
                 *m = m.max(e);
                 assert!(
@@ -108,9 +108,9 @@ fn matmul_equals_matvec_per_token() {
         let w = random_weight(&mut rng, out, inp);
         let x = rng.vec(n * inp);
         for act in [Activations::F32, Activations::Int8] {
-            let y = run(&w, &x, n, act, SimdLevel::active());
+            let y = run(&w, &x, n, act, dispatch::active());
             for t in 0..n {
-                let yt = run(&w, &x[t * inp..(t + 1) * inp], 1, act, SimdLevel::active());
+                let yt = run(&w, &x[t * inp..(t + 1) * inp], 1, act, dispatch::active());
                 let mag = kernel_mag(&w, &x[t * inp..(t + 1) * inp]);
                 let e = max_rel(&y[t * out..(t + 1) * out], &yt, &mag);
                 assert!(e <= F_BOUND, "seed {seed} t={t}: {e}");
@@ -128,7 +128,7 @@ fn threads_match_single() {
         let w = random_weight(&mut rng, out, inp);
         let x = rng.vec(n * inp);
         for act in [Activations::F32, Activations::Int8] {
-            let base = run(&w, &x, n, act, SimdLevel::active());
+            let base = run(&w, &x, n, act, dispatch::active());
             for threads in [2, 3, 5] {
                 let mut y = vec![0.0; n * out];
                 let opts = MatOpts {
@@ -160,7 +160,7 @@ fn fused_norm_matches_separate() {
         ops.rmsnorm(&mut xn, &x, &nw, 1e-5).unwrap();
         let (_, mag) = ref_matvec(&w, &xn);
         for act in [Activations::F32, Activations::Int8] {
-            let want = run(&w, &xn, 1, act, SimdLevel::active());
+            let want = run(&w, &xn, 1, act, dispatch::active());
             let mut y = vec![0.0; out];
             let norm = Some(RmsNorm {
                 weight: &nw,
@@ -197,7 +197,7 @@ fn fused_norm_matches_separate() {
             };
             wf.matmul_opts(&x, 1, &mut y, &mut Scratch::new(), &opts)
                 .unwrap();
-            let want = run(&w, &xn, 1, Activations::F32, SimdLevel::active());
+            let want = run(&w, &xn, 1, Activations::F32, dispatch::active());
             let tol = if w.format_name() == "f16" {
                 2e-3
             } else {
@@ -328,13 +328,15 @@ fn malformed_parts_are_errors() {
 
 #[test]
 fn level_parse_and_clamp() {
-    assert_eq!(SimdLevel::parse("AVX2"), Some(SimdLevel::Avx2));
-    assert_eq!(SimdLevel::parse("scalar"), Some(SimdLevel::Scalar));
-    assert_eq!(SimdLevel::parse("sse9"), None);
-    assert_eq!(SimdLevel::clamp(SimdLevel::Scalar), SimdLevel::Scalar);
-    assert!(SimdLevel::clamp(SimdLevel::Avx512) <= SimdLevel::detect());
-    assert!(SimdLevel::active() <= SimdLevel::detect());
-    if let Ok(v) = std::env::var("SQUISH_SIMD") {
-        assert!(SimdLevel::active() <= SimdLevel::parse(&v).unwrap());
+    // Parsing `SQUISH_SIMD` is squish-hwdiag's (tested there); here: the kernels' clamping.
+    let best = dispatch::detect();
+    assert_eq!(dispatch::clamp(SimdLevel::Scalar), SimdLevel::Scalar);
+    assert_eq!(dispatch::clamp(best), best);
+    assert!(dispatch::clamp(SimdLevel::Avx512Vnni).within(best));
+    assert!(dispatch::active().within(best));
+    assert_eq!(dispatch::supported().first(), Some(&SimdLevel::Scalar));
+    assert_eq!(dispatch::supported().last(), Some(&best));
+    if let squish_hwdiag::simd::EnvCap::Cap(cap) = squish_hwdiag::simd::simd_cap_from_env() {
+        assert!(dispatch::active().within(cap));
     }
 }

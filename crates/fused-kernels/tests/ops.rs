@@ -20,7 +20,7 @@ fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
 #[test]
 fn ops_match_scalar() {
     let s = Ops::new(Some(SimdLevel::Scalar));
-    for l in SimdLevel::supported() {
+    for l in dispatch::supported() {
         let o = Ops::new(Some(l));
         for seed in 0..100 {
             let mut rng = Rng::new(seed);
@@ -113,7 +113,7 @@ fn rope_matches_llama2c() {
 
 #[test]
 fn swiglu_matmul_matches_separate() {
-    for l in SimdLevel::supported() {
+    for l in dispatch::supported() {
         let o = Ops::new(Some(l));
         for seed in 0..40 {
             let mut rng = Rng::new(300 + seed);

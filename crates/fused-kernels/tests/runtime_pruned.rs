@@ -124,8 +124,8 @@ fn run_both(cfg: &ModelConfig, w: &Weights, level: SimdLevel, toks: &[u32]) -> [
 
 fn levels() -> Vec<SimdLevel> {
     let mut l = vec![SimdLevel::Scalar];
-    if SimdLevel::detect() != SimdLevel::Scalar {
-        l.push(SimdLevel::detect());
+    if squish_kernels::dispatch::detect() != SimdLevel::Scalar {
+        l.push(squish_kernels::dispatch::detect());
     }
     l
 }

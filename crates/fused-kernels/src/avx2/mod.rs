@@ -6,7 +6,7 @@
 //! (the GEMV shape for decode). Dequantization happens in registers.
 //!
 //! All functions here carry `#[target_feature]`; callers must have checked
-//! [`crate::SimdLevel::Avx2`] support first.
+//! [`crate::SimdLevel::Avx2`] support first (`crate::dispatch::has_avx2`).
 
 use std::arch::x86_64::*;
 

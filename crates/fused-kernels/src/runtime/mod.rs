@@ -46,7 +46,7 @@ use squish_core::{Error, Result};
 pub(crate) use blocks::{Head, SwiGlu};
 pub use rtn::{is_matmul_weight, rtn_quantize};
 
-use crate::dispatch::SimdLevel;
+use crate::dispatch::{self, SimdLevel};
 use crate::matmul::{Activations, MatOpts};
 use crate::ops::Ops;
 use crate::pack::PackedWeight;
@@ -59,7 +59,7 @@ pub const PAR_MIN_MACS: usize = 1 << 22;
 /// Options of [`Runtime::load_with`].
 #[derive(Debug, Clone, Copy)]
 pub struct RuntimeOptions {
-    /// Kernel path (`None` = [`SimdLevel::active`], i.e. the best detected path
+    /// Kernel path (`None` = [`dispatch::active`], i.e. the best detected path
     /// lowered by `SQUISH_SIMD`); clamped to the hardware.
     pub level: Option<SimdLevel>,
     /// Activation precision used with quantized weights (F32/F16 weights ignore it).
@@ -187,10 +187,7 @@ impl Runtime {
             ModelConfig::Llama(c) => Box::new(llama::LlamaRt::load(c, w, cap)?),
             ModelConfig::SsmMoe(c) => Box::new(ssm_moe::SsmRt::load(c, w, cap)?),
         };
-        let level = match opts.level {
-            Some(want) => SimdLevel::clamp(want),
-            None => from_hwdiag(squish_hwdiag::best_simd_level()),
-        };
+        let level = dispatch::resolve(opts.level);
         let ex = Exec {
             ops: Ops::new(Some(level)),
             level,
@@ -406,38 +403,5 @@ impl squish_core::generate::StepModel for Runtime {
     }
     fn max_positions(&self) -> usize {
         self.fam.max_positions()
-    }
-}
-
-/// The kernel path squish-hwdiag picks for this CPU (it honours `SQUISH_SIMD`), as this crate's
-/// level; VNNI is a sub-feature of the AVX-512 path here.
-pub fn from_hwdiag(level: squish_hwdiag::SimdLevel) -> SimdLevel {
-    let want = match level {
-        squish_hwdiag::SimdLevel::Scalar => SimdLevel::Scalar,
-        squish_hwdiag::SimdLevel::Neon => SimdLevel::Neon,
-        squish_hwdiag::SimdLevel::Avx2 => SimdLevel::Avx2,
-        squish_hwdiag::SimdLevel::Avx512 | squish_hwdiag::SimdLevel::Avx512Vnni => {
-            SimdLevel::Avx512
-        }
-    };
-    SimdLevel::clamp(want)
-}
-
-#[cfg(test)]
-mod hwdiag_dispatch_tests {
-    use super::*;
-
-    #[test]
-    fn hwdiag_levels_map_to_supported_kernel_paths() {
-        assert_eq!(
-            from_hwdiag(squish_hwdiag::SimdLevel::Scalar),
-            SimdLevel::Scalar
-        );
-        let picked = from_hwdiag(squish_hwdiag::best_simd_level());
-        assert!(picked.is_supported(), "{picked:?}");
-        assert_eq!(
-            from_hwdiag(squish_hwdiag::SimdLevel::Avx512Vnni),
-            SimdLevel::clamp(SimdLevel::Avx512)
-        );
     }
 }

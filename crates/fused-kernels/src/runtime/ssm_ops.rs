@@ -22,7 +22,7 @@ fn softplus(v: f32) -> f32 {
 }
 
 fn avx2(level: SimdLevel) -> bool {
-    cfg!(target_arch = "x86_64") && level >= SimdLevel::Avx2
+    crate::dispatch::has_avx2(level)
 }
 
 /// `out[i] = SiLU(bias[i] + Σ_{j<k−1} win[j, i]·taps[j, i] + xin[i]·taps[k−1, i])`
@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn exp2_256_relative_error() {
         use std::arch::x86_64::*;
-        if SimdLevel::detect() < SimdLevel::Avx2 {
+        if !avx2(crate::dispatch::detect()) {
             return;
         }
         let mut ys: Vec<f32> = (0..=253 * 64).map(|i| -126.0 + i as f32 / 64.0).collect();
@@ -461,8 +461,8 @@ mod tests {
     /// widths 1, 17, 64, 172 and random others.
     #[test]
     fn ssm_kernels_avx2_match_scalar() {
-        let simd = SimdLevel::detect();
-        if simd < SimdLevel::Avx2 {
+        let simd = crate::dispatch::detect();
+        if !avx2(simd) {
             return;
         }
         let mut rng = Rng::new(5);

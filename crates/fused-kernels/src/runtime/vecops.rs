@@ -1,7 +1,6 @@
 //! Small vector kernels of the runtime (attention scores/values, residual adds),
-//! with an AVX2+FMA path and a scalar path chosen by [`SimdLevel`].
+//! with an AVX2+FMA path and a scalar path chosen by the [`crate::SimdLevel`] of [`Ops`].
 
-use crate::dispatch::SimdLevel;
 use crate::ops::Ops;
 
 /// One attention head over positions `0..n` (`n ≥ 1`):
@@ -24,7 +23,7 @@ pub(crate) fn attend(
     );
     assert!(e.len() >= n.div_ceil(8) * 8 && out.len() == hs);
     #[cfg(target_arch = "x86_64")]
-    if ops.level() >= SimdLevel::Avx2 {
+    if crate::dispatch::has_avx2(ops.level()) {
         // SAFETY: the level was resolved against the CPU (AVX2 + FMA + F16C
         // present); every length the kernel reads was asserted above.
         unsafe { avx2::attend(q, kt, vt, ld, n, e, out) };
@@ -66,7 +65,7 @@ pub(crate) fn attend_pair(
     );
     assert!(q[1].len() == hs && out[0].len() == hs && out[1].len() == hs && e.len() >= 2 * ld);
     #[cfg(target_arch = "x86_64")]
-    if ops.level() >= SimdLevel::Avx2 {
+    if crate::dispatch::has_avx2(ops.level()) {
         // SAFETY: as in `attend`; lengths asserted above.
         unsafe { avx2::attend_pair(q, kt, vt, ld, n, e, out) };
         return;
