@@ -5,8 +5,8 @@
 //!   kernels; [`PackedWeight::matvec`] / [`PackedWeight::matmul`] (float
 //!   activations) and `*_q8` (int8 activations) with dequantization fused into
 //!   the dot product.
-//! * [`Ops`]: RMSNorm, softmax, RoPE, SwiGLU (incl. the fused two-matrix
-//!   [`Ops::swiglu_matmul`]) and the Mamba selective-scan step.
+//! * [`Ops`]: RMSNorm, softmax and SwiGLU (RoPE, the SSM kernels and attention
+//!   are the runtime's own, in `runtime/`).
 //! * [`SimdLevel`] (squish-hwdiag's type, re-exported): scalar / AVX2 / AVX-512 /
 //!   AVX-512+VNNI / NEON chosen at run time ([`dispatch`]); `SQUISH_SIMD` caps the path.
 //! * INT4 × int8 activations on AVX2 use a row-interleaved copy of the codes
@@ -51,7 +51,7 @@ mod stage_avx2;
 
 pub use dispatch::SimdLevel;
 pub use error::{KernelError, Result};
-pub use matmul::{Activations, MatOpts, SWIGLU_TILE};
+pub use matmul::{Activations, MatOpts};
 pub use ops::Ops;
 pub use pack::{CHUNK, PackedWeight, QuantFormat, QuantParts, RawWeight};
 pub use scratch::{RmsNorm, Scratch};

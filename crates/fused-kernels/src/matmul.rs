@@ -1,13 +1,10 @@
 //! Public matvec / matmul entry points and per-path dispatch.
 
 use crate::dispatch::{self, SimdLevel};
-use crate::error::{KernelError, Result, check_len};
+use crate::error::{Result, check_len};
 use crate::pack::{PackedWeight, Repr};
 use crate::scalar;
 use crate::scratch::{RmsNorm, Scratch, Staged};
-
-/// Rows per SwiGLU tile (gate and up are computed tile by tile and combined).
-pub const SWIGLU_TILE: usize = 64;
 
 /// Activation precision used with quantized weights.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,21 +49,6 @@ impl PackedWeight {
     /// Prefill GEMM: `x: [n, in]` → `y: [n, out]` (`y[t] = W · x[t]`).
     pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32], scratch: &mut Scratch) -> Result<()> {
         self.matmul_opts(x, n, y, scratch, &MatOpts::default())
-    }
-
-    /// Prefill GEMM with int8 activations.
-    pub fn matmul_q8(
-        &self,
-        x: &[f32],
-        n: usize,
-        y: &mut [f32],
-        scratch: &mut Scratch,
-    ) -> Result<()> {
-        let opts = MatOpts {
-            act: Activations::Int8,
-            ..MatOpts::default()
-        };
-        self.matmul_opts(x, n, y, scratch, &opts)
     }
 
     /// General entry point: `x: [n, in]` → `y: [n, out]` with [`MatOpts`].
@@ -246,29 +228,5 @@ pub(crate) fn run_rows(
         (_, Staged::Q8 { .. }) => {
             unreachable!("int8 activations are only staged for quantized weights")
         }
-    }
-}
-
-/// Checks that SwiGLU gate (`w1`) and up (`w3`) weights are compatible.
-pub(crate) fn check_pair(w1: &PackedWeight, w3: &PackedWeight) -> Result<()> {
-    let same = w1.out == w3.out
-        && w1.inp == w3.inp
-        && match (&w1.repr, &w3.repr) {
-            (Repr::F32(_), Repr::F32(_)) | (Repr::F16(_), Repr::F16(_)) => true,
-            (Repr::Quant(a), Repr::Quant(b)) => a.bits == b.bits && a.group == b.group,
-            _ => false,
-        };
-    if same {
-        Ok(())
-    } else {
-        Err(KernelError::Incompatible(format!(
-            "swiglu gate {}[{}x{}] vs up {}[{}x{}]",
-            w1.format_name(),
-            w1.out,
-            w1.inp,
-            w3.format_name(),
-            w3.out,
-            w3.inp
-        )))
     }
 }

@@ -392,33 +392,6 @@ impl PackedWeight {
             }
         }
     }
-
-    /// Folds an RMSNorm weight into the columns (`W[:, j] *= norm[j]`) so a
-    /// following [`crate::RmsNorm`] can run with unit weight. Only F32/F16 can fold
-    /// (quantized codes would need requantization); for those an error is returned
-    /// and the norm weight should be applied in the activation staging pass instead.
-    pub fn fold_norm(&mut self, norm: &[f32]) -> Result<()> {
-        check_len("norm weight", self.inp, norm.len())?;
-        match &mut self.repr {
-            Repr::F32(w) => {
-                for row in w.chunks_mut(self.inp) {
-                    row.iter_mut().zip(norm).for_each(|(v, n)| *v *= n);
-                }
-                Ok(())
-            }
-            Repr::F16(w) => {
-                for row in w.chunks_mut(self.inp) {
-                    for (v, n) in row.iter_mut().zip(norm) {
-                        *v = f16::from_f32(f16::from_bits(*v).to_f32() * n).to_bits();
-                    }
-                }
-                Ok(())
-            }
-            Repr::Quant(_) => Err(KernelError::Incompatible(
-                "cannot fold a norm into quantized codes; use the fused staging norm".into(),
-            )),
-        }
-    }
 }
 
 impl QuantRepr {

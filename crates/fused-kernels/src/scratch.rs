@@ -29,7 +29,7 @@ pub struct Scratch {
     pub(crate) a: Vec<f32>,
     /// `[n, n_groups]` `a_g · Σ xq` (zero-point correction term).
     pub(crate) b: Vec<f32>,
-    /// `[2, tile]` SwiGLU temporaries.
+    /// `[n, 2·hidden]` stacked SwiGLU gate/up output of the runtime (`runtime/blocks.rs`).
     pub(crate) tmp: Vec<f32>,
 }
 
@@ -97,13 +97,6 @@ impl Scratch {
         grow(&mut self.xq, n * ld);
         grow(&mut self.a, n * ng);
         grow(&mut self.b, n * ng);
-        grow(&mut self.tmp, 2 * crate::matmul::SWIGLU_TILE);
-    }
-
-    /// Grows the SwiGLU tile buffers for `n` tokens
-    /// ([`crate::Ops::swiglu_matmul`] then never allocates for up to `n` tokens).
-    pub fn reserve_swiglu(&mut self, n: usize) {
-        grow(&mut self.tmp, 2 * n * crate::matmul::SWIGLU_TILE);
     }
 
     /// Stages float activations `x: [n, in]` for `w`. Dense weights without a

@@ -182,31 +182,6 @@ fn fused_norm_matches_separate() {
             let e = max_rel(&y, &want, &mag);
             assert!(e <= bound, "seed {seed} {} {act:?}: {e}", w.format_name());
         }
-        // Folding into F32 columns == normalizing with unit weight.
-        if w.quant_format().is_none() {
-            let mut wf = w.clone();
-            wf.fold_norm(&nw).unwrap();
-            let ones = vec![1.0; inp];
-            let mut y = vec![0.0; out];
-            let opts = MatOpts {
-                norm: Some(RmsNorm {
-                    weight: &ones,
-                    eps: 1e-5,
-                }),
-                ..MatOpts::default()
-            };
-            wf.matmul_opts(&x, 1, &mut y, &mut Scratch::new(), &opts)
-                .unwrap();
-            let want = run(&w, &xn, 1, Activations::F32, dispatch::active());
-            let tol = if w.format_name() == "f16" {
-                2e-3
-            } else {
-                F_BOUND
-            };
-            assert!(max_rel(&y, &want, &mag) <= tol, "fold seed {seed}");
-        } else {
-            assert!(w.clone().fold_norm(&nw).is_err());
-        }
     }
 }
 

@@ -44,7 +44,7 @@ use squish_core::config::ModelConfig;
 use squish_core::{Error, Result};
 
 pub(crate) use blocks::{Head, SwiGlu};
-pub use rtn::{is_matmul_weight, rtn_quantize};
+pub use rtn::rtn_quantize;
 
 use crate::dispatch::{self, SimdLevel};
 use crate::matmul::{Activations, MatOpts};

@@ -8,7 +8,7 @@ use squish_core::checkpoint::{TensorData, WeightTensor, Weights};
 use squish_core::quant::{QBits, QTensor};
 
 /// True for the tensors the runtime multiplies by (2-D `*.weight` except conv taps).
-pub fn is_matmul_weight(name: &str, t: &WeightTensor) -> bool {
+fn is_matmul_weight(name: &str, t: &WeightTensor) -> bool {
     t.shape.len() == 2 && name.ends_with(".weight") && !name.ends_with("conv.weight")
 }
 
