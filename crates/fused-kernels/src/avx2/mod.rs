@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 
 mod q4il;
 mod quant;
+pub(crate) mod ssm;
 pub(crate) use q4il::q4il_rows;
 pub(crate) use quant::{check_tile, finish_q8, q8_rows, qf_rows};
 

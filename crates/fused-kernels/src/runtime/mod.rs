@@ -36,7 +36,7 @@ mod llama;
 mod load;
 mod rtn;
 mod ssm_moe;
-mod ssm_ops;
+pub(crate) mod ssm_ops;
 mod vecops;
 
 use squish_core::checkpoint::{Checkpoint, Weights};
