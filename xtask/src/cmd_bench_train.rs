@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use serde_json::json;
 use squish_core::data::Rng;
 use squish_core::model::CpuBackend;
+use squish_core::model::scan_bench::{time_scan, time_train_steps};
 use squish_core::model::ssm_moe::{ScanMode, SsmMoe};
 use squish_core::model::ssm_moe_weights::init_weights;
 use squish_core::train::{TrainConfig, train};
@@ -29,6 +30,10 @@ pub struct BenchTrainArgs {
         default_value = "flex:sequential,flex:chunked16,ndarray:chunked16"
     )]
     pub variants: Vec<String>,
+    /// Also time the parts of a step (forward, backward, optimizer) and the scan alone
+    /// (forward, backward) per variant.
+    #[arg(long)]
+    pub breakdown: bool,
 }
 
 fn parse_variant(v: &str) -> Result<(CpuBackend, ScanMode)> {
@@ -43,6 +48,43 @@ fn parse_variant(v: &str) -> Result<(CpuBackend, ScanMode)> {
         },
     };
     Ok((CpuBackend::parse(b)?, scan))
+}
+
+/// Per-part seconds per step and the scan alone (all layers' shapes), printed and returned.
+fn breakdown(
+    model_cfg: &squish_core::config::SsmMoeConfig,
+    weights: &squish_core::checkpoint::Weights,
+    backend: CpuBackend,
+    scan: ScanMode,
+    stream: &[u32],
+    train_cfg: &TrainConfig,
+    steps: usize,
+) -> Result<serde_json::Value> {
+    let device = backend.autodiff_device();
+    let model = SsmMoe::from_weights(model_cfg, weights, &device, scan)?;
+    let (model, _) = time_train_steps(model, stream, train_cfg, 1)?; // warm-up
+    let (_, t) = time_train_steps(model, stream, train_cfg, steps)?;
+    let k = steps.max(1) as f64;
+    let (fwd, bwd, opt) = (t.forward / k, t.backward / k, t.optimizer / k);
+    let shape = [
+        train_cfg.batch_size,
+        train_cfg.seq_len,
+        model_cfg.d_inner,
+        model_cfg.d_state,
+    ];
+    time_scan(scan, shape, &device, 1)?; // warm-up
+    let (sf, sb) = time_scan(scan, shape, &device, steps)?;
+    let layers = model_cfg.n_layers as f64;
+    println!(
+        "    per step: forward {fwd:.3} s, backward {bwd:.3} s, optimizer {opt:.3} s; \
+         scan alone × {layers} layers: forward {:.3} s, backward {:.3} s",
+        sf * layers,
+        sb * layers
+    );
+    Ok(
+        json!({"forward_s": fwd, "backward_s": bwd, "optimizer_s": opt,
+        "scan_forward_s_all_layers": sf * layers, "scan_backward_s_all_layers": sb * layers}),
+    )
 }
 
 /// Entry point of `bench-train`.
@@ -86,7 +128,13 @@ pub fn run(a: &BenchTrainArgs) -> Result<()> {
             secs / a.steps as f64,
             log.last().map_or(f64::NAN, |p| p.loss)
         );
-        results.push(json!({"variant": v, "tokens_per_s": tps, "seconds_per_step": secs / a.steps as f64, "batch": b.train.batch_size, "seq_len": b.train.seq_len}));
+        let mut row = json!({"variant": v, "tokens_per_s": tps, "seconds_per_step": secs / a.steps as f64, "batch": b.train.batch_size, "seq_len": b.train.seq_len});
+        if a.breakdown {
+            row["breakdown"] = breakdown(
+                &model_cfg, &weights, backend, scan, &stream, &b.train, a.steps,
+            )?;
+        }
+        results.push(row);
     }
     println!(
         "{}",

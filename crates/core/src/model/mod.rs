@@ -16,6 +16,8 @@ pub mod llama;
 #[cfg(feature = "burn")]
 mod ops;
 #[cfg(feature = "burn")]
+pub mod scan_bench;
+#[cfg(feature = "burn")]
 pub mod ssm_moe;
 #[cfg(feature = "burn")]
 mod ssm_moe_io;

@@ -82,6 +82,16 @@ pub enum ScanMode {
     Chunked(usize),
 }
 
+impl ScanMode {
+    /// Runs the scan of `s` in this formulation: `y [batch, seq, d_inner]`.
+    pub fn run(self, s: &ScanInputs) -> Tensor<3> {
+        match self {
+            ScanMode::Sequential => scan_sequential(s),
+            ScanMode::Chunked(k) => scan_chunked(s, k.max(1)),
+        }
+    }
+}
+
 /// The whole model.
 #[derive(Module, Debug)]
 pub struct SsmMoe {
@@ -163,10 +173,7 @@ impl Ssm {
             c,
             d: self.d.val(),
         };
-        let y = match scan {
-            ScanMode::Sequential => scan_sequential(&s),
-            ScanMode::Chunked(k) => scan_chunked(&s, k.max(1)),
-        }; // [batch, seq, d_inner]
+        let y = scan.run(&s); // [batch, seq, d_inner]
         let y = y * silu(z); // [batch, seq, d_inner]
         capture("out_proj", &y);
         linear(y, &self.out_proj) // [batch, seq, d_model]
