@@ -23,7 +23,7 @@ pub struct BenchTrainArgs {
     /// Timed optimizer steps per variant (after one warm-up step).
     #[arg(long, default_value_t = 4)]
     pub steps: usize,
-    /// Variants as `backend:scan`, scan = `sequential` or `chunked<K>`.
+    /// Variants as `backend:scan`, scan = `sequential`, `fused` or `chunked<K>`.
     #[arg(
         long,
         value_delimiter = ',',
@@ -42,9 +42,10 @@ fn parse_variant(v: &str) -> Result<(CpuBackend, ScanMode)> {
     };
     let scan = match s {
         "sequential" => ScanMode::Sequential,
+        "fused" => ScanMode::Fused,
         _ => match s.strip_prefix("chunked").and_then(|k| k.parse().ok()) {
             Some(k) => ScanMode::Chunked(k),
-            None => bail!("scan `{s}` is not sequential or chunked<K>"),
+            None => bail!("scan `{s}` is not sequential, fused or chunked<K>"),
         },
     };
     Ok((CpuBackend::parse(b)?, scan))

@@ -24,6 +24,12 @@ mod ssm_moe_io;
 #[cfg(feature = "burn")]
 pub mod ssm_moe_step;
 #[cfg(feature = "burn")]
+pub mod scan_kernel;
+#[cfg(feature = "burn")]
+pub mod scan_op;
+#[cfg(feature = "burn")]
+mod scan_rows;
+#[cfg(feature = "burn")]
 pub mod ssm_scan;
 
 #[cfg(feature = "burn")]

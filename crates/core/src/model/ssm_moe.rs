@@ -12,6 +12,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{silu, softmax, softplus};
 
 use super::ops::{embed, linear, rms_norm};
+use super::scan_op::scan_fused;
 use super::ssm_scan::{ScanInputs, scan_chunked, scan_sequential};
 use crate::config::SsmMoeConfig;
 use crate::{Error, Result};
@@ -80,6 +81,9 @@ pub enum ScanMode {
     Sequential,
     /// Chunks of the given length.
     Chunked(usize),
+    /// One fused burn operation with a hand-written backward (see [`super::scan_op`]); the
+    /// sequential recurrence in plain Rust over contiguous buffers.
+    Fused,
 }
 
 impl ScanMode {
@@ -88,6 +92,7 @@ impl ScanMode {
         match self {
             ScanMode::Sequential => scan_sequential(s),
             ScanMode::Chunked(k) => scan_chunked(s, k.max(1)),
+            ScanMode::Fused => scan_fused(s),
         }
     }
 }

@@ -1,0 +1,317 @@
+//! The per-row kernels of the fused selective scan ([`super::scan_kernel`]): one batch row's
+//! forward and backward over channel blocks of [`W`] lanes, and the vectorizable `exp`.
+
+use super::scan_kernel::{ScanBufs, ScanDims, W};
+
+/// One block of channel lanes.
+pub(crate) type Lanes = [f32; W];
+
+/// `exp` of every lane: `2^j · p(r)` with `j = round(x·log2 e)`, `r = x − j·ln 2` (Cody–Waite,
+/// |r| ≤ ½ ln 2) and `p` the degree-7 Taylor polynomial of `e^r` (truncation < 1e-8). Inputs are
+/// clamped to `[−87.3, 87.3]`, so very negative inputs give ~1e-38 instead of 0.
+#[inline(always)]
+pub fn exp_lanes(x: &Lanes) -> Lanes {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4; // few mantissa bits: j·LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
+    const C: [f32; 7] = [
+        1.0 / 5040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+    ];
+    let mut out = [0.0; W];
+    for k in 0..W {
+        let v = if x[k] < -87.3 { -87.3 } else { x[k] };
+        let v = if v > 87.3 { 87.3 } else { v };
+        let t = v * LOG2E + MAGIC;
+        let j = t - MAGIC;
+        let r = (v - j * LN2_HI) - j * LN2_LO;
+        let ji = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+        let scale = f32::from_bits(((ji + 127) << 23) as u32);
+        let mut p = C[0];
+        for &c in &C[1..] {
+            p = p * r + c;
+        }
+        out[k] = (p * r + 1.0) * scale;
+    }
+    out
+}
+
+/// Sum of the lanes in a fixed pairwise order.
+#[inline(always)]
+fn hsum(v: &Lanes) -> f32 {
+    let mut s = *v;
+    let mut w = W / 2;
+    while w > 0 {
+        for k in 0..w {
+            s[k] += s[k + w];
+        }
+        w /= 2;
+    }
+    s[0]
+}
+
+/// `A` and `D` regrouped per channel block: `a[blk·N + n][k] = A[blk·W + k, n]`, zero-padded.
+pub(crate) struct Blocked {
+    a: Vec<Lanes>,
+    d: Vec<Lanes>,
+}
+
+impl Blocked {
+    pub(crate) fn new(dims: ScanDims, a: &[f32], d: &[f32]) -> Self {
+        let (di, n) = (dims.d_inner, dims.n);
+        let nblk = di.div_ceil(W);
+        let mut ab = vec![[0.0; W]; nblk * n];
+        let mut db = vec![[0.0; W]; nblk];
+        for i in 0..di {
+            let (blk, k) = (i / W, i % W);
+            for s in 0..n {
+                ab[blk * n + s][k] = a[i * n + s];
+            }
+            db[blk][k] = d[i];
+        }
+        Blocked { a: ab, d: db }
+    }
+}
+
+/// One block's `[W]` slice of row `t` of a `[seq, d_inner]` buffer, zero-padded.
+#[inline(always)]
+fn load(buf: &[f32], t: usize, di: usize, i0: usize, w: usize) -> Lanes {
+    let mut v = [0.0; W];
+    v[..w].copy_from_slice(&buf[t * di + i0..t * di + i0 + w]);
+    v
+}
+
+/// Forward of one batch row: writes `y [seq, d_inner]`; with `keep`, also every `h_t` of block
+/// `only` into `keep [seq·N]` (used by the backward's recomputation).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_row(
+    dims: ScanDims,
+    blocked: &Blocked,
+    x: &[f32],     // [seq, d_inner]
+    delta: &[f32], // [seq, d_inner]
+    b: &[f32],     // [seq, n]
+    c: &[f32],     // [seq, n]
+    blk: usize,
+    y: Option<&mut [f32]>, // [seq, d_inner]
+    mut keep: Option<&mut [Lanes]>,
+    h: &mut [Lanes], // [n] scratch
+) {
+    let (t_len, di, n) = (dims.seq, dims.d_inner, dims.n);
+    let (i0, w) = (blk * W, W.min(di - blk * W));
+    let a = &blocked.a[blk * n..(blk + 1) * n];
+    let dd = &blocked.d[blk];
+    h.fill([0.0; W]);
+    let mut y = y;
+    for t in 0..t_len {
+        let xv = load(x, t, di, i0, w);
+        let dv = load(delta, t, di, i0, w);
+        let mut dx = [0.0; W];
+        for k in 0..W {
+            dx[k] = dv[k] * xv[k];
+        }
+        let mut acc = [0.0; W];
+        for s in 0..n {
+            let (bs, cs) = (b[t * n + s], c[t * n + s]);
+            let mut arg = [0.0; W];
+            for k in 0..W {
+                arg[k] = dv[k] * a[s][k];
+            }
+            let da = exp_lanes(&arg);
+            let hs = &mut h[s];
+            for k in 0..W {
+                hs[k] = da[k] * hs[k] + dx[k] * bs;
+                acc[k] += hs[k] * cs;
+            }
+            if let Some(keep) = keep.as_deref_mut() {
+                keep[t * n + s] = *hs;
+            }
+        }
+        if let Some(y) = y.as_deref_mut() {
+            for k in 0..w {
+                y[t * di + i0 + k] = acc[k] + dd[k] * xv[k];
+            }
+        }
+    }
+}
+
+/// Per-row outputs of the backward.
+struct RowGrads<'a> {
+    x: &'a mut [f32],     // [seq, d_inner]
+    delta: &'a mut [f32], // [seq, d_inner]
+    b: &'a mut [f32],     // [seq, n]
+    c: &'a mut [f32],     // [seq, n]
+    a: &'a mut [f32],     // [d_inner, n]: this row's share
+    d: &'a mut [f32],     // [d_inner]: this row's share
+}
+
+/// Backward of one batch row, block by block (fixed order); `hs [seq·N]`, `h`, `g [N]` scratch.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_row(
+    dims: ScanDims,
+    blocked: &Blocked,
+    inp: [&[f32]; 5], // x, delta [seq, d_inner]; b, c [seq, n]; dy [seq, d_inner]
+    out: RowGrads,
+    hs: &mut [Lanes],
+    h: &mut [Lanes],
+    g: &mut [Lanes],
+) {
+    let [x, delta, b, c, dy] = inp;
+    let (t_len, di, n) = (dims.seq, dims.d_inner, dims.n);
+    out.b.fill(0.0);
+    out.c.fill(0.0);
+    for blk in 0..di.div_ceil(W) {
+        let (i0, w) = (blk * W, W.min(di - blk * W));
+        forward_row(dims, blocked, x, delta, b, c, blk, None, Some(hs), h);
+        let a = &blocked.a[blk * n..(blk + 1) * n];
+        let dd = &blocked.d[blk];
+        g.fill([0.0; W]);
+        let mut ga = vec![[0.0f32; W]; n];
+        let mut gd = [0.0; W];
+        for t in (0..t_len).rev() {
+            let xv = load(x, t, di, i0, w);
+            let dv = load(delta, t, di, i0, w);
+            let dyv = load(dy, t, di, i0, w);
+            let mut dx = [0.0; W];
+            for k in 0..W {
+                dx[k] = dv[k] * xv[k];
+                gd[k] += dyv[k] * xv[k];
+            }
+            let (mut gdx, mut gdl) = ([0.0; W], [0.0; W]);
+            for s in 0..n {
+                let (bs, cs) = (b[t * n + s], c[t * n + s]);
+                let ht = &hs[t * n + s];
+                let hp = if t > 0 { hs[(t - 1) * n + s] } else { [0.0; W] };
+                let mut arg = [0.0; W];
+                for k in 0..W {
+                    arg[k] = dv[k] * a[s][k];
+                }
+                let da = exp_lanes(&arg);
+                let gs = &mut g[s];
+                let (mut pc, mut pb) = ([0.0; W], [0.0; W]);
+                for k in 0..W {
+                    let gk = gs[k] + dyv[k] * cs;
+                    pc[k] = dyv[k] * ht[k];
+                    pb[k] = gk * dx[k];
+                    gdx[k] += gk * bs;
+                    let q = gk * hp[k] * da[k];
+                    gdl[k] += q * a[s][k];
+                    ga[s][k] += q * dv[k];
+                    gs[k] = gk * da[k];
+                }
+                out.c[t * n + s] += hsum(&pc);
+                out.b[t * n + s] += hsum(&pb);
+            }
+            for k in 0..w {
+                out.x[t * di + i0 + k] = gdx[k] * dv[k] + dyv[k] * dd[k];
+                out.delta[t * di + i0 + k] = gdx[k] * xv[k] + gdl[k];
+            }
+        }
+        for k in 0..w {
+            for s in 0..n {
+                out.a[(i0 + k) * n + s] = ga[s][k];
+            }
+            out.d[i0 + k] = gd[k];
+        }
+    }
+}
+
+/// Forward of rows `row0..`; `y` holds exactly those rows `[rows, seq, d_inner]`.
+#[inline(always)]
+pub(crate) fn forward_rows(
+    dims: ScanDims,
+    blocked: &Blocked,
+    inp: &ScanBufs,
+    row0: usize,
+    y: &mut [f32],
+) {
+    let (td, tn) = (dims.seq * dims.d_inner, dims.seq * dims.n);
+    let mut h = vec![[0.0; W]; dims.n];
+    for (r, yr) in y.chunks_mut(td).enumerate() {
+        let row = row0 + r;
+        let (x, delta) = (&inp.x[row * td..][..td], &inp.delta[row * td..][..td]);
+        let (b, c) = (&inp.b[row * tn..][..tn], &inp.c[row * tn..][..tn]);
+        for blk in 0..dims.d_inner.div_ceil(W) {
+            forward_row(dims, blocked, x, delta, b, c, blk, Some(yr), None, &mut h);
+        }
+    }
+}
+
+/// Per-thread output chunks of the backward (rows `row0..row0 + rows`).
+pub(crate) struct Chunk<'a> {
+    pub(crate) row0: usize,
+    pub(crate) x: &'a mut [f32],
+    pub(crate) delta: &'a mut [f32],
+    pub(crate) b: &'a mut [f32],
+    pub(crate) c: &'a mut [f32],
+    pub(crate) a: &'a mut [f32], // [rows, d_inner, n] partials
+    pub(crate) d: &'a mut [f32], // [rows, d_inner] partials
+}
+
+/// Backward of the rows of `ch`.
+#[inline(always)]
+pub(crate) fn backward_rows(
+    dims: ScanDims,
+    blocked: &Blocked,
+    inp: &ScanBufs,
+    dy: &[f32],
+    ch: Chunk,
+) {
+    let (td, tn) = (dims.seq * dims.d_inner, dims.seq * dims.n);
+    let (an, di) = (dims.d_inner * dims.n, dims.d_inner);
+    let mut hs = vec![[0.0; W]; dims.seq * dims.n];
+    let (mut h, mut g) = (vec![[0.0; W]; dims.n], vec![[0.0; W]; dims.n]);
+    let rows = ch.x.len() / td.max(1);
+    let mut outs =
+        ch.x.chunks_mut(td)
+            .zip(ch.delta.chunks_mut(td))
+            .zip(ch.b.chunks_mut(tn).zip(ch.c.chunks_mut(tn)))
+            .zip(ch.a.chunks_mut(an).zip(ch.d.chunks_mut(di)));
+    for r in 0..rows {
+        let row = ch.row0 + r;
+        let (((x, delta), (b, c)), (a, d)) = outs.next().expect("one chunk per row");
+        let ins = [
+            &inp.x[row * td..][..td],
+            &inp.delta[row * td..][..td],
+            &inp.b[row * tn..][..tn],
+            &inp.c[row * tn..][..tn],
+            &dy[row * td..][..td],
+        ];
+        let out = RowGrads {
+            x,
+            delta,
+            b,
+            c,
+            a,
+            d,
+        };
+        backward_row(dims, blocked, ins, out, &mut hs, &mut h, &mut g);
+    }
+}
+
+macro_rules! isa_variants {
+    ($generic:ident, $avx2:ident, $avx512:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        pub(crate) fn $avx2($($arg: $ty),*) {
+            $generic($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        pub(crate) fn $avx512($($arg: $ty),*) {
+            $generic($($arg),*)
+        }
+    };
+}
+
+isa_variants!(forward_rows, forward_rows_avx2, forward_rows_avx512,
+    (dims: ScanDims, blocked: &Blocked, inp: &ScanBufs, row0: usize, y: &mut [f32]));
+isa_variants!(backward_rows, backward_rows_avx2, backward_rows_avx512,
+    (dims: ScanDims, blocked: &Blocked, inp: &ScanBufs, dy: &[f32], ch: Chunk));
