@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use serde_json::json;
 use squish_core::data::Rng;
 use squish_core::model::CpuBackend;
-use squish_core::model::scan_bench::{time_scan, time_train_steps};
+use squish_core::model::scan_bench::{time_scan, time_scan_kernel, time_train_steps};
 use squish_core::model::ssm_moe::{ScanMode, SsmMoe};
 use squish_core::model::ssm_moe_weights::init_weights;
 use squish_core::train::{TrainConfig, train};
@@ -34,6 +34,10 @@ pub struct BenchTrainArgs {
     /// (forward, backward) per variant.
     #[arg(long)]
     pub breakdown: bool,
+    /// Rounds: each round measures every variant once, in order, so load swings on a shared
+    /// host hit all variants alike; the summary gives each variant's median and best round.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 fn parse_variant(v: &str) -> Result<(CpuBackend, ScanMode)> {
@@ -82,10 +86,20 @@ fn breakdown(
         sf * layers,
         sb * layers
     );
-    Ok(
-        json!({"forward_s": fwd, "backward_s": bwd, "optimizer_s": opt,
-        "scan_forward_s_all_layers": sf * layers, "scan_backward_s_all_layers": sb * layers}),
-    )
+    let mut row = json!({"forward_s": fwd, "backward_s": bwd, "optimizer_s": opt,
+        "scan_forward_s_all_layers": sf * layers, "scan_backward_s_all_layers": sb * layers});
+    if scan == ScanMode::Fused {
+        time_scan_kernel(shape, 1); // warm-up
+        let (kf, kb) = time_scan_kernel(shape, steps);
+        println!(
+            "    fused kernels alone (no burn) × {layers} layers: forward {:.3} s, backward {:.3} s",
+            kf * layers,
+            kb * layers
+        );
+        row["kernel_forward_s_all_layers"] = json!(kf * layers);
+        row["kernel_backward_s_all_layers"] = json!(kb * layers);
+    }
+    Ok(row)
 }
 
 /// Entry point of `bench-train`.
@@ -102,35 +116,48 @@ pub fn run(a: &BenchTrainArgs) -> Result<()> {
         .map(|_| rng.below(b.vocab_size) as u32)
         .collect();
     let weights = init_weights(&model_cfg, b.seed)?;
+    let parsed = a
+        .variants
+        .iter()
+        .map(|v| parse_variant(v))
+        .collect::<Result<Vec<_>>>()?;
+    let rounds = a.rounds.max(1);
+    let mut tps = vec![Vec::with_capacity(rounds); parsed.len()];
+    for round in 0..rounds {
+        for (i, (v, &(backend, scan))) in a.variants.iter().zip(&parsed).enumerate() {
+            let model =
+                SsmMoe::from_weights(&model_cfg, &weights, &backend.autodiff_device(), scan)?;
+            let (t, loss) = measure(model, &stream, &b.train, a.steps)?;
+            println!(
+                "{v:<24} {t:>9.0} tokens/s  ({:.3} s/step, loss {loss:.3}){}",
+                (b.train.batch_size * b.train.seq_len) as f64 / t,
+                if rounds > 1 {
+                    format!("  round {}", round + 1)
+                } else {
+                    String::new()
+                }
+            );
+            tps[i].push(t);
+        }
+    }
     let mut results = Vec::new();
-    for v in &a.variants {
-        let (backend, scan) = parse_variant(v)?;
-        let model = SsmMoe::from_weights(&model_cfg, &weights, &backend.autodiff_device(), scan)?;
-        let warm = TrainConfig {
-            steps: 1,
-            eval_every: 0,
-            eval_chunks: 1,
-            ..b.train.clone()
-        };
-        let (model, _) = train(model, &stream, &stream, 1, &warm, None, |_| {})?;
-        let timed = TrainConfig {
-            steps: a.steps,
-            eval_every: 0,
-            eval_chunks: 1,
-            ..b.train.clone()
-        };
-        let t0 = std::time::Instant::now();
-        let (_, log) = train(model, &stream, &stream, 1, &timed, None, |_| {})?;
-        let secs = t0.elapsed().as_secs_f64();
-        let tokens = a.steps * b.train.batch_size * b.train.seq_len;
-        let tps = tokens as f64 / secs;
-        println!(
-            "{v:<24} {tps:>9.0} tokens/s  ({:.3} s/step, loss {:.3})",
-            secs / a.steps as f64,
-            log.last().map_or(f64::NAN, |p| p.loss)
-        );
-        let mut row = json!({"variant": v, "tokens_per_s": tps, "seconds_per_step": secs / a.steps as f64, "batch": b.train.batch_size, "seq_len": b.train.seq_len});
+    let mut first_median = None;
+    for (i, (v, &(backend, scan))) in a.variants.iter().zip(&parsed).enumerate() {
+        let mut sorted = tps[i].clone();
+        sorted.sort_by(f64::total_cmp);
+        let (median, best) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
+        let base = *first_median.get_or_insert(median);
+        if rounds > 1 {
+            println!(
+                "{v:<24} median {median:>9.0} tokens/s, best {best:>9.0} ({:.2}× the first variant's median)",
+                median / base
+            );
+        }
+        let mut row = json!({"variant": v, "tokens_per_s": median, "tokens_per_s_best": best,
+            "tokens_per_s_rounds": tps[i], "seconds_per_step": (b.train.batch_size * b.train.seq_len) as f64 / median,
+            "batch": b.train.batch_size, "seq_len": b.train.seq_len});
         if a.breakdown {
+            println!("{v}:");
             row["breakdown"] = breakdown(
                 &model_cfg, &weights, backend, scan, &stream, &b.train, a.steps,
             )?;
@@ -139,7 +166,33 @@ pub fn run(a: &BenchTrainArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::to_string(&json!({"config": a.config, "steps": a.steps, "results": results}))?
+        serde_json::to_string(
+            &json!({"config": a.config, "steps": a.steps, "rounds": rounds, "results": results})
+        )?
     );
     Ok(())
+}
+
+/// Tokens/s of `steps` training steps of `model` after one warm-up step, and the last loss.
+fn measure(
+    model: SsmMoe,
+    stream: &[u32],
+    train_cfg: &TrainConfig,
+    steps: usize,
+) -> Result<(f64, f64)> {
+    let cfg = |steps| TrainConfig {
+        steps,
+        eval_every: 0,
+        eval_chunks: 1,
+        ..train_cfg.clone()
+    };
+    let (model, _) = train(model, stream, stream, 1, &cfg(1), None, |_| {})?;
+    let t0 = std::time::Instant::now();
+    let (_, log) = train(model, stream, stream, 1, &cfg(steps), None, |_| {})?;
+    let secs = t0.elapsed().as_secs_f64();
+    let tokens = steps * train_cfg.batch_size * train_cfg.seq_len;
+    Ok((
+        tokens as f64 / secs,
+        log.last().map_or(f64::NAN, |p| p.loss),
+    ))
 }

@@ -98,3 +98,54 @@ pub fn time_scan(
     let k = reps.max(1) as f64;
     Ok((fwd / k, bwd / k))
 }
+
+/// Mean seconds of the fused scan's kernels alone (no burn: plain buffers in and out) forward
+/// and backward, over `reps` runs on random inputs of the given shape, on the threads and
+/// instruction set [`super::scan_op::scan_fused`] uses.
+pub fn time_scan_kernel([batch, seq, d_inner, n]: [usize; 4], reps: usize) -> (f64, f64) {
+    use super::scan_kernel::{
+        ScanBufs, ScanDims, ScanIsa, default_threads, scan_backward, scan_forward,
+    };
+    let dims = ScanDims {
+        batch,
+        seq,
+        d_inner,
+        n,
+    };
+    let mut rng = Rng::new(3);
+    let mut v = |len: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..len).map(|_| lo + (hi - lo) * rng.f32()).collect()
+    };
+    let (bt, di) = (batch * seq, d_inner);
+    let (x, delta, a) = (
+        v(bt * di, -1.0, 1.0),
+        v(bt * di, 0.001, 0.2),
+        v(di * n, -2.0, -0.1),
+    );
+    let (b, c, d, dy) = (
+        v(bt * n, -1.0, 1.0),
+        v(bt * n, -1.0, 1.0),
+        v(di, 0.5, 1.5),
+        v(bt * di, -1.0, 1.0),
+    );
+    let bufs = ScanBufs {
+        x: &x,
+        delta: &delta,
+        a: &a,
+        b: &b,
+        c: &c,
+        d: &d,
+    };
+    let (threads, isa) = (default_threads(batch), ScanIsa::detect());
+    let (mut fwd, mut bwd) = (0.0, 0.0);
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        std::hint::black_box(scan_forward(dims, &bufs, threads, isa));
+        let t1 = Instant::now();
+        std::hint::black_box(scan_backward(dims, &bufs, &dy, threads, isa));
+        fwd += (t1 - t0).as_secs_f64();
+        bwd += t1.elapsed().as_secs_f64();
+    }
+    let k = reps.max(1) as f64;
+    (fwd / k, bwd / k)
+}

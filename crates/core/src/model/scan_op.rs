@@ -100,8 +100,11 @@ fn dims_of(s: &ScanInputs) -> ScanDims {
     }
 }
 
+/// The values of `t` (reusing the read buffer where burn allows it).
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    super::tensor_to_vec(t).expect("reading a CPU tensor")
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("reading a CPU tensor")
 }
 
 /// A value of an inner backend `B` as an f32 vector.

@@ -3,14 +3,36 @@
 
 use super::scan_kernel::{ScanBufs, ScanDims, W};
 
-/// One block of channel lanes.
-pub(crate) type Lanes = [f32; W];
+/// One block of channel lanes, aligned to a cache line (one AVX-512 register never straddles
+/// two lines).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Lanes(pub(crate) [f32; W]);
+
+impl Lanes {
+    const ZERO: Self = Lanes([0.0; W]);
+}
+
+impl std::ops::Deref for Lanes {
+    type Target = [f32; W];
+    #[inline(always)]
+    fn deref(&self) -> &[f32; W] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Lanes {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [f32; W] {
+        &mut self.0
+    }
+}
 
 /// `exp` of every lane: `2^j · p(r)` with `j = round(x·log2 e)`, `r = x − j·ln 2` (Cody–Waite,
 /// |r| ≤ ½ ln 2) and `p` the degree-7 Taylor polynomial of `e^r` (truncation < 1e-8). Inputs are
 /// clamped to `[−87.3, 87.3]`, so very negative inputs give ~1e-38 instead of 0.
 #[inline(always)]
-pub fn exp_lanes(x: &Lanes) -> Lanes {
+pub fn exp_lanes(x: &[f32; W]) -> [f32; W] {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4; // few mantissa bits: j·LN2_HI is exact
     const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
@@ -45,7 +67,7 @@ pub fn exp_lanes(x: &Lanes) -> Lanes {
 /// Sum of the lanes in a fixed pairwise order.
 #[inline(always)]
 fn hsum(v: &Lanes) -> f32 {
-    let mut s = *v;
+    let mut s = v.0;
     let mut w = W / 2;
     while w > 0 {
         for k in 0..w {
@@ -66,8 +88,8 @@ impl Blocked {
     pub(crate) fn new(dims: ScanDims, a: &[f32], d: &[f32]) -> Self {
         let (di, n) = (dims.d_inner, dims.n);
         let nblk = di.div_ceil(W);
-        let mut ab = vec![[0.0; W]; nblk * n];
-        let mut db = vec![[0.0; W]; nblk];
+        let mut ab = vec![Lanes::ZERO; nblk * n];
+        let mut db = vec![Lanes::ZERO; nblk];
         for i in 0..di {
             let (blk, k) = (i / W, i % W);
             for s in 0..n {
@@ -81,14 +103,21 @@ impl Blocked {
 
 /// One block's `[W]` slice of row `t` of a `[seq, d_inner]` buffer, zero-padded.
 #[inline(always)]
-fn load(buf: &[f32], t: usize, di: usize, i0: usize, w: usize) -> Lanes {
+fn load(buf: &[f32], t: usize, di: usize, i0: usize, w: usize) -> [f32; W] {
+    let row = &buf[t * di + i0..t * di + i0 + w];
+    if let Ok(full) = <&[f32; W]>::try_from(row) {
+        return *full; // a full block: one vector load
+    }
     let mut v = [0.0; W];
-    v[..w].copy_from_slice(&buf[t * di + i0..t * di + i0 + w]);
+    for (dst, src) in v.iter_mut().zip(row) {
+        *dst = *src;
+    }
     v
 }
 
-/// Forward of one batch row: writes `y [seq, d_inner]`; with `keep`, also every `h_t` of block
-/// `only` into `keep [seq·N]` (used by the backward's recomputation).
+/// Forward of block `blk` of one batch row: writes its lanes of `y [seq, d_inner]`; with `keep`,
+/// also every `h_t` and `exp(Δ_t A)` into `keep = (h [seq·N], decay [seq·N])` (the backward's
+/// recomputation).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward_row(
@@ -100,14 +129,14 @@ fn forward_row(
     c: &[f32],     // [seq, n]
     blk: usize,
     y: Option<&mut [f32]>, // [seq, d_inner]
-    mut keep: Option<&mut [Lanes]>,
+    mut keep: Option<(&mut [Lanes], &mut [Lanes])>,
     h: &mut [Lanes], // [n] scratch
 ) {
     let (t_len, di, n) = (dims.seq, dims.d_inner, dims.n);
     let (i0, w) = (blk * W, W.min(di - blk * W));
     let a = &blocked.a[blk * n..(blk + 1) * n];
     let dd = &blocked.d[blk];
-    h.fill([0.0; W]);
+    h.fill(Lanes::ZERO);
     let mut y = y;
     for t in 0..t_len {
         let xv = load(x, t, di, i0, w);
@@ -119,18 +148,21 @@ fn forward_row(
         let mut acc = [0.0; W];
         for s in 0..n {
             let (bs, cs) = (b[t * n + s], c[t * n + s]);
+            let a_s = a[s].0;
             let mut arg = [0.0; W];
             for k in 0..W {
-                arg[k] = dv[k] * a[s][k];
+                arg[k] = dv[k] * a_s[k];
             }
             let da = exp_lanes(&arg);
-            let hs = &mut h[s];
+            let mut hs = h[s].0; // a local copy: nothing for the vectorizer to alias
             for k in 0..W {
                 hs[k] = da[k] * hs[k] + dx[k] * bs;
                 acc[k] += hs[k] * cs;
             }
-            if let Some(keep) = keep.as_deref_mut() {
-                keep[t * n + s] = *hs;
+            h[s] = Lanes(hs);
+            if let Some((kh, kd)) = keep.as_mut() {
+                kh[t * n + s] = Lanes(hs);
+                kd[t * n + s] = Lanes(da);
             }
         }
         if let Some(y) = y.as_deref_mut() {
@@ -151,29 +183,58 @@ struct RowGrads<'a> {
     d: &'a mut [f32],     // [d_inner]: this row's share
 }
 
-/// Backward of one batch row, block by block (fixed order); `hs [seq·N]`, `h`, `g [N]` scratch.
+/// Scratch of one thread's backward.
+struct Scratch {
+    hs: Vec<Lanes>,      // [seq·N]: h_t of the current block
+    das: Vec<Lanes>,     // [seq·N]: exp(Δ_t A) of the current block
+    h: Vec<Lanes>,       // [N]
+    g: Vec<Lanes>,       // [N]: ∂L/∂h_t
+    ga: Vec<Lanes>,      // [N]: ∂A of the current block
+    cb: Vec<[Lanes; 2]>, // [seq·N]: per-lane sums over blocks of (∂C, ∂B) terms
+}
+
+impl Scratch {
+    fn new(dims: ScanDims) -> Self {
+        let (tn, n) = (dims.seq * dims.n, dims.n);
+        Scratch {
+            hs: vec![Lanes::ZERO; tn],
+            das: vec![Lanes::ZERO; tn],
+            h: vec![Lanes::ZERO; n],
+            g: vec![Lanes::ZERO; n],
+            ga: vec![Lanes::ZERO; n],
+            cb: vec![[Lanes::ZERO; 2]; tn],
+        }
+    }
+}
+
+/// Backward of one batch row, block by block (fixed order). The `∂B`/`∂C` terms are summed per
+/// lane over the blocks, then over the lanes once per `(t, n)`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn backward_row(
     dims: ScanDims,
     blocked: &Blocked,
     inp: [&[f32]; 5], // x, delta [seq, d_inner]; b, c [seq, n]; dy [seq, d_inner]
     out: RowGrads,
-    hs: &mut [Lanes],
-    h: &mut [Lanes],
-    g: &mut [Lanes],
+    sc: &mut Scratch,
 ) {
     let [x, delta, b, c, dy] = inp;
     let (t_len, di, n) = (dims.seq, dims.d_inner, dims.n);
-    out.b.fill(0.0);
-    out.c.fill(0.0);
+    let Scratch {
+        hs,
+        das,
+        h,
+        g,
+        ga,
+        cb,
+    } = sc;
+    cb.fill([Lanes::ZERO; 2]);
     for blk in 0..di.div_ceil(W) {
         let (i0, w) = (blk * W, W.min(di - blk * W));
-        forward_row(dims, blocked, x, delta, b, c, blk, None, Some(hs), h);
+        forward_row(dims, blocked, x, delta, b, c, blk, None, Some((hs, das)), h);
+        ga.fill(Lanes::ZERO);
         let a = &blocked.a[blk * n..(blk + 1) * n];
         let dd = &blocked.d[blk];
-        g.fill([0.0; W]);
-        let mut ga = vec![[0.0f32; W]; n];
+        g.fill(Lanes::ZERO);
         let mut gd = [0.0; W];
         for t in (0..t_len).rev() {
             let xv = load(x, t, di, i0, w);
@@ -187,27 +248,28 @@ fn backward_row(
             let (mut gdx, mut gdl) = ([0.0; W], [0.0; W]);
             for s in 0..n {
                 let (bs, cs) = (b[t * n + s], c[t * n + s]);
-                let ht = &hs[t * n + s];
-                let hp = if t > 0 { hs[(t - 1) * n + s] } else { [0.0; W] };
-                let mut arg = [0.0; W];
-                for k in 0..W {
-                    arg[k] = dv[k] * a[s][k];
-                }
-                let da = exp_lanes(&arg);
-                let gs = &mut g[s];
-                let (mut pc, mut pb) = ([0.0; W], [0.0; W]);
+                // Values in locals, written back after the lane loop: no aliasing for the
+                // vectorizer to prove.
+                let (ht, da, a_s) = (hs[t * n + s].0, das[t * n + s].0, a[s].0);
+                let hp = if t > 0 {
+                    hs[(t - 1) * n + s].0
+                } else {
+                    [0.0; W]
+                };
+                let (mut gs, mut gas) = (g[s].0, ga[s].0);
+                let [Lanes(mut pc), Lanes(mut pb)] = cb[t * n + s];
                 for k in 0..W {
                     let gk = gs[k] + dyv[k] * cs;
-                    pc[k] = dyv[k] * ht[k];
-                    pb[k] = gk * dx[k];
+                    pc[k] += dyv[k] * ht[k];
+                    pb[k] += gk * dx[k];
                     gdx[k] += gk * bs;
                     let q = gk * hp[k] * da[k];
-                    gdl[k] += q * a[s][k];
-                    ga[s][k] += q * dv[k];
+                    gdl[k] += q * a_s[k];
+                    gas[k] += q * dv[k];
                     gs[k] = gk * da[k];
                 }
-                out.c[t * n + s] += hsum(&pc);
-                out.b[t * n + s] += hsum(&pb);
+                (g[s], ga[s]) = (Lanes(gs), Lanes(gas));
+                cb[t * n + s] = [Lanes(pc), Lanes(pb)];
             }
             for k in 0..w {
                 out.x[t * di + i0 + k] = gdx[k] * dv[k] + dyv[k] * dd[k];
@@ -215,11 +277,15 @@ fn backward_row(
             }
         }
         for k in 0..w {
-            for s in 0..n {
-                out.a[(i0 + k) * n + s] = ga[s][k];
+            for (s, gas) in ga.iter().enumerate() {
+                out.a[(i0 + k) * n + s] = gas[k];
             }
             out.d[i0 + k] = gd[k];
         }
+    }
+    for (j, [pc, pb]) in cb.iter().enumerate() {
+        out.c[j] = hsum(pc);
+        out.b[j] = hsum(pb);
     }
 }
 
@@ -233,7 +299,7 @@ pub(crate) fn forward_rows(
     y: &mut [f32],
 ) {
     let (td, tn) = (dims.seq * dims.d_inner, dims.seq * dims.n);
-    let mut h = vec![[0.0; W]; dims.n];
+    let mut h = vec![Lanes::ZERO; dims.n];
     for (r, yr) in y.chunks_mut(td).enumerate() {
         let row = row0 + r;
         let (x, delta) = (&inp.x[row * td..][..td], &inp.delta[row * td..][..td]);
@@ -266,8 +332,7 @@ pub(crate) fn backward_rows(
 ) {
     let (td, tn) = (dims.seq * dims.d_inner, dims.seq * dims.n);
     let (an, di) = (dims.d_inner * dims.n, dims.d_inner);
-    let mut hs = vec![[0.0; W]; dims.seq * dims.n];
-    let (mut h, mut g) = (vec![[0.0; W]; dims.n], vec![[0.0; W]; dims.n]);
+    let mut scratch = Scratch::new(dims);
     let rows = ch.x.len() / td.max(1);
     let mut outs =
         ch.x.chunks_mut(td)
@@ -292,7 +357,7 @@ pub(crate) fn backward_rows(
             a,
             d,
         };
-        backward_row(dims, blocked, ins, out, &mut hs, &mut h, &mut g);
+        backward_row(dims, blocked, ins, out, &mut scratch);
     }
 }
 
