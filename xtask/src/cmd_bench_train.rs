@@ -27,7 +27,7 @@ pub struct BenchTrainArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "flex:sequential,flex:chunked16,ndarray:chunked16"
+        default_value = "flex:sequential,flex:fused,flex:chunked16,ndarray:chunked16"
     )]
     pub variants: Vec<String>,
     /// Also time the parts of a step (forward, backward, optimizer) and the scan alone

@@ -192,3 +192,26 @@ fn model_gradients_with_fused_scan_match_sequential() {
         assert!(e <= BOUND, "model tensor {k}: relative error {e}");
     }
 }
+
+#[test]
+fn fused_scan_matches_sequential_with_gradient_checkpointing() {
+    let device = CpuBackend::Flex.autodiff_device().gradient_checkpointing();
+    let errs = compare([2, 40, 17, 16], 9, &device);
+    for (k, e) in errs.iter().enumerate() {
+        assert!(
+            *e <= BOUND,
+            "{}: relative error {e} (balanced checkpointing)",
+            NAMES[k]
+        );
+    }
+}
+
+#[test]
+fn scan_setting_fused_parses() {
+    let m: ScanMode = serde_json::from_str("\"fused\"").unwrap();
+    assert_eq!(m, ScanMode::Fused);
+    assert_eq!(
+        serde_json::to_string(&ScanMode::Fused).unwrap(),
+        "\"fused\""
+    );
+}

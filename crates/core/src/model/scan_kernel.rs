@@ -3,20 +3,21 @@
 //! Recurrence (shapes as in [`super::ssm_scan`]), for every batch row `b` and channel `i`:
 //! `h_t = exp(Δ_t·A) ⊙ h_{t−1} + (Δ_t·x_t) B_t` (`h [N]`), `y_t = h_t·C_t + D·x_t`.
 //!
-//! Layout: channels are processed in blocks of [`W`] lanes (`[f32; W]` arrays, zero-padded past
-//! `d_inner`), so every inner loop is an elementwise loop over `W` lanes that the compiler
+//! Layout: channels are processed in blocks of [`W`] lanes (64-byte aligned `[f32; W]` arrays,
+//! zero-padded past `d_inner`; padded lanes contribute exact zeros), so every inner loop is an elementwise loop over `W` lanes that the compiler
 //! vectorizes; `exp` is a branch-free polynomial ([`exp_lanes`]) so it vectorizes too. The same
 //! code is compiled three times — baseline, AVX2 and AVX-512 — and picked at run time; it uses
 //! only IEEE add/mul/sub/compare/bit operations (no fused multiply-add, which Rust never forms
 //! implicitly), so every path gives the same bits.
 //!
-//! Backward: per (batch row, channel block) the forward is recomputed into a `[seq, N, W]` buffer
-//! (`h_t` for every `t`; nothing but the inputs is kept between forward and backward), then time
-//! runs in reverse with `g_t = ∂L/∂h_t`:
+//! Backward: per (batch row, channel block) the forward is recomputed into two `[seq, N, W]`
+//! buffers (`h_t` and `exp(Δ_t A)` for every `t`; nothing but the inputs is kept between forward
+//! and backward), then time runs in reverse with `g_t = ∂L/∂h_t`:
 //! `g_t = dy_t C_t + exp(Δ_{t+1}A) ⊙ g_{t+1}`;
 //! `∂C_t += Σ_i dy_t h_t`, `∂B_t += Σ_i g_t Δ_t x_t`, `∂(Δx)_t = g_t·B_t`;
 //! with `q = g_t ⊙ h_{t−1} ⊙ exp(Δ_t A)`: `∂Δ_t += q·A`, `∂A += q Δ_t`; `∂D += dy_t x_t`,
-//! `∂x_t += dy_t D`.
+//! `∂x_t += dy_t D`. The sums over channels (`∂B`, `∂C`) are taken per lane over the blocks, then
+//! over the lanes in a fixed pairwise order.
 //!
 //! Threads: batch rows are split into contiguous ranges, one per thread. Everything a batch row
 //! produces is computed by one thread in a fixed order; the sums over the batch (`∂A`, `∂D`) go

@@ -312,13 +312,20 @@ pub(crate) fn forward_rows(
 
 /// Per-thread output chunks of the backward (rows `row0..row0 + rows`).
 pub(crate) struct Chunk<'a> {
+    /// First batch row of the chunk.
     pub(crate) row0: usize,
+    /// `∂x [rows, seq, d_inner]`.
     pub(crate) x: &'a mut [f32],
+    /// `∂Δ [rows, seq, d_inner]`.
     pub(crate) delta: &'a mut [f32],
+    /// `∂B [rows, seq, n]`.
     pub(crate) b: &'a mut [f32],
+    /// `∂C [rows, seq, n]`.
     pub(crate) c: &'a mut [f32],
-    pub(crate) a: &'a mut [f32], // [rows, d_inner, n] partials
-    pub(crate) d: &'a mut [f32], // [rows, d_inner] partials
+    /// Per-row shares of `∂A [rows, d_inner, n]`.
+    pub(crate) a: &'a mut [f32],
+    /// Per-row shares of `∂D [rows, d_inner]`.
+    pub(crate) d: &'a mut [f32],
 }
 
 /// Backward of the rows of `ch`.
@@ -363,11 +370,13 @@ pub(crate) fn backward_rows(
 
 macro_rules! isa_variants {
     ($generic:ident, $avx2:ident, $avx512:ident, ($($arg:ident: $ty:ty),*)) => {
+        /// The generic kernel compiled for AVX2 (call only where the CPU has it).
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
         pub(crate) fn $avx2($($arg: $ty),*) {
             $generic($($arg),*)
         }
+        /// The generic kernel compiled for AVX-512F (call only where the CPU has it).
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
         pub(crate) fn $avx512($($arg: $ty),*) {

@@ -1,4 +1,5 @@
-//! The selective scan of the SSM mixer, two equivalent formulations for training in burn.
+//! The selective scan of the SSM mixer, two equivalent formulations built from burn ops (a third,
+//! fused one with a hand-written backward, is [`super::scan_op::scan_fused`]).
 //!
 //! With `ΔA_t = Δ_t ⊙ A` (≤ 0) and `u_t = (Δ_t ⊙ x_t) ⊗ B_t`, the recurrence is
 //! `h_t = exp(ΔA_t) ⊙ h_{t−1} + u_t`, `y_t = h_t · C_t + D ⊙ x_t`.
