@@ -18,17 +18,17 @@ mod ops;
 #[cfg(feature = "burn")]
 pub mod scan_bench;
 #[cfg(feature = "burn")]
-pub mod ssm_moe;
-#[cfg(feature = "burn")]
-mod ssm_moe_io;
-#[cfg(feature = "burn")]
-pub mod ssm_moe_step;
-#[cfg(feature = "burn")]
 pub mod scan_kernel;
 #[cfg(feature = "burn")]
 pub mod scan_op;
 #[cfg(feature = "burn")]
 mod scan_rows;
+#[cfg(feature = "burn")]
+pub mod ssm_moe;
+#[cfg(feature = "burn")]
+mod ssm_moe_io;
+#[cfg(feature = "burn")]
+pub mod ssm_moe_step;
 #[cfg(feature = "burn")]
 pub mod ssm_scan;
 
