@@ -24,7 +24,7 @@ impl Net {
     pub fn build(config: &ModelConfig, w: &Weights, device: &Device) -> Result<Self> {
         Ok(match config {
             ModelConfig::SsmMoe(c) => {
-                Net::SsmMoe(SsmMoe::from_weights(c, w, device, ScanMode::Sequential)?)
+                Net::SsmMoe(SsmMoe::from_weights(c, w, device, ScanMode::Fused)?)
             }
             ModelConfig::Llama(c) => Net::Llama(Llama::from_weights(c, w, device)?),
         })

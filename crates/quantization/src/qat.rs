@@ -389,7 +389,7 @@ fn family_net(ckpt: &Checkpoint, w: &Weights, plan: QatPlan, device: &Device) ->
         ModelConfig::Llama(c) => QatNet::new(Some(Llama::from_weights(c, w, device)?), None, plan),
         ModelConfig::SsmMoe(c) => QatNet::new(
             None,
-            Some(SsmMoe::from_weights(c, w, device, ScanMode::Sequential)?),
+            Some(SsmMoe::from_weights(c, w, device, ScanMode::Fused)?),
             plan,
         ),
     }
