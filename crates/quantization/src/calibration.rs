@@ -136,10 +136,7 @@ pub fn calibration_windows(
     stories: &[String],
     window: usize,
 ) -> Vec<Vec<u32>> {
-    let stream: Vec<u32> = stories
-        .iter()
-        .flat_map(|s| tokenizer.encode(s, true, false))
-        .collect();
+    let stream = squish_core::data::story_tokens(tokenizer, stories);
     let bos = tokenizer.bos_id();
     stream
         .chunks(window.max(2))
