@@ -15,6 +15,8 @@
 //!
 //! * [`runtime::Runtime`]: the native inference runtime for both model families
 //!   (Llama, SsmMoe) built on these kernels.
+//! * [`measure`]: what every squish stage reports on its checkpoint, measured the same way on
+//!   the runtime (file bytes, parameters, `llama-cpp` perplexity, a greedy sample).
 //!
 //! No hot call allocates once its [`Scratch`] is large enough
 //! ([`Scratch::for_weight`]).
@@ -32,6 +34,7 @@ pub mod dispatch;
 mod error;
 mod interleave;
 mod matmul;
+pub mod measure;
 mod ops;
 mod pack;
 pub mod runtime;
