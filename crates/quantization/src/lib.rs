@@ -33,6 +33,7 @@ pub mod qat_net;
 pub mod report;
 pub mod rtn;
 pub mod spec;
+pub mod stage;
 
 pub use awq::AwqConfig;
 pub use calibration::{Calibration, TensorStats, calibration_windows};
@@ -42,6 +43,9 @@ pub use pipeline::{QuantConfig, SmallFormat, quantize_checkpoint};
 pub use qat::{QatConfig, QatData, QatInit, QatScales, QatSummary, qat_checkpoint};
 pub use report::QuantReport;
 pub use spec::{Method, QuantFormat, QuantSpec, Quantizer};
+pub use stage::{
+    QatSettings, QuantEvent, QuantMethod, QuantSettings, StageInput, StageOutput, calibrate, run,
+};
 
 use squish_core::quant::QTensor;
 use squish_core::{Error, Result};

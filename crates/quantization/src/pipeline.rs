@@ -83,8 +83,9 @@ fn is_embedding(name: &str) -> bool {
     name == "tok_embeddings.weight" || name == "output.weight"
 }
 
-/// Quantizes every selected tensor of `ckpt` (see [`QuantConfig`]); `calib` is required by GPTQ
-/// and AWQ and, when given, weights the MSE search and yields the layer-output errors.
+/// Quantizes every selected tensor of `ckpt` (see [`QuantConfig`]; a row narrower than the group
+/// gets one group per row, [`QuantFormat::fitted`]); `calib` is required by GPTQ and AWQ and, when
+/// given, weights the MSE search and yields the layer-output errors.
 /// Returns the new checkpoint (provenance stage `int4_native` / `int8`, parent sha256 of the
 /// input's serialized bytes) and the report (its table row is filled by
 /// [`QuantReport::finish_row`] once the file is written).
@@ -144,8 +145,9 @@ pub fn quantize_checkpoint(
         }
         let (rows, cols) = (t.shape[0], t.shape[1]);
         let st = stats.as_ref().and_then(|s| s.get(name));
+        // A row narrower than the group gets one group per row (`QuantFormat::fitted`).
         let spec = QuantSpec {
-            format: cfg.format,
+            format: cfg.format.fitted(cols),
             method: cfg.method.clone(),
         };
         let w = t.to_f32(); // [rows, cols]

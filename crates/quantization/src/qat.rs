@@ -285,20 +285,14 @@ pub fn build_plan(
             && is_linear_weight(name)
             && (cfg.quant.quantize_embedding || !is_emb)
             && !cfg.quant.keep.iter().any(|k| name.contains(k.as_str()));
+        // The default format fits itself to the row (`QuantFormat::fitted`: one group per row
+        // where the group is wider, e.g. SsmMoe `dt_proj`); an explicit override must fit.
         let fmt = match cfg.per_tensor.get(name) {
             Some(f) => *f,
-            None => default_q.then_some(cfg.quant.format),
+            None => default_q.then(|| cfg.quant.format.fitted(t.shape[1])),
         };
         let target = match fmt {
             None => small.clone(),
-            // The default format on a row narrower than its group (SsmMoe `dt_proj`, 4 wide)
-            // falls back to one group per row; an explicit override must fit.
-            Some(f)
-                if !cfg.per_tensor.contains_key(name)
-                    && f.group.is_some_and(|g| g > t.shape[1]) =>
-            {
-                TensorTarget::Quant(QuantFormat { group: None, ..f })
-            }
             Some(f) => {
                 let [_, cols] = t.shape[..] else {
                     return Err(Error::tensor(

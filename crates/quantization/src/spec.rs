@@ -47,6 +47,21 @@ impl QuantFormat {
         }
     }
 
+    /// The format a row of `cols` values gets where this is the *default* format of a
+    /// whole-checkpoint run: itself, or one group per row when its group is wider than the row
+    /// (SsmMoe `dt_proj`, `[d_inner, dt_rank]`; pruned `out_proj` / expert `w2` rows). The one rule
+    /// for narrow rows: [`crate::quantize_checkpoint`] and QAT's plan ([`crate::qat::build_plan`])
+    /// apply it; a format asked for explicitly (per tensor, [`crate::quantize_tensor`]) must fit.
+    pub fn fitted(&self, cols: usize) -> QuantFormat {
+        match self.group {
+            Some(g) if g > cols => QuantFormat {
+                group: None,
+                ..*self
+            },
+            _ => *self,
+        }
+    }
+
     /// Smallest and largest integer level: sym INT4 `[−8, 7]`, sym INT8 `[−127, 127]`,
     /// asym `[0, 15]` / `[0, 255]` (the values [`QTensor::from_levels`] accepts).
     pub fn level_range(&self) -> (i32, i32) {

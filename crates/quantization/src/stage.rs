@@ -1,0 +1,485 @@
+//! The quantization stage as the pipeline runs it: [`QuantSettings`] (the TOML table
+//! `[stages.<name>.quant]` deserializes into it; `cargo xtask quantize` maps its flags onto it) →
+//! calibration where the method needs it → post-training quantization
+//! ([`crate::quantize_checkpoint`]) or QAT ([`crate::qat_checkpoint`]) → [`StageOutput`].
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use squish_core::checkpoint::Checkpoint;
+use squish_core::model::CpuBackend;
+use squish_core::train::{TrainConfig, TrainPoint};
+use squish_core::{Error, Result};
+
+use crate::awq::AwqConfig;
+use crate::calibration::Calibration;
+use crate::gptq::GptqConfig;
+use crate::mse::MseConfig;
+use crate::pipeline::{QuantConfig, SmallFormat, quantize_checkpoint};
+use crate::qat::{QatConfig, QatData, QatInit, QatScales, qat_checkpoint};
+use crate::report::QuantReport;
+use crate::spec::{Method, QuantFormat};
+
+/// How the stage chooses the codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantMethod {
+    /// Round-to-nearest, min-max scales.
+    Rtn,
+    /// Per-group clipping search ([`QuantSettings::mse`]).
+    Mse,
+    /// GPTQ ([`QuantSettings::gptq`]; the default).
+    #[default]
+    Gptq,
+    /// Quantization-aware training ([`QuantSettings::qat`]).
+    Qat,
+}
+
+impl QuantMethod {
+    /// `rtn`, `mse`, `gptq` or `qat`.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantMethod::Rtn => "rtn",
+            QuantMethod::Mse => "mse",
+            QuantMethod::Gptq => "gptq",
+            QuantMethod::Qat => "qat",
+        }
+    }
+
+    /// Parses [`QuantMethod::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "rtn" => Ok(QuantMethod::Rtn),
+            "mse" => Ok(QuantMethod::Mse),
+            "gptq" => Ok(QuantMethod::Gptq),
+            "qat" => Ok(QuantMethod::Qat),
+            other => Err(Error::invalid(format!(
+                "quantization method `{other}`: expected rtn, mse, gptq or qat"
+            ))),
+        }
+    }
+}
+
+/// The stage's settings: `[stages.<name>.quant]` of a pipeline config (also `[stages.pruned.int4]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantSettings {
+    /// 4 or 8.
+    #[serde(default = "default_bits")]
+    pub bits: u32,
+    /// Group size along the input dimension; 0 = one group per row. Rows narrower than the group
+    /// get one group per row ([`QuantFormat::fitted`]).
+    #[serde(default = "default_group")]
+    pub group: usize,
+    /// Asymmetric (zero points).
+    #[serde(default)]
+    pub asym: bool,
+    /// `rtn`, `mse`, `gptq` (post-training) or `qat`.
+    #[serde(default)]
+    pub method: QuantMethod,
+    /// Quantize the embedding / classifier too.
+    #[serde(default = "default_true")]
+    pub quantize_embedding: bool,
+    /// Storage of the small tensors (norms, SSM A_log/D/conv/dt bias): `f32` or `f16`.
+    #[serde(default)]
+    pub small: SmallFormat,
+    /// AWQ scaling before post-training quantization (needs calibration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awq: Option<AwqConfig>,
+    /// GPTQ parameters (`method = "gptq"`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gptq: GptqConfig,
+    /// Clipping-search parameters (`method = "mse"`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mse: MseConfig,
+    /// QAT fine-tuning (`[...quant.qat]`), required by `method = "qat"` and read by it only.
+    #[serde(default)]
+    pub qat: Option<QatSettings>,
+}
+
+/// Quantization-aware training: fake-quant + straight-through estimator, distillation from the
+/// F32 model, export on the same grid ([`crate::qat_checkpoint`]). Also the mixed-precision
+/// stage's QAT of its chosen mix (`[stages.mixed_precision.qat]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QatSettings {
+    /// Training (`distill_alpha = 1.0` = pure KL to the F32 teacher).
+    pub train: TrainConfig,
+    /// Latent starting point: `f32`, `rtn`, `mse`, `gptq`.
+    #[serde(default)]
+    pub init: QatInit,
+    /// Scale rule at every step and at export.
+    #[serde(default)]
+    pub scales: QatScales,
+}
+
+fn default_bits() -> u32 {
+    4
+}
+fn default_group() -> usize {
+    32
+}
+fn default_true() -> bool {
+    true
+}
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl QatSettings {
+    /// Whether QAT needs calibration statistics: GPTQ-initialised latents, or scales chosen by
+    /// the (activation-weighted) clipping search.
+    pub fn needs_calibration(&self) -> bool {
+        self.init == QatInit::Gptq
+            || matches!(self.scales, QatScales::Mse(_) | QatScales::Learned(_))
+    }
+
+    /// The QAT configuration of these settings: `quant` gives the default format and tensor
+    /// selection, `per_tensor` the overrides; the backend comes from `SQUISH_BACKEND`.
+    pub fn config(
+        &self,
+        quant: QuantConfig,
+        per_tensor: BTreeMap<String, Option<QuantFormat>>,
+    ) -> Result<QatConfig> {
+        Ok(QatConfig {
+            quant,
+            per_tensor,
+            train: self.train.clone(),
+            init: self.init,
+            scales: self.scales.clone(),
+            backend: CpuBackend::from_env()?,
+        })
+    }
+}
+
+impl QuantSettings {
+    /// The target format (`group = 0` = per row).
+    pub fn format(&self) -> Result<QuantFormat> {
+        QuantFormat::new(self.bits, (self.group > 0).then_some(self.group), self.asym)
+    }
+
+    /// The whole-checkpoint configuration these settings describe. For `qat` the method is
+    /// recorded as GPTQ with [`QuantSettings::gptq`] (QAT chooses its grid by `qat.scales`; the
+    /// method only enters the configuration hash of the export).
+    pub fn quant_config(&self) -> Result<QuantConfig> {
+        let method = match self.method {
+            QuantMethod::Rtn => Method::Rtn,
+            QuantMethod::Mse => Method::Mse(self.mse.clone()),
+            QuantMethod::Gptq | QuantMethod::Qat => Method::Gptq(self.gptq.clone()),
+        };
+        let mut c = QuantConfig::new(self.format()?, method);
+        if self.method != QuantMethod::Qat {
+            c.awq = self.awq.clone();
+        }
+        c.quantize_embedding = self.quantize_embedding;
+        c.small = self.small;
+        Ok(c)
+    }
+
+    /// The QAT table, checked against the method: required by `qat`, refused otherwise (it would
+    /// be silently ignored). `None` for post-training methods.
+    pub fn qat_settings(&self) -> Result<Option<&QatSettings>> {
+        match (self.method, &self.qat) {
+            (QuantMethod::Qat, Some(q)) => Ok(Some(q)),
+            (QuantMethod::Qat, None) => Err(Error::invalid(
+                "method = \"qat\" needs a [..quant.qat] table with its training settings",
+            )),
+            (_, Some(_)) => Err(Error::invalid(format!(
+                "a [..quant.qat] table is read only with method = \"qat\", not \"{}\"",
+                self.method.name()
+            ))),
+            (_, None) => Ok(None),
+        }
+    }
+
+    /// Whether the stage needs calibration statistics: GPTQ, weighted MSE, AWQ, or QAT per
+    /// [`QatSettings::needs_calibration`].
+    pub fn needs_calibration(&self) -> bool {
+        match self.method {
+            QuantMethod::Gptq => true,
+            QuantMethod::Mse => self.mse.weighted || self.awq.is_some(),
+            QuantMethod::Rtn => self.awq.is_some(),
+            QuantMethod::Qat => self
+                .qat
+                .as_ref()
+                .is_some_and(QatSettings::needs_calibration),
+        }
+    }
+}
+
+/// What a compression stage reads: the F32 checkpoint and the corpus tokenized by its tokenizer
+/// (every story BOS-first, as the pipeline prepares them).
+#[derive(Debug, Clone, Copy)]
+pub struct StageInput<'a> {
+    /// The F32 checkpoint.
+    pub ckpt: &'a Checkpoint,
+    /// Calibration windows (BOS first).
+    pub calib: &'a [Vec<u32>],
+    /// Training stream (QAT).
+    pub train: &'a [u32],
+    /// Validation stream (QAT's validation).
+    pub valid: &'a [u32],
+    /// The BOS id.
+    pub bos: u32,
+}
+
+/// What the stage returns: the quantized checkpoint and its report (the report's table row is
+/// filled by [`QuantReport::finish_row`] once the file is written and measured).
+#[derive(Debug, Clone)]
+pub struct StageOutput {
+    /// The packed checkpoint (provenance stage `int4_native` / `int8`).
+    pub checkpoint: Checkpoint,
+    /// What was done, per tensor.
+    pub report: QuantReport,
+}
+
+/// Progress of [`run`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum QuantEvent {
+    /// Calibration statistics collected.
+    Calibrated {
+        /// Windows run through the F32 model.
+        windows: usize,
+        /// Tokens in them.
+        tokens: usize,
+        /// Wall seconds.
+        seconds: f64,
+    },
+    /// One QAT training step.
+    Train(TrainPoint),
+}
+
+/// Calibration statistics of the F32 `ckpt` on `windows`, on the backend `SQUISH_BACKEND` names
+/// (flex by default); `on_event` sees [`QuantEvent::Calibrated`].
+pub fn calibrate(
+    ckpt: &Checkpoint,
+    windows: &[Vec<u32>],
+    on_event: &mut dyn FnMut(&QuantEvent),
+) -> Result<Calibration> {
+    let t0 = Instant::now();
+    let c = Calibration::collect(ckpt, windows, &CpuBackend::from_env()?.device())?;
+    on_event(&QuantEvent::Calibrated {
+        windows: c.windows,
+        tokens: c.tokens,
+        seconds: t0.elapsed().as_secs_f64(),
+    });
+    Ok(c)
+}
+
+/// Runs the stage: quantizes `input.ckpt` as `settings` say. Calibrates on `input.calib` when
+/// [`QuantSettings::needs_calibration`]; QAT trains on `input.train` and validates on
+/// `input.valid`. Errors: invalid settings, a quantized input, a method without what it needs.
+pub fn run(
+    input: &StageInput,
+    settings: &QuantSettings,
+    on_event: &mut dyn FnMut(&QuantEvent),
+) -> Result<StageOutput> {
+    let quant = settings.quant_config()?;
+    let qat = settings.qat_settings()?;
+    let calib = if settings.needs_calibration() {
+        Some(calibrate(input.ckpt, input.calib, on_event)?)
+    } else {
+        None
+    };
+    let (checkpoint, report) = match qat {
+        None => quantize_checkpoint(input.ckpt, &quant, calib.as_ref())?,
+        Some(q) => {
+            let cfg = q.config(quant, BTreeMap::new())?;
+            let data = QatData {
+                train: input.train,
+                valid: input.valid,
+                bos: input.bos,
+            };
+            qat_checkpoint(input.ckpt, &cfg, &data, calib.as_ref(), &mut |p| {
+                on_event(&QuantEvent::Train(p.clone()))
+            })?
+        }
+    };
+    Ok(StageOutput { checkpoint, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squish_core::checkpoint::TensorData;
+    use squish_core::config::{ModelConfig, SsmMoeConfig};
+    use squish_core::model::ssm_moe_weights::init_weights;
+
+    /// configs/phase7.toml's `[stages.int4_native.quant]`.
+    const PHASE7: &str = r#"
+bits = 4
+group = 64
+method = "qat"
+small = "f16"
+[qat]
+init = "mse"
+[qat.train]
+steps = 200
+batch_size = 8
+seq_len = 512
+lr = 1e-3
+min_lr = 1e-4
+warmup_steps = 8
+weight_decay = 0.0
+distill_alpha = 1.0
+eval_chunks = 8
+seed = 1
+"#;
+
+    fn tiny() -> Checkpoint {
+        let c = SsmMoeConfig {
+            d_model: 16,
+            n_layers: 1,
+            vocab_size: 32,
+            seq_len: 64,
+            d_inner: 32,
+            d_state: 4,
+            d_conv: 4,
+            dt_rank: 2,
+            n_experts: 2,
+            top_k: 1,
+            expert_hidden: 16,
+            norm_eps: 1e-5,
+        };
+        Checkpoint {
+            config: ModelConfig::SsmMoe(c.clone()),
+            weights: init_weights(&c, 3).unwrap(),
+            provenance: Default::default(),
+            metrics: Default::default(),
+            tokenizer: None,
+        }
+    }
+
+    fn tokens() -> Vec<u32> {
+        (0..2048u32).map(|i| 1 + (i * 7 + i / 5) % 31).collect()
+    }
+
+    #[test]
+    fn phase7_table_parses_and_keeps_its_serialization() {
+        let s: QuantSettings = toml::from_str(PHASE7).unwrap();
+        assert_eq!(s.method, QuantMethod::Qat);
+        assert_eq!(s.small, SmallFormat::F16);
+        assert_eq!(s.gptq, GptqConfig::default());
+        assert!(
+            s.needs_calibration(),
+            "mse scales are weighted by calibration"
+        );
+        // The QAT export's config hash records GPTQ with default parameters, as it always has.
+        assert_eq!(
+            s.quant_config().unwrap().method,
+            Method::Gptq(GptqConfig::default())
+        );
+        // Defaults are not written out: the settings serialize as they did before the fields
+        // for the command line's GPTQ/MSE/AWQ flags existed.
+        let v = serde_json::to_value(&s).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "asym",
+                "bits",
+                "group",
+                "method",
+                "qat",
+                "quantize_embedding",
+                "small"
+            ]
+        );
+        assert_eq!(v["method"], "qat");
+        assert_eq!(serde_json::from_value::<QuantSettings>(v).unwrap(), s);
+        assert!(toml::from_str::<QuantSettings>("bits = 4\nmethod = \"awq\"").is_err());
+        assert!(toml::from_str::<QuantSettings>("bits = 4\ngroupp = 3").is_err());
+    }
+
+    #[test]
+    fn the_qat_table_goes_with_the_qat_method_only() {
+        let mut s: QuantSettings = toml::from_str(PHASE7).unwrap();
+        s.method = QuantMethod::Gptq;
+        let e = s.qat_settings().unwrap_err().to_string();
+        assert!(e.contains("only with method = \"qat\""), "{e}");
+        s.method = QuantMethod::Qat;
+        s.qat = None;
+        let e = s.qat_settings().unwrap_err().to_string();
+        assert!(e.contains("needs a [..quant.qat] table"), "{e}");
+        let rtn: QuantSettings = toml::from_str("method = \"rtn\"").unwrap();
+        assert!(!rtn.needs_calibration());
+        assert!(rtn.qat_settings().unwrap().is_none());
+        assert_eq!(QuantMethod::parse("mse").unwrap(), QuantMethod::Mse);
+        assert!(QuantMethod::parse("awq").is_err());
+    }
+
+    /// GPTQ g32 on a model whose `dt_proj` rows are 2 wide: every linear weight is quantized,
+    /// the narrow ones with one group per row, and the report lists them as quantized.
+    #[test]
+    fn ptq_quantizes_narrow_rows_per_row_and_calibrates_once() {
+        let ckpt = tiny();
+        let toks = tokens();
+        let calib: Vec<Vec<u32>> = toks.chunks(64).take(4).map(<[u32]>::to_vec).collect();
+        let input = StageInput {
+            ckpt: &ckpt,
+            calib: &calib,
+            train: &toks,
+            valid: &toks,
+            bos: 1,
+        };
+        let s: QuantSettings = toml::from_str("bits = 4\ngroup = 32\nmethod = \"gptq\"").unwrap();
+        let mut events = Vec::new();
+        let out = run(&input, &s, &mut |e| events.push(e.clone())).unwrap();
+        assert!(matches!(
+            events.as_slice(),
+            [QuantEvent::Calibrated {
+                windows: 4,
+                tokens: 256,
+                ..
+            }]
+        ));
+        let dt = "layers.0.ssm.dt_proj.weight";
+        match &out.checkpoint.weights.get(dt).unwrap().data {
+            TensorData::Quant(q) => assert_eq!((q.cols, q.group), (2, 2)),
+            other => panic!("{dt} not quantized: {other:?}"),
+        }
+        let row = out.report.tensors.iter().find(|t| t.name == dt).unwrap();
+        assert_eq!(row.group, 2);
+        assert!(row.rel_output_error.is_some());
+        assert!(out.report.kept.iter().all(|k| k.name != dt));
+        for (name, t) in out.checkpoint.weights.iter() {
+            if crate::pipeline::is_linear_weight(name) && t.shape.len() == 2 {
+                assert!(matches!(t.data, TensorData::Quant(_)), "{name} kept");
+            }
+        }
+    }
+
+    /// `method = "qat"` with minmax scales and F32 latents needs no calibration; every training
+    /// step reaches `on_event`, and the export says it is QAT.
+    #[test]
+    fn qat_reports_each_step() {
+        let ckpt = tiny();
+        let toks = tokens();
+        let input = StageInput {
+            ckpt: &ckpt,
+            calib: &[],
+            train: &toks,
+            valid: &toks[..512],
+            bos: 1,
+        };
+        let s: QuantSettings = toml::from_str(
+            "group = 16\nmethod = \"qat\"\n[qat]\ninit = \"f32\"\nscales = { kind = \"minmax\" }\n\
+             [qat.train]\nsteps = 3\nbatch_size = 2\nseq_len = 32\nlr = 1e-3\ndistill_alpha = 1.0\n\
+             eval_chunks = 1",
+        )
+        .unwrap();
+        assert!(!s.needs_calibration());
+        let mut steps = Vec::new();
+        let out = run(&input, &s, &mut |e| match e {
+            QuantEvent::Train(p) => steps.push(p.step),
+            other => panic!("unexpected {other:?}"),
+        })
+        .unwrap();
+        assert_eq!(steps, [1, 2, 3]);
+        assert_eq!(out.report.method, "qat");
+        assert_eq!(out.report.qat.as_ref().unwrap().steps, 3);
+        assert_eq!(out.checkpoint.provenance.details["method"], "qat");
+    }
+}
