@@ -8,9 +8,10 @@ use squish_core::{Error, Result};
 
 use crate::config::Budget;
 use crate::mix;
-use crate::pipeline::{Ctx, MixedEvent};
+use crate::pipeline::Ctx;
 use crate::report::SolveAttempt;
 use crate::solve::{Knapsack, Solution};
+use crate::stage::MixedEvent;
 
 fn attempt(ctx: &Ctx<'_>, s: &Solution, payload_budget: u64) -> Result<SolveAttempt> {
     let ck = ctx.build(&s.picks);

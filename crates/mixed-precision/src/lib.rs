@@ -37,9 +37,15 @@ pub mod pipeline;
 pub mod report;
 pub mod sensitivity;
 pub mod solve;
+pub mod stage;
 pub mod svg;
 
 pub use config::{Budget, CandidateFormat, MixedConfig, Objective, default_candidates};
-pub use pipeline::{MixedData, MixedEvent, mixed_checkpoint};
+pub use pipeline::mixed_checkpoint;
 pub use report::{FrontierPoint, MixedReport, PointKind, TensorChoice};
+pub use squish_quant::StageInput;
+pub use stage::{
+    MixedData, MixedEvent, MixedStageConfig, MixedStageReport, QAT_RESERVE_BYTES, StageOutput,
+    check_budget, qat_plan, run,
+};
 pub use svg::frontier_svg;

@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 
 use squish_core::checkpoint::{self, Checkpoint, Provenance, WeightTensor};
-use squish_core::eval::perplexity;
 use squish_core::{Error, Result};
-use squish_kernels::runtime::Runtime;
+use squish_kernels::measure::native_perplexity;
 use squish_quant::Calibration;
 use squish_quant::pipeline::is_linear_weight;
 
@@ -170,8 +169,7 @@ pub fn predicted(items: &[Item], picks: &[usize], objective: Objective) -> f64 {
 
 /// Perplexity of `ckpt` on the native runtime (llama-cpp protocol, context `ctx`).
 pub fn measure_ppl(ckpt: &Checkpoint, valid: &[u32], ctx: usize, bos: u32) -> Result<f64> {
-    let mut rt = Runtime::load(ckpt)?;
-    Ok(perplexity(&mut rt, valid, ctx, bos, 8, |_, _| {})?.ppl)
+    Ok(native_perplexity(ckpt, valid, ctx, bos, &mut |_, _| {})?.ppl)
 }
 
 /// The uniform assignment for `format`: quantizable items take it (F16, else their first option,

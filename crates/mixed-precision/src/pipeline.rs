@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use serde::Serialize;
 use squish_core::checkpoint::{self, Checkpoint, Provenance};
 use squish_core::{Error, Result, fsutil};
 use squish_quant::Calibration;
@@ -21,75 +20,7 @@ use crate::sensitivity::{
     windows_digest,
 };
 use crate::solve::{Knapsack, Solution};
-
-/// The token data the stage needs.
-#[derive(Debug, Clone, Copy)]
-pub struct MixedData<'a> {
-    /// Calibration windows (BOS first; the first `calib_windows` are used for sensitivities).
-    pub calib: &'a [Vec<u32>],
-    /// Tokens for the measured perplexity (llama-cpp chunks of `eval_ctx`); empty = no
-    /// measurement.
-    pub valid: &'a [u32],
-    /// BOS token id.
-    pub bos: u32,
-}
-
-/// Progress of [`mixed_checkpoint`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub enum MixedEvent {
-    /// Candidate variants built.
-    Variants {
-        /// Tensors the allocation decides.
-        tensors: usize,
-        /// (tensor, candidate) options.
-        options: usize,
-    },
-    /// Sensitivities read from the cache.
-    CacheHit {
-        /// The cache file.
-        path: PathBuf,
-    },
-    /// Sensitivities must be measured.
-    CacheMiss {
-        /// The cache file that will be written, if any.
-        path: Option<PathBuf>,
-    },
-    /// F32 reference computed.
-    Reference {
-        /// Windows.
-        windows: usize,
-        /// Scored positions.
-        positions: usize,
-        /// F32 loss (nats/token).
-        base_nats: f64,
-    },
-    /// One sensitivity measured.
-    Sensitivity {
-        /// Measurements done.
-        done: usize,
-        /// Measurements in total.
-        total: usize,
-        /// Tensor.
-        tensor: String,
-        /// Candidate label.
-        candidate: String,
-        /// Mean KL per token.
-        kl: f64,
-        /// Δnats per token.
-        dnats: f64,
-    },
-    /// A solve attempt.
-    Solved(SolveAttempt),
-    /// A perplexity measured.
-    Measured {
-        /// Point label.
-        label: String,
-        /// File bytes.
-        file_bytes: u64,
-        /// PPL.
-        ppl: f64,
-    },
-}
+use crate::stage::{MixedData, MixedEvent};
 
 /// Everything the solve and the measurements share.
 pub(crate) struct Ctx<'a> {
