@@ -1,23 +1,23 @@
-//! `cargo xtask mixed`: an F32 checkpoint → mixed-precision checkpoint (squish-mixed): per-tensor
-//! F16/INT8/INT4 from measured sensitivity under a byte, bits/param or ΔPPL budget.
+//! `cargo xtask mixed`: an F32 checkpoint → mixed-precision checkpoint by squish-mixed's stage
+//! ([`squish_mixed::run`], as the pipeline's `mixed_precision` without its QAT): the flags map
+//! onto [`MixedStageConfig`]; per-tensor F16/INT8/INT4 from measured sensitivity under a byte,
+//! bits/param or ΔPPL budget.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use squish_core::checkpoint;
 use squish_core::data::{
     DEFAULT_CALIBRATION_STORIES, EvalMode, EvalText, calibration_subset, locate_corpus_readonly,
     read_stories,
 };
-use squish_core::model::CpuBackend;
 use squish_core::tokenizer::Tokenizer;
 use squish_mixed::{
-    Budget, CandidateFormat, MixedConfig, MixedData, MixedEvent, Objective, frontier_svg,
-    mixed_checkpoint,
+    Budget, CandidateFormat, MixedConfig, MixedEvent, MixedStageConfig, Objective, StageInput,
+    check_budget, frontier_svg,
 };
-use squish_quant::{Calibration, calibration_windows};
+use squish_quant::{QuantEvent, calibration_windows};
 
-use crate::common::{load_checkpoint, place_tokenizer, progress_bar};
+use crate::common::{load_checkpoint, progress_bar, save_with_tokenizer};
 
 /// Arguments of `mixed`.
 #[derive(clap::Args, Debug, Clone)]
@@ -120,10 +120,12 @@ fn config(a: &MixedArgs, out_dir: &Path) -> Result<MixedConfig> {
 /// Entry point of `mixed`.
 pub fn run(a: &MixedArgs) -> Result<()> {
     let out_dir = a.out.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let cfg = config(a, &out_dir)?;
+    let cfg = MixedStageConfig {
+        mixed: config(a, &out_dir)?,
+        qat: None,
+    };
     let loaded = load_checkpoint(&a.checkpoint)?;
     let tok = &loaded.tokenizer;
-    let t0 = std::time::Instant::now();
     let path = match &a.calib {
         Some(p) => p.clone(),
         None => locate_corpus_readonly()
@@ -132,27 +134,16 @@ pub fn run(a: &MixedArgs) -> Result<()> {
     };
     let stories = read_stories(&path)?;
     let windows = calibration_windows(tok, &calibration_subset(&stories, a.calib_stories, 0), 256);
-    let stats = if cfg.gptq {
-        let device = CpuBackend::from_env()?.device();
-        let c = Calibration::collect(&loaded.ckpt, &windows, &device)?;
-        eprintln!(
-            "calibration: {} windows, {} tokens ({:.1} s)",
-            c.windows,
-            c.tokens,
-            t0.elapsed().as_secs_f64()
-        );
-        Some(c)
-    } else {
-        None
-    };
     let valid = match &a.eval {
         Some(p) => EvalText::load(p, EvalMode::Stories, None)
             .context("reading evaluation text")?
             .tokens(tok),
         None => Vec::new(),
     };
-    let data = MixedData {
+    let input = StageInput {
+        ckpt: &loaded.ckpt,
         calib: &windows,
+        train: &[],
         valid: &valid,
         bos: tok.bos_id(),
     };
@@ -163,6 +154,11 @@ pub fn run(a: &MixedArgs) -> Result<()> {
             pb.set_position(*done as u64);
         }
         MixedEvent::CacheHit { path } => eprintln!("sensitivities from {}", path.display()),
+        MixedEvent::Quant(QuantEvent::Calibrated {
+            windows,
+            tokens,
+            seconds,
+        }) => eprintln!("calibration: {windows} windows, {tokens} tokens ({seconds:.1} s)"),
         MixedEvent::Measured {
             label,
             file_bytes,
@@ -170,30 +166,15 @@ pub fn run(a: &MixedArgs) -> Result<()> {
         } => pb.println(format!("PPL {ppl:.4}  {file_bytes:>9} B  {label}")),
         other => tracing::info!("{other:?}"),
     };
-    let (mut out, report) =
-        mixed_checkpoint(&loaded.ckpt, &cfg, &data, stats.as_ref(), &mut on_event)?;
+    let out = squish_mixed::run(&input, &cfg, &mut on_event)?;
     pb.finish_and_clear();
-    let tsrc = loaded.path.parent().unwrap_or(Path::new(".")).join(
-        &loaded
-            .ckpt
-            .tokenizer
-            .as_ref()
-            .expect("load_checkpoint checked it")
-            .file,
-    );
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    out.tokenizer = Some(place_tokenizer(&tsrc, &a.out)?);
-    checkpoint::save(&out, &a.out)?;
+    let report = out.report.mixed;
+    // The budget holds for the file as written, with the output's tokenizer reference.
+    save_with_tokenizer(&loaded, out.checkpoint, &a.out, |c| {
+        check_budget(c, report.byte_limit)?;
+        Ok(())
+    })?;
     let file_bytes = std::fs::metadata(&a.out)?.len();
-    if let Some(limit) = report.byte_limit
-        && file_bytes > limit
-    {
-        bail!(
-            "{} is {file_bytes} bytes, over the budget of {limit} (tokenizer reference changed \
-             the header)",
-            a.out.display()
-        );
-    }
     if let Some(p) = &a.report {
         squish_core::fsutil::atomic_write(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }

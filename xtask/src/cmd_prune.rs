@@ -1,14 +1,15 @@
-//! `cargo xtask prune`: structured pruning of a checkpoint (squish-prune) with recovery by
-//! distillation, measured by the native runtime.
+//! `cargo xtask prune`: structured pruning of a checkpoint by squish-prune's stage
+//! ([`squish_prune::run`], as the pipeline's `pruned`): the flags map onto [`PruneConfig`];
+//! recovery by distillation; measured by the native runtime.
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use squish_core::tokenizer::Tokenizer;
 use squish_core::train::TrainConfig;
-use squish_prune::{Allocation, GroupKind, Importance, PruneConfig, PruneData, prune_checkpoint};
+use squish_prune::{Allocation, GroupKind, Importance, PruneConfig, default_targets};
 
 use crate::stage_data::{DataConfig, load_input_from, save_and_measure};
+use crate::stage_prune::prune_input;
 
 /// Arguments of `prune`.
 #[derive(clap::Args, Debug, Clone)]
@@ -100,14 +101,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
     let input = load_input_from(&a.checkpoint, &d, &fallback)?;
     let targets = match &a.targets {
         Some(t) => parse_targets(t)?,
-        None => match input.loaded.ckpt.config {
-            squish_core::config::ModelConfig::SsmMoe(_) => {
-                vec![GroupKind::MoeChannels, GroupKind::Experts]
-            }
-            squish_core::config::ModelConfig::Llama(_) => {
-                vec![GroupKind::FfnChannels, GroupKind::Heads]
-            }
-        },
+        None => default_targets(&input.loaded.ckpt.config),
     };
     let (batch, seq) = (16, 128);
     let steps = a.recover_tokens / (batch * seq);
@@ -145,21 +139,16 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         seed: a.seed,
         ..PruneConfig::default()
     };
-    let data = PruneData {
-        calib: &input.calib,
-        train: &input.train,
-        valid: &input.valid,
-        bos: input.loaded.tokenizer.bos_id(),
-    };
     let pb = crate::common::progress_bar((steps * a.rounds) as u64, "prune");
     let mut done = 0;
-    let (mut pruned, report) = prune_checkpoint(&input.loaded.ckpt, &cfg, &data, &mut |e| {
+    let out = squish_prune::run(&prune_input(&input), &cfg, &mut |e| {
         if let squish_prune::PruneEvent::Train { .. } = e {
             done += 1;
             pb.set_position(done);
         }
     })?;
     pb.finish_and_clear();
+    let (mut pruned, report) = (out.checkpoint, out.report);
     pruned.provenance.parent_sha256 = Some(input.sha256.clone());
     let (_, m) = save_and_measure(&d, &input, pruned, &a.out)?;
     if let Some(p) = &a.report {

@@ -1,25 +1,23 @@
-//! `cargo xtask quantize`: an F32 checkpoint → packed INT4/INT8 checkpoint (squish-quant), by a
-//! post-training method or by QAT (`--method qat --steps N --lr X`).
+//! `cargo xtask quantize`: an F32 checkpoint → packed INT4/INT8 checkpoint by squish-quant's
+//! stage ([`squish_quant::run`], as the pipeline's `int4_native`): the flags map onto
+//! [`QuantSettings`]; a post-training method or QAT (`--method qat --steps N --lr X`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use squish_core::checkpoint;
 use squish_core::data::{
     DEFAULT_CALIBRATION_STORIES, EvalMode, EvalText, calibration_subset, locate_corpus_readonly,
     read_stories, story_tokens,
 };
-use squish_core::model::CpuBackend;
 use squish_core::tokenizer::Tokenizer;
+use squish_kernels::measure::{MeasureOptions, measure, native_perplexity};
 use squish_quant::{
-    AwqConfig, Calibration, GptqConfig, Method, MseConfig, QatConfig, QatData, QatInit, QatScales,
-    QuantConfig, QuantFormat, SmallFormat, calibration_windows, qat_checkpoint,
-    quantize_checkpoint,
+    AwqConfig, GptqConfig, MseConfig, QatConfig, QatInit, QatScales, QatSettings, QuantMethod,
+    QuantSettings, SmallFormat, StageInput, calibration_windows,
 };
 
-use crate::cmd_bench::Engine;
-use crate::cmd_eval::evaluate_with;
-use crate::common::{load_checkpoint, place_tokenizer};
+use crate::common::{load_checkpoint, save_with_tokenizer};
+use crate::stage_quant::{quant_progress, show_quant_event};
 
 /// Arguments of `quantize`.
 #[derive(clap::Args, Debug, Clone)]
@@ -116,58 +114,62 @@ pub struct QuantizeArgs {
     pub report: Option<PathBuf>,
 }
 
-fn config(a: &QuantizeArgs) -> Result<QuantConfig> {
+/// The stage settings the flags describe.
+fn settings(a: &QuantizeArgs) -> Result<QuantSettings> {
     let group = if a.group == "row" {
-        None
+        0
     } else {
-        Some(
-            a.group
-                .parse::<usize>()
-                .with_context(|| format!("--group {} is neither a number nor `row`", a.group))?,
-        )
+        a.group
+            .parse::<usize>()
+            .ok()
+            .filter(|&g| g > 0)
+            .with_context(|| {
+                format!("--group {} is neither a positive number nor `row`", a.group)
+            })?
     };
-    let format = QuantFormat::new(a.bits, group, a.asym)?;
-    let method = match a.method.as_str() {
-        "rtn" => Method::Rtn,
-        "mse" => Method::Mse(MseConfig {
-            weighted: !a.unweighted,
-            ..MseConfig::default()
-        }),
-        "gptq" => Method::Gptq(GptqConfig {
-            percdamp: a.percdamp,
-            act_order: a.act_order,
-            clip_search: a.clip_search,
-            ..GptqConfig::default()
-        }),
-        // QAT's grid is chosen by --qat-scales; the method here only names the default.
-        "qat" => Method::Rtn,
-        other => bail!("unknown --method {other} (rtn, mse, gptq, qat)"),
-    };
+    let method = QuantMethod::parse(&a.method)?;
     let small = match a.small.as_str() {
         "f32" => SmallFormat::F32,
         "f16" => SmallFormat::F16,
         other => bail!("unknown --small {other} (f32, f16)"),
     };
-    let mut cfg = QuantConfig::new(format, method);
-    cfg.awq = a.awq.then(AwqConfig::default);
-    cfg.quantize_embedding = !a.keep_embedding;
-    cfg.small = small;
-    Ok(cfg)
+    let s = QuantSettings {
+        bits: a.bits,
+        group,
+        asym: a.asym,
+        method,
+        quantize_embedding: !a.keep_embedding,
+        small,
+        awq: a.awq.then(AwqConfig::default),
+        gptq: GptqConfig {
+            percdamp: a.percdamp,
+            act_order: a.act_order,
+            clip_search: a.clip_search,
+            ..GptqConfig::default()
+        },
+        mse: MseConfig {
+            weighted: !a.unweighted,
+            ..MseConfig::default()
+        },
+        qat: (method == QuantMethod::Qat)
+            .then(|| qat_settings(a))
+            .transpose()?,
+    };
+    s.quant_config()?;
+    s.qat_settings()?;
+    Ok(s)
 }
 
-fn qat_config(a: &QuantizeArgs, quant: QuantConfig) -> Result<QatConfig> {
-    let mut c = QatConfig {
-        quant,
-        ..QatConfig::default()
-    };
-    c.init = match a.qat_init.as_str() {
+/// QAT's settings from the flags (training defaults of [`QatConfig::default`] otherwise).
+fn qat_settings(a: &QuantizeArgs) -> Result<QatSettings> {
+    let init = match a.qat_init.as_str() {
         "f32" => QatInit::F32,
         "rtn" => QatInit::Rtn,
         "mse" => QatInit::Mse,
         "gptq" => QatInit::Gptq,
         other => bail!("unknown --qat-init {other} (f32, rtn, mse, gptq)"),
     };
-    c.scales = match a.qat_scales.as_str() {
+    let scales = match a.qat_scales.as_str() {
         "minmax" => QatScales::MinMax,
         "mse" => QatScales::default(),
         "learned" => match QatScales::default() {
@@ -176,141 +178,112 @@ fn qat_config(a: &QuantizeArgs, quant: QuantConfig) -> Result<QatConfig> {
         },
         other => bail!("unknown --qat-scales {other} (minmax, mse, learned)"),
     };
-    c.train.steps = a.steps;
-    c.train.lr = a.lr;
-    c.train.min_lr = a.lr / 10.0;
-    c.train.batch_size = a.batch_size;
-    c.train.seq_len = a.seq_len;
-    c.train.warmup_steps = a.warmup;
-    c.train.distill_alpha = a.distill_alpha;
-    c.train.adam_epsilon = a.adam_eps;
-    c.backend = CpuBackend::from_env()?;
-    c.train.validate()?;
-    Ok(c)
+    let mut train = QatConfig::default().train;
+    train.steps = a.steps;
+    train.lr = a.lr;
+    train.min_lr = a.lr / 10.0;
+    train.batch_size = a.batch_size;
+    train.seq_len = a.seq_len;
+    train.warmup_steps = a.warmup;
+    train.distill_alpha = a.distill_alpha;
+    train.adam_epsilon = a.adam_eps;
+    train.validate()?;
+    Ok(QatSettings {
+        train,
+        init,
+        scales,
+    })
+}
+
+/// The calibration text: `--calib`, else the corpus's train.txt.
+fn calib_path(a: &QuantizeArgs) -> Result<PathBuf> {
+    match &a.calib {
+        Some(p) => Ok(p.clone()),
+        None => locate_corpus_readonly()
+            .map(|(t, _)| t)
+            .context("no calibration text: pass --calib or set $SQUISH_DATA"),
+    }
 }
 
 /// Entry point of `quantize`.
 pub fn run(a: &QuantizeArgs) -> Result<()> {
-    let cfg = config(a)?;
-    let qat = (a.method == "qat")
-        .then(|| qat_config(a, cfg.clone()))
-        .transpose()?;
+    let settings = settings(a)?;
     let loaded = load_checkpoint(&a.checkpoint)?;
-    let needs_calib = matches!(
-        cfg.method,
-        Method::Gptq(_) | Method::Mse(MseConfig { weighted: true, .. })
-    ) || cfg.awq.is_some()
-        || qat.is_some();
-    let t0 = std::time::Instant::now();
-    let calib_path = || -> Result<PathBuf> {
-        match &a.calib {
+    let tok = &loaded.tokenizer;
+    // Calibration windows when the method needs statistics; QAT trains on every story of the
+    // calibration text (each BOS-first) and validates on --eval or the corpus's valid.txt.
+    let stories = if settings.needs_calibration() || settings.method == QuantMethod::Qat {
+        read_stories(&calib_path(a)?)?
+    } else {
+        Vec::new()
+    };
+    let calib = if settings.needs_calibration() {
+        let subset = calibration_subset(&stories, a.calib_stories, a.calib_seed);
+        calibration_windows(tok, &subset, a.calib_window)
+    } else {
+        Vec::new()
+    };
+    let eval_path = || -> Result<PathBuf> {
+        match &a.eval {
             Some(p) => Ok(p.clone()),
             None => locate_corpus_readonly()
-                .map(|(t, _)| t)
-                .context("no calibration text: pass --calib or set $SQUISH_DATA"),
+                .map(|(_, v)| v)
+                .context("no validation text: pass --eval or set $SQUISH_DATA"),
         }
     };
-    let calib = if needs_calib {
-        let path = calib_path()?;
-        let stories = read_stories(&path)?;
-        let subset = calibration_subset(&stories, a.calib_stories, a.calib_seed);
-        let windows = calibration_windows(&loaded.tokenizer, &subset, a.calib_window);
-        let device = CpuBackend::from_env()?.device();
-        let c = Calibration::collect(&loaded.ckpt, &windows, &device)?;
-        eprintln!(
-            "calibration: {} stories from {} → {} windows, {} tokens ({:.1} s)",
-            subset.len(),
-            path.display(),
-            c.windows,
-            c.tokens,
-            t0.elapsed().as_secs_f64()
-        );
-        Some(c)
+    let (train, valid) = if settings.method == QuantMethod::Qat {
+        let valid = EvalText::load(&eval_path()?, EvalMode::Stories, None)?.tokens(tok);
+        (story_tokens(tok, &stories), valid)
     } else {
-        None
+        (Vec::new(), Vec::new())
     };
-    let t1 = std::time::Instant::now();
-    let (mut out, mut report) = match &qat {
-        None => quantize_checkpoint(&loaded.ckpt, &cfg, calib.as_ref())?,
-        Some(qc) => {
-            // Trains on the calibration text (all of it), validates on --eval or the corpus's
-            // validation split.
-            // Stories are joined with BOS (as llama2.c pretokenizes), not with the literal
-            // `<|endoftext|>` text, so the student cannot win perplexity by learning separators.
-            let stories = read_stories(&calib_path()?)?;
-            let valid_path = match &a.eval {
-                Some(p) => p.clone(),
-                None => locate_corpus_readonly()
-                    .map(|(_, v)| v)
-                    .context("no validation text: pass --eval or set $SQUISH_DATA")?,
-            };
-            let tok = &loaded.tokenizer;
-            let train = story_tokens(tok, &stories);
-            let valid = EvalText::load(&valid_path, EvalMode::Stories, None)?.tokens(tok);
-            let data = QatData {
-                train: &train,
-                valid: &valid,
-                bos: tok.bos_id(),
-            };
-            let every = (qc.train.steps / 20).max(1);
-            qat_checkpoint(&loaded.ckpt, qc, &data, calib.as_ref(), &mut |p| {
-                if p.step % every == 0 || p.valid_nats.is_some() {
-                    eprintln!(
-                        "qat step {}/{}: loss {:.4}, lr {:.2e}, {:.0} tok/s{}",
-                        p.step,
-                        qc.train.steps,
-                        p.loss,
-                        p.lr,
-                        p.tokens_per_s,
-                        p.valid_nats
-                            .map_or(String::new(), |v| format!(", valid {v:.4} nats/token"))
-                    );
-                }
-            })?
+    let input = StageInput {
+        ckpt: &loaded.ckpt,
+        calib: &calib,
+        train: &train,
+        valid: &valid,
+        bos: tok.bos_id(),
+    };
+    let t0 = std::time::Instant::now();
+    let pb = quant_progress(&settings)?;
+    let out = squish_quant::run(&input, &settings, &mut |e| {
+        if let squish_quant::QuantEvent::Calibrated {
+            windows, tokens, ..
+        } = e
+        {
+            pb.println(format!("calibration: {windows} windows, {tokens} tokens"));
         }
-    };
+        show_quant_event(&pb, e)
+    })?;
+    pb.finish_and_clear();
+    let mut report = out.report;
     eprintln!(
         "quantized {} tensors with {} in {:.1} s",
         report.tensors.len(),
         report.method,
-        t1.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64()
     );
-    let tsrc = loaded.path.parent().unwrap_or(Path::new(".")).join(
-        &loaded
-            .ckpt
-            .tokenizer
-            .as_ref()
-            .expect("load_checkpoint checked it")
-            .file,
-    );
-    if let Some(dir) = a.out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    out.tokenizer = Some(place_tokenizer(&tsrc, &a.out)?);
-    checkpoint::save(&out, &a.out)?;
+    let q = save_with_tokenizer(&loaded, out.checkpoint, &a.out, |_| Ok(()))?;
     let file_bytes = std::fs::metadata(&a.out)?.len();
     let (ppl, base) = match &a.eval {
         Some(data) => {
             // On the native runtime, as every pipeline stage measures.
             let text = EvalText::load(data, EvalMode::Stories, None)?;
-            let native = |c: &Path| {
-                evaluate_with(
-                    c,
-                    &text,
-                    a.ctx,
-                    "llama-cpp",
-                    8,
-                    "flex",
-                    Engine::Native,
-                    false,
-                )
+            let tokens = text.tokens(tok);
+            let opts = MeasureOptions {
+                eval_ctx: a.ctx,
+                ..MeasureOptions::default()
             };
-            let q = native(&a.out)?.ppl;
+            let m = measure(&a.out, &q, tok, &tokens, &opts, &mut |_, _| {})?;
+            println!("greedy sample: {}", m.sample);
             let b = match a.base_ppl {
                 Some(b) => b,
-                None => native(&a.checkpoint)?.ppl,
+                None => {
+                    native_perplexity(&loaded.ckpt, &tokens, a.ctx, tok.bos_id(), &mut |_, _| {})?
+                        .ppl
+                }
             };
-            (Some(q), Some(b))
+            (Some(m.ppl.ppl), Some(b))
         }
         None => (None, a.base_ppl),
     };
@@ -339,4 +312,106 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
     println!("| method | bits | group | sym/asym | file bytes | bits/param | PPL | ΔPPL |");
     println!("{}", report.markdown_row());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: QuantizeArgs,
+    }
+
+    fn args(extra: &[&str]) -> QuantizeArgs {
+        let mut v = vec!["quantize", "--checkpoint", "in", "--out", "out"];
+        v.extend_from_slice(extra);
+        Cli::try_parse_from(v).unwrap().a
+    }
+
+    /// `--method qat` means what `method = "qat"` means in a pipeline config: the same
+    /// squish-quant configuration (GPTQ recorded, as `int4_native` records it), QAT settings with
+    /// the given training, and the `[..quant.qat]` table only for QAT.
+    #[test]
+    fn qat_flags_map_onto_the_pipeline_settings() {
+        let flags = args(&[
+            "--bits",
+            "4",
+            "--group",
+            "64",
+            "--method",
+            "qat",
+            "--small",
+            "f16",
+            "--steps",
+            "200",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "8",
+            "--seq-len",
+            "512",
+            "--warmup",
+            "8",
+        ]);
+        let cli = settings(&flags).unwrap();
+        let table: QuantSettings = toml::from_str(
+            "bits = 4\ngroup = 64\nmethod = \"qat\"\nsmall = \"f16\"\n[qat]\ninit = \"mse\"\n\
+             [qat.train]\nsteps = 200\nbatch_size = 8\nseq_len = 512\nlr = 1e-3\nmin_lr = 1e-4\n\
+             warmup_steps = 8\nweight_decay = 0.0\ndistill_alpha = 1.0",
+        )
+        .unwrap();
+        assert_eq!(cli.quant_config().unwrap(), table.quant_config().unwrap());
+        let (c, t) = (cli.qat.as_ref().unwrap(), table.qat.as_ref().unwrap());
+        assert_eq!((c.init, &c.scales), (t.init, &t.scales));
+        let pick = |q: &QatSettings| {
+            let t = &q.train;
+            (
+                t.steps,
+                t.batch_size,
+                t.seq_len,
+                t.lr,
+                t.min_lr,
+                t.warmup_steps,
+            )
+        };
+        assert_eq!(pick(c), pick(t));
+        assert!(
+            settings(&args(&["--method", "gptq"]))
+                .unwrap()
+                .qat
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn ptq_flags_reach_the_method_parameters() {
+        let s = settings(&args(&[
+            "--method",
+            "mse",
+            "--unweighted",
+            "--group",
+            "row",
+            "--awq",
+        ]))
+        .unwrap();
+        assert_eq!(s.group, 0);
+        assert!(!s.mse.weighted);
+        assert!(s.awq.is_some());
+        assert!(s.needs_calibration(), "AWQ needs statistics");
+        let g = settings(&args(&[
+            "--method",
+            "gptq",
+            "--act-order",
+            "--percdamp",
+            "0.05",
+        ]))
+        .unwrap();
+        assert!(g.gptq.act_order);
+        assert_eq!(g.gptq.percdamp, 0.05);
+        assert!(settings(&args(&["--method", "awq"])).is_err());
+        assert!(settings(&args(&["--group", "0"])).is_err());
+    }
 }

@@ -50,6 +50,33 @@ pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
     })
 }
 
+/// Writes `ckpt` to `out` with the tokenizer of `from` copied beside it as `tokenizer.bin` (the
+/// checkpoint names it); `check` sees the checkpoint exactly as it is written (e.g. a byte budget).
+pub fn save_with_tokenizer(
+    from: &Loaded,
+    mut ckpt: Checkpoint,
+    out: &Path,
+    check: impl FnOnce(&Checkpoint) -> Result<()>,
+) -> Result<Checkpoint> {
+    let tref = from
+        .ckpt
+        .tokenizer
+        .as_ref()
+        .context("input checkpoint names no tokenizer")?;
+    let tsrc = from
+        .path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&tref.file);
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    ckpt.tokenizer = Some(place_tokenizer(&tsrc, out)?);
+    check(&ckpt)?;
+    checkpoint::save(&ckpt, out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(ckpt)
+}
+
 /// Copies the tokenizer file `src` beside `out_ckpt` as `tokenizer.bin` and returns its reference.
 pub fn place_tokenizer(src: &Path, out_ckpt: &Path) -> Result<TokenizerRef> {
     let bytes = fsutil::read(src)?;

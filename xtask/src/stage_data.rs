@@ -2,24 +2,20 @@
 //! tokenized with its tokenizer, calibration windows, and the measurements every stage reports
 //! (native-runtime perplexity with the `llama-cpp` protocol, a greedy sample, bytes, parameters).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use squish_core::checkpoint::{self, Checkpoint};
+use squish_core::checkpoint::Checkpoint;
 use squish_core::data::{
     Corpus, EvalMode, EvalText, calibration_subset, locate_corpus, read_stories, stories_within,
     story_tokens,
 };
-use squish_core::eval::{PerplexityReport, perplexity};
 use squish_core::fsutil;
-use squish_core::generate::generate;
-use squish_core::sample::Sampler;
-use squish_core::tokenizer::{Llama2cTokenizer, Tokenizer};
-use squish_kernels::runtime::Runtime;
+use squish_core::tokenizer::Tokenizer;
+use squish_kernels::measure::{MeasureOptions, Measurement};
 
-use crate::common::{Loaded, load_checkpoint, place_tokenizer};
+use crate::common::{Loaded, load_checkpoint, save_with_tokenizer};
 use crate::pipeline::Ctx;
 
 /// `[data]` of a pipeline config: the corpus and measurement settings of the compression stages.
@@ -92,8 +88,7 @@ pub fn default_reference() -> String {
     "baseline".into()
 }
 
-/// The prompt of every greedy sample.
-pub const SAMPLE_PROMPT: &str = "Once upon a time";
+pub use squish_kernels::measure::SAMPLE_PROMPT;
 
 /// A stage's input checkpoint with its tokenizer and the corpus tokenized by it.
 pub struct StageInput {
@@ -214,120 +209,65 @@ pub fn load_input_from(path: &Path, d: &DataConfig, fallback: &Path) -> Result<S
     })
 }
 
-/// What every compression stage measures on its output, the same way.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Measured {
-    /// The checkpoint file.
-    pub checkpoint: PathBuf,
-    /// Its sha256.
-    pub sha256: String,
-    /// Its size on disk.
-    pub file_bytes: u64,
-    /// Logical parameters (elements of every tensor, quantized ones counted unpacked).
-    pub parameters: usize,
-    /// Tensor count per storage format (`f32`, `f16`, `q4`, `q8`).
-    pub formats: BTreeMap<String, usize>,
-    /// Perplexity on the evaluation text, `llama-cpp` protocol, by the native runtime.
-    pub ppl: PerplexityReport,
-    /// The evaluation text the perplexity was measured on.
-    pub eval_text: EvalText,
-    /// Greedy sample after [`SAMPLE_PROMPT`], by the native runtime.
-    pub sample: String,
-    /// Whether the sample stopped at the end of its story (else at `sample_tokens`).
-    pub sample_ended: bool,
-    /// Engine that produced the numbers.
-    pub engine: String,
+impl StageInput {
+    /// The token data of a compression stage run on `ckpt` (the input checkpoint, or a checkpoint
+    /// derived from it, e.g. the pruned model quantized by `pruned.int4`).
+    pub fn stage_input<'a>(&'a self, ckpt: &'a Checkpoint) -> squish_quant::StageInput<'a> {
+        squish_quant::StageInput {
+            ckpt,
+            calib: &self.calib,
+            train: &self.train,
+            valid: &self.valid,
+            bos: self.loaded.tokenizer.bos_id(),
+        }
+    }
+}
+
+impl DataConfig {
+    /// How the stages measure their outputs.
+    pub fn measure_options(&self) -> MeasureOptions {
+        MeasureOptions {
+            eval_ctx: self.eval_ctx,
+            sample_tokens: self.sample_tokens,
+        }
+    }
 }
 
 /// Saves `ckpt` (tokenizer copied beside it) to `out` and measures it with the native runtime.
 pub fn save_and_measure(
     d: &DataConfig,
     input: &StageInput,
-    mut ckpt: Checkpoint,
+    ckpt: Checkpoint,
     out: &Path,
-) -> Result<(Checkpoint, Measured)> {
-    let tsrc = input.loaded.path.parent().unwrap_or(Path::new(".")).join(
-        &input
-            .loaded
-            .ckpt
-            .tokenizer
-            .as_ref()
-            .context("input checkpoint names no tokenizer")?
-            .file,
-    );
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    ckpt.tokenizer = Some(place_tokenizer(&tsrc, out)?);
-    checkpoint::save(&ckpt, out).with_context(|| format!("writing {}", out.display()))?;
+) -> Result<(Checkpoint, Measurement)> {
+    let ckpt = save_with_tokenizer(&input.loaded, ckpt, out, |_| Ok(()))?;
     let m = measure(d, input, &ckpt, out)?;
     Ok((ckpt, m))
 }
 
-/// Measures a saved checkpoint: bytes, parameters, native PPL, greedy sample.
+/// Measures a saved checkpoint as every stage does ([`squish_kernels::measure::measure`]: bytes,
+/// parameters, native PPL on the input's evaluation text, greedy sample), with a progress bar.
 pub fn measure(
     d: &DataConfig,
     input: &StageInput,
     ckpt: &Checkpoint,
     path: &Path,
-) -> Result<Measured> {
-    let mut formats = BTreeMap::new();
-    for (_, t) in ckpt.weights.iter() {
-        *formats.entry(t.format_name().to_string()).or_insert(0) += 1;
-    }
-    let tok = &input.loaded.tokenizer;
-    let mut rt = Runtime::load(ckpt).context("loading the checkpoint into the native runtime")?;
+) -> Result<Measurement> {
     let pb = crate::common::progress_bar(0, "eval");
-    let ppl = perplexity(
-        &mut rt,
+    let m = squish_kernels::measure::measure(
+        path,
+        ckpt,
+        &input.loaded.tokenizer,
         &input.valid,
-        d.eval_ctx,
-        tok.bos_id(),
-        8,
-        |done, total| {
+        &d.measure_options(),
+        &mut |done, total| {
             pb.set_length(total as u64);
             pb.set_position(done as u64);
         },
-    )?;
+    )
+    .with_context(|| format!("measuring {} on the native runtime", path.display()))?;
     pb.finish_and_clear();
-    let (sample, sample_ended) = greedy_native(&mut rt, tok, d.sample_tokens)?;
-    Ok(Measured {
-        checkpoint: path.to_path_buf(),
-        sha256: fsutil::sha256_file(path)?,
-        file_bytes: std::fs::metadata(path)?.len(),
-        parameters: ckpt.weights.param_count(),
-        formats,
-        ppl,
-        eval_text: input.eval.clone(),
-        sample,
-        sample_ended,
-        engine: format!("squish-kernels native runtime ({})", rt.format_summary()),
-    })
-}
-
-/// Greedy text after [`SAMPLE_PROMPT`] from the native runtime, and whether it stopped at the
-/// end of the story (a BOS/EOS) rather than at `steps` positions.
-pub fn greedy_native(
-    rt: &mut Runtime,
-    tok: &Llama2cTokenizer,
-    steps: usize,
-) -> Result<(String, bool)> {
-    rt.reset();
-    let limit = steps.min(rt.max_positions());
-    let mut out = Vec::new();
-    let ids = generate(
-        rt,
-        tok,
-        SAMPLE_PROMPT,
-        steps,
-        &mut Sampler::new(0.0, 0.9, 1),
-        |p| out.extend_from_slice(p),
-    )?;
-    // `generate` holds BOS + one token per position run; fewer means the story ended.
-    Ok((
-        String::from_utf8_lossy(&out).into_owned(),
-        ids.len() <= limit,
-    ))
+    Ok(m)
 }
 
 /// The F32 baseline's perplexity, read from the report of `reference_stage` (for ΔPPL), if any.
@@ -340,8 +280,14 @@ pub fn reference_ppl(ctx: &Ctx, reference_stage: &str) -> Option<f64> {
         .and_then(|x| x.as_f64())
 }
 
-/// The common `summary` block of a stage report (read by the final report).
-pub fn summary_json(m: &Measured, reference: Option<f64>, seconds: f64) -> serde_json::Value {
+/// The common `summary` block of a stage report (read by the final report): `m` measured on the
+/// evaluation text `eval`.
+pub fn summary_json(
+    m: &Measurement,
+    eval: &EvalText,
+    reference: Option<f64>,
+    seconds: f64,
+) -> serde_json::Value {
     serde_json::json!({
         "checkpoint": m.checkpoint,
         "sha256": m.sha256,
@@ -349,7 +295,7 @@ pub fn summary_json(m: &Measured, reference: Option<f64>, seconds: f64) -> serde
         "parameters": m.parameters,
         "formats": m.formats,
         "ppl": m.ppl,
-        "eval_text": m.eval_text,
+        "eval_text": eval,
         "reference_ppl": reference,
         "delta_ppl_pct": reference.map(|r| 100.0 * (m.ppl.ppl / r - 1.0)),
         "sample": m.sample,
@@ -359,8 +305,8 @@ pub fn summary_json(m: &Measured, reference: Option<f64>, seconds: f64) -> serde
     })
 }
 
-/// Markdown rows of the common measurements.
-pub fn summary_md(m: &Measured, reference: Option<f64>) -> String {
+/// Markdown rows of the common measurements (`m` measured on `eval`).
+pub fn summary_md(m: &Measurement, eval: &EvalText, reference: Option<f64>) -> String {
     let d = reference
         .map(|r| {
             format!(
@@ -382,7 +328,7 @@ pub fn summary_md(m: &Measured, reference: Option<f64>) -> String {
         m.ppl.ctx,
         m.ppl.tokens,
         m.ppl.ppl,
-        m.eval_text.describe(),
+        eval.describe(),
         m.engine,
         m.sha256
     )
@@ -398,7 +344,7 @@ pub fn sample_end_note(ended: bool, tokens: usize) -> String {
 }
 
 /// The greedy sample as a Markdown section.
-pub fn sample_md(d: &DataConfig, m: &Measured) -> String {
+pub fn sample_md(d: &DataConfig, m: &Measurement) -> String {
     format!(
         "\n## Greedy sample (native runtime, prompt \"{SAMPLE_PROMPT}\", {})\n\n```\n{}\n```\n",
         sample_end_note(m.sample_ended, d.sample_tokens),

@@ -1,23 +1,20 @@
-//! Pipeline stage `mixed_precision`: per-tensor formats for another stage's F32 checkpoint,
-//! chosen by squish-mixed from measured sensitivity under a byte budget; the Pareto frontier as
-//! SVG; measured by the native runtime.
+//! Pipeline stage `mixed_precision`: per-tensor formats for another stage's F32 checkpoint by
+//! squish-mixed's stage ([`squish_mixed::run`]: measured sensitivity under a byte budget, then QAT
+//! of the chosen mix); the Pareto frontier as SVG; measured by the native runtime.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use squish_core::fsutil;
-use squish_core::tokenizer::Tokenizer;
-use squish_mixed::{MixedConfig, MixedData, MixedEvent, frontier_svg, mixed_checkpoint};
+use squish_mixed::{MixedConfig, MixedEvent, MixedStageConfig, check_budget, frontier_svg};
+use squish_quant::QatSettings;
 
-use crate::common::progress_bar;
+use crate::common::{progress_bar, save_with_tokenizer};
 use crate::pipeline::Ctx;
-use crate::stage_data::{
-    load_input, reference_ppl, sample_md, save_and_measure, summary_json, summary_md,
-};
-use crate::stage_quant::{QatSettings, calibrate, run_qat};
-use std::collections::BTreeMap;
+use crate::stage_data::{load_input, measure, reference_ppl, sample_md, summary_json, summary_md};
+use crate::stage_quant::show_quant_event;
 
 /// `[stages.mixed_precision]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,29 +34,6 @@ pub struct MixedStage {
     pub qat: Option<QatSettings>,
 }
 
-/// The QAT plan of a mix: every 2-D tensor's chosen format (`None` = kept as float).
-fn qat_plan(
-    ckpt: &squish_core::checkpoint::Checkpoint,
-    report: &squish_mixed::MixedReport,
-) -> Result<BTreeMap<String, Option<squish_quant::QuantFormat>>> {
-    let mut plan = BTreeMap::new();
-    for t in &report.tensors {
-        let is_2d = ckpt
-            .weights
-            .get(&t.name)
-            .map(|w| w.shape.len() == 2)
-            .unwrap_or(false);
-        if is_2d {
-            let f = squish_mixed::CandidateFormat::parse(&t.format)?.quant_format()?;
-            plan.insert(t.name.clone(), f);
-        }
-    }
-    Ok(plan)
-}
-
-/// Bytes kept free in the solve for the QAT export's provenance entry.
-const QAT_RESERVE_BYTES: u64 = 128;
-
 /// Runs the stage: (JSON, Markdown, extra output files).
 pub fn run(
     ctx: &Ctx,
@@ -70,33 +44,25 @@ pub fn run(
     let t0 = std::time::Instant::now();
     let input = load_input(ctx, &c.input)?;
     let out = ctx.checkpoint_path(stage);
-    let mut cfg = c.mixed.clone();
-    if cfg.cache_dir.is_none() {
-        cfg.cache_dir = out.parent().map(|p| p.join("sensitivity"));
-    }
-    // The QAT export carries one more provenance entry than the plain mix: solve under a budget
-    // that leaves room for it, and check the real file against the configured one below.
-    let params = input.loaded.ckpt.weights.param_count();
-    let limit = c.mixed.budget.byte_limit(params);
-    if let (Some(n), Some(_)) = (limit, &c.qat) {
-        cfg.budget = squish_mixed::Budget::Bytes(n.saturating_sub(QAT_RESERVE_BYTES));
-    }
-    let stats = if cfg.gptq {
-        Some(calibrate(&input, &input.loaded.ckpt)?)
-    } else {
-        None
+    let mut cfg = MixedStageConfig {
+        mixed: c.mixed.clone(),
+        qat: c.qat.clone(),
     };
-    let data = MixedData {
-        calib: &input.calib,
-        valid: &input.valid,
-        bos: input.loaded.tokenizer.bos_id(),
-    };
+    if cfg.mixed.cache_dir.is_none() {
+        cfg.mixed.cache_dir = out.parent().map(|p| p.join("sensitivity"));
+    }
+    let limit = cfg
+        .mixed
+        .budget
+        .byte_limit(input.loaded.ckpt.weights.param_count());
     let pb = progress_bar(0, "sensitivity");
-    let (mut mixed, report) = mixed_checkpoint(
-        &input.loaded.ckpt,
+    let qat_pb = match &cfg.qat {
+        Some(q) => progress_bar(q.train.steps as u64, "qat"),
+        None => indicatif::ProgressBar::hidden(),
+    };
+    let stage_out = squish_mixed::run(
+        &input.stage_input(&input.loaded.ckpt),
         &cfg,
-        &data,
-        stats.as_ref(),
         &mut |e| match e {
             MixedEvent::Sensitivity { done, total, .. } => {
                 pb.set_length(*total as u64);
@@ -105,53 +71,35 @@ pub fn run(
             MixedEvent::CacheHit { path } => {
                 tracing::info!(path = %path.display(), "sensitivity cache hit");
             }
+            MixedEvent::Quant(q) => show_quant_event(&qat_pb, q),
+            MixedEvent::QatExported {
+                mix_bytes,
+                qat_bytes,
+            } => println!("  [{stage}] QAT of the chosen mix: {mix_bytes} → {qat_bytes} bytes"),
             other => tracing::info!(event = ?other, "mixed precision"),
         },
-    )?;
+    )
+    .with_context(|| format!("stage `{stage}`: mixed precision"))?;
     pb.finish_and_clear();
-    let mut qat_report = None;
-    if let Some(q) = &c.qat {
-        let plan = qat_plan(&input.loaded.ckpt, &report)?;
-        let mut quant = squish_quant::QuantConfig::new(
-            squish_quant::QuantFormat::new(4, Some(64), false)?,
-            squish_quant::Method::Rtn,
-        );
-        quant.small = if cfg.small_f16 {
-            squish_quant::SmallFormat::F16
-        } else {
-            squish_quant::SmallFormat::F32
-        };
-        let plain_bytes = squish_core::checkpoint::to_bytes(&mixed)?.len();
-        let (mut qat, qr) = run_qat(&input, &input.loaded.ckpt, quant, plan, q)?;
-        let mut prov = mixed.provenance.clone();
-        prov.details.insert(
-            "qat".into(),
-            format!(
-                "{} steps, distill α {}",
-                q.train.steps, q.train.distill_alpha
-            ),
-        );
-        qat.provenance = prov;
-        let qat_bytes = squish_core::checkpoint::to_bytes(&qat)?.len();
-        println!("  [{stage}] QAT of the chosen mix: {plain_bytes} → {qat_bytes} bytes");
-        mixed = qat;
-        qat_report = Some(qr);
-    }
+    qat_pb.finish_and_clear();
+    let (mut mixed, report, qat_report) = (
+        stage_out.checkpoint,
+        stage_out.report.mixed,
+        stage_out.report.qat,
+    );
     mixed.provenance.stage = stage.into();
     mixed.provenance.parent_sha256 = Some(input.sha256.clone());
     mixed.provenance.config_hash = Some(fingerprint.into());
-    if let Some(n) = limit {
-        let bytes = squish_core::checkpoint::to_bytes(&mixed)?.len() as u64;
-        anyhow::ensure!(
-            bytes <= n,
-            "mixed_precision: the checkpoint is {bytes} bytes, over the budget of {n} bytes"
-        );
-    }
-    let (_, m) = save_and_measure(&ctx.cfg.data, &input, mixed, &out)?;
+    // The budget holds for the file as written: provenance and tokenizer reference included.
+    let mixed = save_with_tokenizer(&input.loaded, mixed, &out, |c| {
+        check_budget(c, limit).with_context(|| format!("stage `{stage}`"))?;
+        Ok(())
+    })?;
+    let m = measure(&ctx.cfg.data, &input, &mixed, &out)?;
     let reference = reference_ppl(ctx, &c.reference);
     println!(
         "  [{stage}] budget {}: {} bytes, PPL {:.4} (predicted {}){}",
-        cfg.budget.label(),
+        report.budget.label(),
         m.file_bytes,
         m.ppl.ppl,
         report
@@ -175,7 +123,7 @@ pub fn run(
         "cargo xtask mixed --checkpoint {} --out {} {}",
         input.loaded.path.display(),
         out.display(),
-        match cfg.budget {
+        match report.budget {
             squish_mixed::Budget::Bytes(n) => format!("--budget-bytes {n}"),
             squish_mixed::Budget::BitsPerParam(b) => format!("--budget-bpp {b}"),
             squish_mixed::Budget::MaxDppl(p) => format!("--max-dppl {p}"),
@@ -186,7 +134,7 @@ pub fn run(
         "command": command,
         "fingerprint": fingerprint,
         "inputs": {"checkpoint": {"path": input.loaded.path, "sha256": input.sha256}, "corpus": input.corpus},
-        "summary": summary_json(&m, reference, seconds),
+        "summary": summary_json(&m, &input.eval, reference, seconds),
         "frontier": report.frontier,
         "mixed": report,
         "qat": qat_report,
@@ -197,8 +145,8 @@ pub fn run(
     let mut md = format!(
         "# Stage `{stage}` — mixed precision of `{}`\n\n| what | value |\n|---|---|\n{}| budget | {} |\n| bits/param (of the input's parameters) | {:.3} |\n| predicted PPL / measured (squish-mixed) | {} / {} (error {}) |\n| additivity correction α | {} |\n| proxy Spearman ρ vs KL | {:.3} |\n| sensitivity | {} ({:.1} s) |\n\n## Formats chosen\n\n| format | tensors |\n|---|---|\n",
         c.input,
-        summary_md(&m, reference),
-        cfg.budget.label(),
+        summary_md(&m, &input.eval, reference),
+        report.budget.label(),
         report.bits_per_param,
         f(report.predicted_ppl),
         f(report.measured_ppl),

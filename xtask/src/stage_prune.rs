@@ -1,19 +1,21 @@
-//! Pipeline stage `pruned`: structured pruning of another stage's F32 checkpoint through
-//! squish-prune (dependency groups, importance, allocation, recovery by distillation), then
-//! optionally prune → INT4 through squish-quant; both measured by the native runtime.
+//! Pipeline stage `pruned`: structured pruning of another stage's F32 checkpoint by
+//! squish-prune's stage ([`squish_prune::run`]: dependency groups, importance, allocation,
+//! recovery by distillation), then optionally prune → INT4 by squish-quant's stage; both measured
+//! by the native runtime.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use squish_core::tokenizer::Tokenizer;
-use squish_prune::{PruneConfig, PruneData, PruneEvent, prune_checkpoint};
+use squish_prune::{PruneConfig, PruneData, PruneEvent, PruneInput};
+use squish_quant::QuantSettings;
 
 use crate::common::progress_bar;
 use crate::pipeline::Ctx;
 use crate::stage_data::{
-    load_input, reference_ppl, sample_md, save_and_measure, summary_json, summary_md,
+    StageInput, load_input, reference_ppl, sample_md, save_and_measure, summary_json, summary_md,
 };
-use crate::stage_quant::{QuantSettings, quantize_and_measure};
+use crate::stage_quant::{quant_command, quantize_and_measure};
 
 /// `[stages.pruned]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,6 +33,19 @@ pub struct PruneStage {
     pub int4: Option<QuantSettings>,
 }
 
+/// The pruning stage's input: the stage input's checkpoint and tokens.
+pub fn prune_input(input: &StageInput) -> PruneInput<'_> {
+    PruneInput {
+        ckpt: &input.loaded.ckpt,
+        data: PruneData {
+            calib: &input.calib,
+            train: &input.train,
+            valid: &input.valid,
+            bos: input.loaded.tokenizer.bos_id(),
+        },
+    }
+}
+
 /// Runs the stage: (JSON, Markdown, extra output files).
 pub fn run(
     ctx: &Ctx,
@@ -44,30 +59,25 @@ pub fn run(
     let steps = c.prune.recover.as_ref().map_or(0, |r| r.steps) * c.prune.rounds;
     let pb = progress_bar(steps as u64, "recover");
     let mut done = 0u64;
-    let data = PruneData {
-        calib: &input.calib,
-        train: &input.train,
-        valid: &input.valid,
-        bos: input.loaded.tokenizer.bos_id(),
-    };
-    let (mut pruned, report) =
-        prune_checkpoint(&input.loaded.ckpt, &c.prune, &data, &mut |e| match e {
-            PruneEvent::RoundStart { round, rounds, .. } => {
-                pb.set_message(format!("round {round}/{rounds}"));
-            }
-            PruneEvent::Pruned { round, params } => {
-                tracing::info!(round, params, "pruned");
-            }
-            PruneEvent::Train { round, point } => {
-                done += 1;
-                pb.set_position(done);
-                pb.set_message(format!("round {round} loss {:.3}", point.loss));
-            }
-            PruneEvent::Valid { round, when, nats } => {
-                tracing::info!(round, when, nats, "validation");
-            }
-        })?;
+    let pruned = squish_prune::run(&prune_input(&input), &c.prune, &mut |e| match e {
+        PruneEvent::RoundStart { round, rounds, .. } => {
+            pb.set_message(format!("round {round}/{rounds}"));
+        }
+        PruneEvent::Pruned { round, params } => {
+            tracing::info!(round, params, "pruned");
+        }
+        PruneEvent::Train { round, point } => {
+            done += 1;
+            pb.set_position(done);
+            pb.set_message(format!("round {round} loss {:.3}", point.loss));
+        }
+        PruneEvent::Valid { round, when, nats } => {
+            tracing::info!(round, when, nats, "validation");
+        }
+    })
+    .with_context(|| format!("stage `{stage}`: pruning"))?;
     pb.finish_and_clear();
+    let (mut pruned, report) = (pruned.checkpoint, pruned.report);
     pruned.provenance.stage = stage.into();
     pruned.provenance.parent_sha256 = Some(input.sha256.clone());
     pruned.provenance.config_hash = Some(fingerprint.into());
@@ -97,16 +107,19 @@ pub fn run(
             quantize_and_measure(ctx, &input, &pruned, &m.sha256, q, stage, &qout, reference)?;
         println!(
             "  [{stage}] + {}: {} bytes, PPL {:.4}",
-            q.method, qm.file_bytes, qm.ppl.ppl
+            q.method.name(),
+            qm.file_bytes,
+            qm.ppl.ppl
         );
         int4_md = format!(
             "\n## Pruned → {} ({})\n\n| what | value |\n|---|---|\n{}\nCommand: `{}`\n",
             qr.method,
             qout.display(),
-            summary_md(&qm, reference),
-            q.command(&out, &qout)
+            summary_md(&qm, &input.eval, reference),
+            quant_command(q, &out, &qout)
         );
-        int4_json = json!({"summary": summary_json(&qm, reference, 0.0), "quantization": qr});
+        int4_json =
+            json!({"summary": summary_json(&qm, &input.eval, reference, 0.0), "quantization": qr});
         let tok = qout
             .parent()
             .unwrap_or(std::path::Path::new("."))
@@ -127,7 +140,7 @@ pub fn run(
         "command": command,
         "fingerprint": fingerprint,
         "inputs": {"checkpoint": {"path": input.loaded.path, "sha256": input.sha256}, "corpus": input.corpus},
-        "summary": summary_json(&m, reference, seconds),
+        "summary": summary_json(&m, &input.eval, reference, seconds),
         "pruning": report,
         "settings": c,
     });
@@ -138,7 +151,7 @@ pub fn run(
     let mut md = format!(
         "# Stage `{stage}` — structured pruning of `{}`\n\n| what | value |\n|---|---|\n{}| parameters before → after | {} → {} |\n| non-embedding removed | {:.1} % (requested {:.1} %) |\n| importance / allocation | {:?} / {:?} |\n| targets | {:?} |\n| recovery per round | {} tokens |\n\n## Rounds\n\n| round | non-embedding params | valid nats before recovery | after recovery | seconds |\n|---|---|---|---|---|\n",
         c.input,
-        summary_md(&m, reference),
+        summary_md(&m, &input.eval, reference),
         report.params_before,
         report.params_after,
         100.0 * report.achieved_ratio,

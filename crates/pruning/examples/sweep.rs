@@ -23,7 +23,7 @@ use squish_core::tokenizer::{Llama2cTokenizer, Tokenizer};
 use squish_core::train::TrainConfig;
 use squish_core::{Error, Result};
 use squish_prune::net::Net;
-use squish_prune::{Importance, PruneConfig, PruneData, PruneEvent, prune_checkpoint};
+use squish_prune::{Importance, PruneConfig, PruneData, PruneEvent, PruneInput, run};
 
 struct Args {
     ckpt: PathBuf,
@@ -184,13 +184,15 @@ fn main() -> Result<()> {
                 adam_epsilon: squish_core::train::DEFAULT_ADAM_EPSILON,
             });
             let t = Instant::now();
-            let (out, rep) = prune_checkpoint(&ck, &cfg, &data, &mut |e| match e {
+            let input = PruneInput { ckpt: &ck, data };
+            let stage = run(&input, &cfg, &mut |e| match e {
                 PruneEvent::Train { point, .. } if point.step % 50 == 0 => {
                     eprintln!("  step {} loss {:.4}", point.step, point.loss)
                 }
                 PruneEvent::Train { .. } => {}
                 other => eprintln!("  {other:?}"),
             })?;
+            let (out, rep) = (stage.checkpoint, stage.report);
             let secs = t.elapsed().as_secs_f64();
             let last = rep.rounds.last();
             let ppl = |n: Option<f64>| n.map(f64::exp);

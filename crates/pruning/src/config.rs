@@ -1,8 +1,10 @@
-//! The stage's configuration, events and report.
+//! The stage's configuration, input, events and output.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use squish_core::checkpoint::Checkpoint;
+use squish_core::config::ModelConfig;
 use squish_core::model::structure::DimKind;
 use squish_core::train::{TrainConfig, TrainPoint};
 
@@ -47,6 +49,15 @@ impl GroupKind {
             GroupKind::FfnChannels => DimKind::FfnChannels,
             GroupKind::Heads => DimKind::KvHeads,
         }
+    }
+}
+
+/// The group kinds a family prunes when none are named: MoE expert channels and whole experts
+/// (SsmMoe; SSM channels only on request), FFN channels and heads (Llama).
+pub fn default_targets(model: &ModelConfig) -> Vec<GroupKind> {
+    match model {
+        ModelConfig::SsmMoe(_) => vec![GroupKind::MoeChannels, GroupKind::Experts],
+        ModelConfig::Llama(_) => vec![GroupKind::FfnChannels, GroupKind::Heads],
     }
 }
 
@@ -129,6 +140,24 @@ pub struct PruneData<'a> {
     pub valid: &'a [u32],
     /// BOS id.
     pub bos: u32,
+}
+
+/// What [`crate::run`] prunes: the F32 checkpoint and its token data.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneInput<'a> {
+    /// The checkpoint to prune (F32 tensors).
+    pub ckpt: &'a Checkpoint,
+    /// Calibration, training and validation tokens.
+    pub data: PruneData<'a>,
+}
+
+/// What [`crate::run`] returns.
+#[derive(Debug, Clone)]
+pub struct StageOutput {
+    /// The smaller checkpoint (F32; provenance `stage = "prune"`).
+    pub checkpoint: Checkpoint,
+    /// What was removed, per round, and how the model recovered.
+    pub report: PruneReport,
 }
 
 /// Progress of the stage.
@@ -218,4 +247,51 @@ pub struct PruneReport {
     pub recovery_tokens_per_round: usize,
     /// Wall seconds of the whole stage.
     pub seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squish_core::config::{LlamaConfig, SsmMoeConfig};
+
+    /// Each family's default targets are what `PruneConfig::validate` accepts for it, and a
+    /// Llama model is not pruned with PruneConfig's SsmMoe default.
+    #[test]
+    fn default_targets_fit_their_family() {
+        let ssm = ModelConfig::SsmMoe(SsmMoeConfig {
+            d_model: 16,
+            n_layers: 1,
+            vocab_size: 32,
+            seq_len: 32,
+            d_inner: 16,
+            d_state: 4,
+            d_conv: 4,
+            dt_rank: 2,
+            n_experts: 2,
+            top_k: 1,
+            expert_hidden: 16,
+            norm_eps: 1e-5,
+        });
+        let llama = ModelConfig::Llama(LlamaConfig {
+            dim: 16,
+            hidden_dim: 24,
+            n_layers: 1,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab_size: 32,
+            seq_len: 32,
+            shared_classifier: true,
+            norm_eps: 1e-5,
+            rope_theta: 10000.0,
+        });
+        for model in [&ssm, &llama] {
+            let cfg = PruneConfig {
+                targets: default_targets(model),
+                ..PruneConfig::default()
+            };
+            cfg.validate(model).unwrap();
+        }
+        assert_eq!(default_targets(&ssm), PruneConfig::default().targets);
+        assert!(PruneConfig::default().validate(&llama).is_err());
+    }
 }

@@ -26,7 +26,8 @@ use squish_core::model::structure::{DimKind, ModelStructure, describe};
 use squish_core::{Error, Result};
 
 pub use config::{
-    Allocation, GroupKind, Importance, PruneConfig, PruneData, PruneEvent, PruneReport, RoundReport,
+    Allocation, GroupKind, Importance, PruneConfig, PruneData, PruneEvent, PruneInput, PruneReport,
+    RoundReport, StageOutput, default_targets,
 };
 
 use allocate::{Problem, is_channel};
@@ -148,15 +149,16 @@ fn plan(
     })
 }
 
-/// Prunes `ckpt` under `cfg`: returns the smaller checkpoint (F32 tensors for everything
-/// touched, provenance `stage = "prune"`) and the report. `on_event` sees progress.
-/// Same inputs and seed give byte-identical checkpoints.
-pub fn prune_checkpoint(
-    ckpt: &Checkpoint,
+/// The pruning stage, as the pipeline runs it with `[stages.<name>.prune]`: prunes `input.ckpt`
+/// under `cfg` and returns the smaller checkpoint (F32 tensors for everything touched, provenance
+/// `stage = "prune"`) and the report. `on_event` sees progress. Same inputs and seed give
+/// byte-identical checkpoints.
+pub fn run(
+    input: &PruneInput,
     cfg: &PruneConfig,
-    data: &PruneData,
     on_event: &mut dyn FnMut(&PruneEvent),
-) -> Result<(Checkpoint, PruneReport)> {
+) -> Result<StageOutput> {
+    let (ckpt, data) = (input.ckpt, &input.data);
     let t0 = Instant::now();
     cfg.validate(&ckpt.config)?;
     let config = &ckpt.config;
@@ -295,8 +297,8 @@ pub fn prune_checkpoint(
             .map_or(0, |r| r.steps * r.batch_size * r.seq_len),
         seconds: t0.elapsed().as_secs_f64(),
     };
-    let out = output_checkpoint(ckpt, cfg, w, &report)?;
-    Ok((out, report))
+    let checkpoint = output_checkpoint(ckpt, cfg, w, &report)?;
+    Ok(StageOutput { checkpoint, report })
 }
 
 /// The pruned checkpoint with provenance and metrics.

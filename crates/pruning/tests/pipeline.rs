@@ -6,7 +6,7 @@ use common::*;
 use squish_core::checkpoint::{Checkpoint, to_bytes};
 use squish_core::train::TrainConfig;
 use squish_prune::{
-    Allocation, GroupKind, Importance, PruneConfig, PruneData, PruneReport, prune_checkpoint,
+    Allocation, GroupKind, Importance, PruneConfig, PruneData, PruneInput, PruneReport,
 };
 
 fn data_for(
@@ -29,7 +29,8 @@ fn run(ck: &Checkpoint, cfg: &PruneConfig) -> squish_core::Result<(Checkpoint, P
         valid: &valid,
         bos: 1,
     };
-    prune_checkpoint(ck, cfg, &data, &mut |_| {})
+    let out = squish_prune::run(&PruneInput { ckpt: ck, data }, cfg, &mut |_| {})?;
+    Ok((out.checkpoint, out.report))
 }
 
 fn base_cfg(targets: Vec<GroupKind>) -> PruneConfig {

@@ -17,7 +17,7 @@ pub fn own_summary(ctx: &Ctx, stage: &str, seconds: f64) -> Result<serde_json::V
         &input.loaded.ckpt,
         &input.loaded.path,
     )?;
-    Ok(summary_json(&m, Some(m.ppl.ppl), seconds))
+    Ok(summary_json(&m, &input.eval, Some(m.ppl.ppl), seconds))
 }
 
 /// The sha256 of an input file, naming it in the error.
