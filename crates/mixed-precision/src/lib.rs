@@ -1,5 +1,6 @@
-//! squish-mixed: per-tensor storage formats (F32/F16/INT8/INT4) chosen from *measured*
-//! sensitivity under a byte budget.
+#![doc = include_str!("../README.md")]
+//!
+//! ## Modules
 //!
 //! 1. **Variants** ([`candidates`]): every quantizable tensor in every candidate format, with the
 //!    calibration-aware method (GPTQ vs weighted MSE, best layer-output error; MSE vs RTN without
@@ -15,18 +16,8 @@
 //!    Δnats), a fitted additivity factor, the HAWQ-style proxy's Spearman ρ, and the Pareto
 //!    frontier with uniform INT4/INT8 points ([`report`], SVG by [`frontier_svg`]).
 //!
-//! ```no_run
-//! use squish_mixed::{Budget, MixedConfig, MixedData, mixed_checkpoint, frontier_svg};
-//! let ckpt = squish_core::checkpoint::load("checkpoints/stories260k/f32.safetensors".as_ref())?;
-//! let calib: Vec<Vec<u32>> = vec![/* 256-token windows, BOS first */];
-//! let valid: Vec<u32> = vec![/* tokenized valid.txt */];
-//! let cfg = MixedConfig { budget: Budget::Bytes(174_376), ..MixedConfig::default() };
-//! let data = MixedData { calib: &calib, valid: &valid, bos: 1 };
-//! let (mixed, report) = mixed_checkpoint(&ckpt, &cfg, &data, None, &mut |_| {})?;
-//! squish_core::checkpoint::save(&mixed, "out/mixed.safetensors".as_ref())?;
-//! std::fs::write("out/frontier.svg", frontier_svg(&report)).unwrap();
-//! # Ok::<(), squish_core::Error>(())
-//! ```
+//! The stage as the pipeline runs it: [`run`] with [`MixedStageConfig`] (mix + optional QAT of
+//! the mix), [`check_budget`]; the algorithm alone: [`mixed_checkpoint`].
 #![deny(missing_docs)]
 
 mod budget;

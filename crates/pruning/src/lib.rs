@@ -1,13 +1,13 @@
-//! squish-prune: structured pruning of the SsmMoe and Llama families.
+#![doc = include_str!("../README.md")]
 //!
-//! Dependency groups come from the model's structural description
-//! ([`squish_core::model::structure`]): every prunable dimension lists the tensor slices that
-//! move with it (an expert's hidden channel = w1 row + w3 row + w2 column; an SSM `d_inner`
-//! channel = ten slices; a GQA kv head = its wk/wv rows plus the wq rows and wo columns of the
-//! query heads reading it). Units are scored (L1/L2 magnitude, Wanda, Taylor, expert
-//! utilisation), a budget of non-embedding parameters is allocated globally or uniformly, the
-//! tensors are physically cut, and the model optionally recovers by distillation from the
-//! unpruned teacher — in one shot or over several rounds. See `README.md` for numbers.
+//! ## Modules
+//!
+//! The stage: [`run`] with [`PruneConfig`] (the `[stages.<name>.prune]` table), [`PruneInput`],
+//! [`PruneEvent`], [`StageOutput`] / [`PruneReport`]. Dependency groups come from the model's
+//! structural description ([`squish_core::model::structure`]); [`groups`] applies a plan to the
+//! tensors, [`importance`] scores units (L1/L2 magnitude, Wanda, Taylor, expert utilisation),
+//! [`allocate`] spreads the budget globally or uniformly, [`net`] runs the burn model for
+//! calibration and recovery by distillation from the unpruned teacher.
 #![deny(missing_docs)]
 
 pub mod allocate;

@@ -1,5 +1,9 @@
-//! squish-quant: the quantization stage — F32 checkpoint in, packed INT4/INT8 checkpoint out.
+#![doc = include_str!("../README.md")]
 //!
+//! ## Modules
+//!
+//! - [`stage`]: the stage as the pipeline runs it — [`QuantSettings`] (the
+//!   `[stages.<name>.quant]` table), [`run`], [`StageOutput`], [`QuantEvent`], [`calibrate`].
 //! - [`spec`]: [`QuantFormat`] (INT4/INT8, group size or per-row, sym/asym), [`Method`], and the
 //!   [`Quantizer`] trait (one impl per method: [`rtn::Rtn`], [`mse::MseClip`], [`gptq::Gptq`]).
 //! - [`grid`]: F16 scales (rounded *before* codes are chosen), zero points, levels, packing into
@@ -9,16 +13,7 @@
 //! - [`pipeline`]: [`quantize_checkpoint`]; [`report`]: [`QuantReport`].
 //! - [`qat`]: [`qat_checkpoint`] — fake-quant fine-tuning with distillation ([`qat_net`]: the
 //!   straight-through network; [`qat_export`]: the packed export on the same grid).
-//!
-//! ```no_run
-//! use squish_quant::{Method, QuantConfig, QuantFormat, quantize_checkpoint};
-//! let ckpt = squish_core::checkpoint::load("checkpoints/stories260k/f32.safetensors".as_ref())?;
-//! let cfg = QuantConfig::new(QuantFormat::new(4, Some(32), false)?, Method::Rtn);
-//! let (q, report) = quantize_checkpoint(&ckpt, &cfg, None)?;
-//! squish_core::checkpoint::save(&q, "checkpoints/stories260k/int4.safetensors".as_ref())?;
-//! println!("{} bytes of tensors", report.tensor_bytes);
-//! # Ok::<(), squish_core::Error>(())
-//! ```
+
 #![deny(missing_docs)]
 
 pub mod awq;

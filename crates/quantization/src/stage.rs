@@ -169,9 +169,7 @@ impl QuantSettings {
             QuantMethod::Gptq | QuantMethod::Qat => Method::Gptq(self.gptq.clone()),
         };
         let mut c = QuantConfig::new(self.format()?, method);
-        if self.method != QuantMethod::Qat {
-            c.awq = self.awq.clone();
-        }
+        c.awq = self.awq.clone(); // QAT refuses it (`qat::build_plan`)
         c.quantize_embedding = self.quantize_embedding;
         c.small = self.small;
         Ok(c)
