@@ -254,21 +254,9 @@ mod tests {
     use squish_core::config::{ModelConfig, SsmMoeConfig};
     use squish_core::model::ssm_moe_weights::init_weights;
 
+    /// A tiny random SsmMoe (`dt_proj` rows 2 wide, experts 16 wide).
     fn tiny_ssm_moe() -> Checkpoint {
-        let c = SsmMoeConfig {
-            d_model: 16,
-            n_layers: 1,
-            vocab_size: 32,
-            seq_len: 64,
-            d_inner: 32,
-            d_state: 4,
-            d_conv: 4,
-            dt_rank: 2,
-            n_experts: 2,
-            top_k: 1,
-            expert_hidden: 16,
-            norm_eps: 1e-5,
-        };
+        let c: SsmMoeConfig = toml::from_str("d_model = 16\nn_layers = 1\nvocab_size = 32\nseq_len = 64\nd_inner = 32\nd_state = 4\nd_conv = 4\ndt_rank = 2\nn_experts = 2\ntop_k = 1\nexpert_hidden = 16").unwrap();
         Checkpoint {
             config: ModelConfig::SsmMoe(c.clone()),
             weights: init_weights(&c, 4).unwrap(),
