@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use squish_core::fsutil;
 use squish_mixed::{MixedConfig, MixedEvent, MixedStageConfig, check_budget, frontier_svg};
-use squish_quant::QatSettings;
+use squish_quant::{QatSettings, QuantEvent};
 
 use crate::common::{progress_bar, save_with_tokenizer};
 use crate::pipeline::Ctx;
@@ -71,7 +71,12 @@ pub fn run(
             MixedEvent::CacheHit { path } => {
                 tracing::info!(path = %path.display(), "sensitivity cache hit");
             }
-            MixedEvent::Quant(q) => show_quant_event(&qat_pb, q),
+            MixedEvent::Quant(q) => {
+                if let QuantEvent::Train(_) = q {
+                    pb.finish_and_clear(); // the sensitivities are done; one bar at a time
+                }
+                show_quant_event(&qat_pb, q)
+            }
             MixedEvent::QatExported {
                 mix_bytes,
                 qat_bytes,
