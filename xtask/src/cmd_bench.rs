@@ -8,8 +8,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use squish_core::checkpoint;
 use squish_core::quant::QBits;
+use squish_kernels::dispatch;
 use squish_kernels::runtime::{PAR_MIN_MACS, Runtime, RuntimeOptions, rtn_quantize};
-use squish_kernels::{Activations, dispatch};
+use squish_kernels::speed::{parse_activations, time_runtime};
 
 /// Inference engine of `eval` / `generate`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,56 +53,11 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// Median of `v` (non-empty).
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Peak resident set size in kB (`VmHWM` of /proc/self/status), if available.
-pub fn peak_rss_kb() -> Option<u64> {
+fn peak_rss_kb() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Nanoseconds of CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`, exact
-/// to the nanosecond, unlike the tick-granular `/proc/thread-self/schedstat`).
-#[cfg(target_os = "linux")]
-fn cpu_ns() -> Option<u64> {
-    #[repr(C)]
-    struct Timespec {
-        tv_sec: i64,
-        tv_nsec: i64,
-    }
-    unsafe extern "C" {
-        fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec (64-bit Linux layout); the libc
-    // function only writes it.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn cpu_ns() -> Option<u64> {
-    None
-}
-
-/// Index of the largest logit (greedy token).
-pub fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0 as u32
 }
 
 /// Entry point of `bench`.
@@ -116,11 +72,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         };
         ckpt.weights = rtn_quantize(&ckpt.weights, bits, 32)?;
     }
-    let act = match a.act.as_str() {
-        "f32" => Activations::F32,
-        "int8" => Activations::Int8,
-        other => bail!("--act {other}: expected f32 or int8"),
-    };
+    let act = parse_activations(&a.act).context("--act")?;
     let opts = RuntimeOptions {
         threads: a.threads,
         act,
@@ -130,57 +82,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut rt = Runtime::load_with(&ckpt, opts)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let vocab = rt.vocab_size() as u32;
-    let total = a.prefill + a.decode;
-    if a.prefill == 0 || total > rt.max_positions() {
-        bail!(
-            "prefill {} + decode {} must be in 1..={} positions",
-            a.prefill,
-            a.decode,
-            rt.max_positions()
-        );
-    }
-    // Deterministic prompt: BOS (1) then pseudo-random ids.
-    let prompt: Vec<u32> = (0..a.prefill)
-        .map(|i| {
-            if i == 0 {
-                1 % vocab
-            } else {
-                ((i as u64 * 7919 + 13) % vocab as u64) as u32
-            }
-        })
-        .collect();
+    let t = time_runtime(&mut rt, a.prefill, a.decode, a.reps)
+        .with_context(|| format!("benchmarking {}", a.checkpoint.display()))?;
     let reps = a.reps.max(1);
-    let (mut pre, mut dec, mut e2e) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut pre_cpu, mut dec_cpu) = (Vec::new(), Vec::new());
-    for rep in 0..reps + 2 {
-        rt.reset();
-        let (t, c0) = (Instant::now(), cpu_ns());
-        let mut next = argmax(rt.prefill(&prompt)?);
-        let (tp, c1) = (t.elapsed().as_secs_f64(), cpu_ns());
-        let t = Instant::now();
-        for _ in 0..a.decode {
-            next = argmax(rt.step(next)?);
-        }
-        let (td, c2) = (t.elapsed().as_secs_f64(), cpu_ns());
-        if rep >= 2 {
-            // The first two runs warm caches and branch predictors.
-            pre.push(tp);
-            dec.push(td);
-            e2e.push(tp + td);
-            if let (Some(c0), Some(c1), Some(c2)) = (c0, c1, c2) {
-                pre_cpu.push((c1 - c0) as f64 * 1e-9);
-                dec_cpu.push((c2 - c1) as f64 * 1e-9);
-            }
-        }
-    }
-    let (pre, dec, e2e) = (median(pre), median(dec), median(e2e));
+    let (pre, dec, e2e) = (t.prefill_s, t.decode_s, t.total_s);
     // On-CPU time of this thread: excludes time the OS gave the core to other processes.
-    let cpu = (pre_cpu.len() == reps).then(|| (median(pre_cpu), median(dec_cpu)));
-    let prefill_cpu_tps = cpu.map(|c| a.prefill as f64 / c.0);
-    let decode_cpu_tps = cpu.map(|c| {
+    let prefill_cpu_tps = t.prefill_cpu_s.map(|c| a.prefill as f64 / c);
+    let decode_cpu_tps = t.decode_cpu_s.map(|c| {
         if a.decode > 0 {
-            a.decode as f64 / c.1
+            a.decode as f64 / c
         } else {
             0.0
         }

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow};
-use serde::{Deserialize, Serialize};
+use anyhow::{Context, Result, anyhow};
+use squish_hwdiag::stage::{self, DiagnosticsSettings, StageInput};
 use squish_hwdiag::{HardwareReport, ProbeOptions, SimdLevel, probe_with};
 
 /// Arguments of `diagnose`.
@@ -21,15 +21,6 @@ pub struct DiagnoseArgs {
     pub simd: Option<String>,
 }
 
-/// `[stages.diagnostics]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiagnosticsStage {
-    /// Shorter benchmarks.
-    #[serde(default)]
-    pub quick: bool,
-}
-
 fn options(quick: bool, simd: Option<&str>) -> Result<ProbeOptions> {
     let force = simd
         .map(|s| SimdLevel::parse(s).ok_or_else(|| anyhow!("unknown SIMD level `{s}`")))
@@ -37,7 +28,7 @@ fn options(quick: bool, simd: Option<&str>) -> Result<ProbeOptions> {
     Ok(ProbeOptions {
         quick,
         force,
-        features: vec!["burn-flex".into(), "burn-ndarray".into()],
+        features: features(),
         ..ProbeOptions::default()
     })
 }
@@ -53,18 +44,24 @@ pub fn run(a: &DiagnoseArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs the stage: probes and writes `<report_dir>/<run>_hardware_check.{json,md}`.
+/// The binary's squish feature names, recorded in the report's toolchain section.
+pub fn features() -> Vec<String> {
+    vec!["burn-flex".into(), "burn-ndarray".into()]
+}
+
+/// Runs the stage (squish-hwdiag's [`stage::run`]): probes and writes
+/// `<report_dir>/<run>_hardware_check.{json,md}`.
 pub fn stage(
-    cfg: &DiagnosticsStage,
+    cfg: &DiagnosticsSettings,
     report_dir: &Path,
     run_name: &str,
 ) -> Result<(HardwareReport, Vec<PathBuf>)> {
-    let report = probe_with(&options(cfg.quick, None)?);
-    let (j, m) = (
-        report_dir.join(format!("{run_name}_hardware_check.json")),
-        report_dir.join(format!("{run_name}_hardware_check.md")),
-    );
-    squish_core::fsutil::atomic_write(&j, report.to_json()?.as_bytes())?;
-    squish_core::fsutil::atomic_write(&m, report.to_markdown().as_bytes())?;
-    Ok((report, vec![j, m]))
+    let input = StageInput {
+        report_dir,
+        run_name,
+        features: features(),
+    };
+    let out = stage::run(&input, cfg)
+        .with_context(|| format!("writing the hardware report into {}", report_dir.display()))?;
+    Ok((out.report, out.files))
 }

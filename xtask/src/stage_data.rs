@@ -11,9 +11,11 @@ use squish_core::data::{
     Corpus, EvalMode, EvalText, calibration_subset, locate_corpus, read_stories, stories_within,
     story_tokens,
 };
+use squish_core::eval::PerplexityReport;
 use squish_core::fsutil;
 use squish_core::tokenizer::Tokenizer;
 use squish_kernels::measure::{MeasureOptions, Measurement};
+use std::collections::BTreeMap;
 
 use crate::common::{Loaded, load_checkpoint, save_with_tokenizer};
 use crate::pipeline::Ctx;
@@ -280,29 +282,60 @@ pub fn reference_ppl(ctx: &Ctx, reference_stage: &str) -> Option<f64> {
         .and_then(|x| x.as_f64())
 }
 
-/// The common `summary` block of a stage report (read by the final report): `m` measured on the
-/// evaluation text `eval`.
-pub fn summary_json(
+/// The common `summary` block of every stage report that measures a checkpoint: what the
+/// final report reads (typed on both sides, so a renamed field is a compile error).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageSummary {
+    /// The checkpoint measured.
+    pub checkpoint: PathBuf,
+    /// Its sha256.
+    pub sha256: String,
+    /// Its size on disk.
+    pub file_bytes: u64,
+    /// Its parameters.
+    pub parameters: usize,
+    /// Tensors per storage format.
+    pub formats: BTreeMap<String, usize>,
+    /// Perplexity by the `llama-cpp` protocol on `eval_text`.
+    pub ppl: PerplexityReport,
+    /// The evaluation text.
+    pub eval_text: EvalText,
+    /// The reference's (F32 baseline's) PPL on the same text, if any.
+    pub reference_ppl: Option<f64>,
+    /// 100 · (ppl / reference − 1).
+    pub delta_ppl_pct: Option<f64>,
+    /// Greedy sample after the fixed prompt.
+    pub sample: String,
+    /// Whether the sample ended its story before the position limit.
+    pub sample_ended: bool,
+    /// Engine that measured (the native runtime).
+    pub engine: String,
+    /// Seconds the stage's own work took.
+    pub seconds: f64,
+}
+
+/// The [`StageSummary`] of `m` measured on the evaluation text `eval`.
+pub fn summary(
     m: &Measurement,
     eval: &EvalText,
     reference: Option<f64>,
     seconds: f64,
-) -> serde_json::Value {
-    serde_json::json!({
-        "checkpoint": m.checkpoint,
-        "sha256": m.sha256,
-        "file_bytes": m.file_bytes,
-        "parameters": m.parameters,
-        "formats": m.formats,
-        "ppl": m.ppl,
-        "eval_text": eval,
-        "reference_ppl": reference,
-        "delta_ppl_pct": reference.map(|r| 100.0 * (m.ppl.ppl / r - 1.0)),
-        "sample": m.sample,
-        "sample_ended": m.sample_ended,
-        "engine": m.engine,
-        "seconds": seconds,
-    })
+) -> StageSummary {
+    StageSummary {
+        checkpoint: m.checkpoint.clone(),
+        sha256: m.sha256.clone(),
+        file_bytes: m.file_bytes,
+        parameters: m.parameters,
+        formats: m.formats.clone(),
+        ppl: m.ppl.clone(),
+        eval_text: eval.clone(),
+        reference_ppl: reference,
+        delta_ppl_pct: reference.map(|r| 100.0 * (m.ppl.ppl / r - 1.0)),
+        sample: m.sample.clone(),
+        sample_ended: m.sample_ended,
+        engine: m.engine.clone(),
+        seconds,
+    }
 }
 
 /// Markdown rows of the common measurements (`m` measured on `eval`).

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use squish_core::fsutil;
 
+use squish_kernels::speed::BenchPoint;
+
 use crate::pipeline::Ctx;
+use crate::stage_data::StageSummary;
 use crate::svg::{Series, human_bytes, plot};
 
 /// `[stages.final_report]`.
@@ -51,10 +54,6 @@ fn read_report(ctx: &Ctx, stage: &str) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", pj.display()))
 }
 
-fn f(v: &Value, ptr: &str) -> Option<f64> {
-    v.pointer(ptr).and_then(Value::as_f64)
-}
-
 /// One row of the stage table.
 #[derive(Debug, Clone, Serialize)]
 struct StageRow {
@@ -71,49 +70,63 @@ struct StageRow {
     sha256: String,
 }
 
-fn latency(kernels: &Value, stage: &str, act: &str) -> (Option<f64>, Option<f64>) {
-    let Some(points) = kernels.get("points").and_then(Value::as_array) else {
-        return (None, None);
-    };
-    points
-        .iter()
-        .find(|p| p["stage"] == stage && p["threads"] == 1 && p["activations"] == act)
-        .map_or((None, None), |p| {
-            (p["latency_ms"].as_f64(), p["decode_tok_s"].as_f64())
-        })
+/// What the final report reads from a measuring stage's report.
+#[derive(Debug, Deserialize)]
+struct MeasuredReport {
+    /// The stage's checkpoint, measured.
+    summary: StageSummary,
+    /// `pruned`'s INT4 copy, measured.
+    #[serde(default)]
+    int4_summary: Option<StageSummary>,
 }
 
-fn rows(ctx: &Ctx, c: &FinalStage, kernels: &Value) -> Result<Vec<StageRow>> {
+/// What the final report reads from the `kernels` report.
+#[derive(Debug, Default, Deserialize)]
+struct KernelsReport {
+    points: Vec<BenchPoint>,
+}
+
+fn read_typed<T: serde::de::DeserializeOwned>(ctx: &Ctx, stage: &str) -> Result<T> {
+    let (pj, _) = ctx.report_paths(stage);
+    serde_json::from_value(read_report(ctx, stage)?)
+        .with_context(|| format!("{}: not a `{stage}` report", pj.display()))
+}
+
+/// 1-thread latency and decode tokens/s of `stage` with activations `act`, if measured.
+fn latency(kernels: &KernelsReport, stage: &str, act: &str) -> (Option<f64>, Option<f64>) {
+    kernels
+        .points
+        .iter()
+        .find(|p| p.stage == stage && p.threads == 1 && p.activations == act)
+        .map_or((None, None), |p| (Some(p.latency_ms), Some(p.decode_tok_s)))
+}
+
+fn rows(ctx: &Ctx, c: &FinalStage, kernels: &KernelsReport) -> Result<Vec<StageRow>> {
     let mut out = Vec::new();
-    let base = read_report(ctx, &c.reference)?;
-    let base_ppl = f(&base, "/summary/ppl/ppl").context("reference report has no summary")?;
+    let base: MeasuredReport = read_typed(ctx, &c.reference)?;
+    let base_ppl = base.summary.ppl.ppl;
     for stage in c.stages.iter().filter(|s| ctx.cfg.order.contains(s)) {
-        let r = read_report(ctx, stage)?;
-        let mut push = |name: String, s: &Value| -> Result<()> {
-            let ppl = f(s, "/ppl/ppl").with_context(|| format!("{name}: no PPL in summary"))?;
+        let r: MeasuredReport = read_typed(ctx, stage)?;
+        let mut push = |name: String, s: &StageSummary| {
             let (lat, dec) = latency(kernels, &name, "f32");
             let (lat8, _) = latency(kernels, &name, "int8");
             out.push(StageRow {
                 stage: name,
-                file_bytes: f(s, "/file_bytes").unwrap_or(f64::NAN),
-                parameters: f(s, "/parameters").unwrap_or(f64::NAN),
-                ppl,
-                delta_ppl_pct: Some(100.0 * (ppl / base_ppl - 1.0)),
+                file_bytes: s.file_bytes as f64,
+                parameters: s.parameters as f64,
+                ppl: s.ppl.ppl,
+                delta_ppl_pct: Some(100.0 * (s.ppl.ppl / base_ppl - 1.0)),
                 latency_ms_1t: lat,
                 decode_tok_s_1t: dec,
                 latency_ms_1t_int8_act: lat8,
-                sample: s["sample"].as_str().unwrap_or("").to_string(),
-                sample_ended: s["sample_ended"].as_bool().unwrap_or(false),
-                sha256: s["sha256"].as_str().unwrap_or("").to_string(),
+                sample: s.sample.clone(),
+                sample_ended: s.sample_ended,
+                sha256: s.sha256.clone(),
             });
-            Ok(())
         };
-        let s = r
-            .get("summary")
-            .with_context(|| format!("report of `{stage}` has no summary"))?;
-        push(stage.clone(), s)?;
-        if let Some(s4) = r.get("int4_summary") {
-            push(format!("{stage}+int4"), s4)?;
+        push(stage.clone(), &r.summary);
+        if let Some(s4) = &r.int4_summary {
+            push(format!("{stage}+int4"), s4);
         }
     }
     Ok(out)
@@ -140,13 +153,19 @@ pub fn run(ctx: &Ctx, c: &FinalStage, fingerprint: &str) -> Result<(Value, Strin
             c.deliverable
         );
     }
-    let kernels = read_report(ctx, &c.kernels).unwrap_or(Value::Null);
+    // Without a kernels report (the stage left out of `order`) the table has no latencies.
+    let kernels: KernelsReport = if ctx.report_paths(&c.kernels).0.is_file() {
+        read_typed(ctx, &c.kernels)?
+    } else {
+        KernelsReport::default()
+    };
     let rows = rows(ctx, c, &kernels)?;
     // The text every PPL was measured on (the stages share it; the reference's says which).
-    let eval_text = read_report(ctx, &c.reference)?
-        .pointer("/summary/eval_text")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let eval_text = serde_json::to_value(
+        read_typed::<MeasuredReport>(ctx, &c.reference)?
+            .summary
+            .eval_text,
+    )?;
     let base = rows
         .iter()
         .find(|r| r.stage == c.reference)

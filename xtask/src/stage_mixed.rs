@@ -13,7 +13,7 @@ use squish_quant::{QatSettings, QuantEvent};
 
 use crate::common::{progress_bar, save_with_tokenizer};
 use crate::pipeline::Ctx;
-use crate::stage_data::{load_input, measure, reference_ppl, sample_md, summary_json, summary_md};
+use crate::stage_data::{load_input, measure, reference_ppl, sample_md, summary, summary_md};
 use crate::stage_quant::show_quant_event;
 
 /// `[stages.mixed_precision]`.
@@ -139,7 +139,7 @@ pub fn run(
         "command": command,
         "fingerprint": fingerprint,
         "inputs": {"checkpoint": {"path": input.loaded.path, "sha256": input.sha256}, "corpus": input.corpus},
-        "summary": summary_json(&m, &input.eval, reference, seconds),
+        "summary": summary(&m, &input.eval, reference, seconds),
         "frontier": report.frontier,
         "mixed": report,
         "qat": qat_report,

@@ -13,7 +13,7 @@ use squish_quant::QuantSettings;
 use crate::common::progress_bar;
 use crate::pipeline::Ctx;
 use crate::stage_data::{
-    StageInput, load_input, reference_ppl, sample_md, save_and_measure, summary_json, summary_md,
+    StageInput, load_input, reference_ppl, sample_md, save_and_measure, summary, summary_md,
 };
 use crate::stage_quant::{quant_command, quantize_and_measure};
 
@@ -119,7 +119,7 @@ pub fn run(
             quant_command(q, &out, &qout)
         );
         int4_json =
-            json!({"summary": summary_json(&qm, &input.eval, reference, 0.0), "quantization": qr});
+            json!({"summary": summary(&qm, &input.eval, reference, 0.0), "quantization": qr});
         let tok = qout
             .parent()
             .unwrap_or(std::path::Path::new("."))
@@ -140,7 +140,7 @@ pub fn run(
         "command": command,
         "fingerprint": fingerprint,
         "inputs": {"checkpoint": {"path": input.loaded.path, "sha256": input.sha256}, "corpus": input.corpus},
-        "summary": summary_json(&m, &input.eval, reference, seconds),
+        "summary": summary(&m, &input.eval, reference, seconds),
         "pruning": report,
         "settings": c,
     });

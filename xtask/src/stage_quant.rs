@@ -13,7 +13,7 @@ use squish_quant::{QuantEvent, QuantReport, QuantSettings, SmallFormat};
 use crate::common::progress_bar;
 use crate::pipeline::Ctx;
 use crate::stage_data::{
-    StageInput, load_input, reference_ppl, sample_md, save_and_measure, summary_json, summary_md,
+    StageInput, load_input, reference_ppl, sample_md, save_and_measure, summary, summary_md,
 };
 
 /// `[stages.int4_native]`: what to quantize and how.
@@ -145,7 +145,7 @@ pub fn run(
         "command": command,
         "fingerprint": fingerprint,
         "inputs": {"checkpoint": {"path": input.loaded.path, "sha256": input.sha256}, "corpus": input.corpus},
-        "summary": summary_json(&m, &input.eval, reference, seconds),
+        "summary": summary(&m, &input.eval, reference, seconds),
         "quantization": report,
         "settings": c,
     });

@@ -17,6 +17,8 @@
 //!   (Llama, SsmMoe) built on these kernels.
 //! * [`measure`]: what every squish stage reports on its checkpoint, measured the same way on
 //!   the runtime (file bytes, parameters, `llama-cpp` perplexity, a greedy sample).
+//! * [`speed`]: the runtime's speed on checkpoints ("prefill + decode" latency and tokens/s in
+//!   interleaved rounds) — `cargo xtask bench` and the pipeline's `kernels` stage.
 //!
 //! No hot call allocates once its [`Scratch`] is large enough
 //! ([`Scratch::for_weight`]).
@@ -40,6 +42,7 @@ mod pack;
 pub mod runtime;
 mod scalar;
 mod scratch;
+pub mod speed;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -51,6 +54,11 @@ mod neon;
 mod ops_avx2;
 #[cfg(target_arch = "x86_64")]
 mod stage_avx2;
+
+/// The README's examples, compiled (and, where they need no pipeline files, run) as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use dispatch::SimdLevel;
 pub use error::{KernelError, Result};

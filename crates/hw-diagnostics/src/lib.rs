@@ -80,6 +80,7 @@ pub mod bench;
 pub mod cpu;
 pub mod report;
 pub mod simd;
+pub mod stage;
 pub mod system;
 
 use std::path::{Path, PathBuf};
@@ -88,7 +89,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub use assess::{Assessment, AssessmentItem, Rating, Recommendations, Upgrade};
 pub use bench::{BenchResult, BenchResults, MatvecResult};
 pub use cpu::{CacheLevel, CpuInfo};
-pub use report::{HardwareReport, REPORT_BASENAME, SCHEMA_VERSION, SimdInfo, write_reports};
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+pub use report::{
+    HardwareReport, REPORT_BASENAME, SCHEMA_VERSION, SimdInfo, write_reports, write_reports_named,
+};
 pub use simd::{SIMD_ENV_VAR, SimdFeatures, SimdLevel, best_simd_level, detect_features};
 pub use system::{GpuDevice, GpuInfo, MemoryInfo, OsInfo, ToolchainInfo};
 

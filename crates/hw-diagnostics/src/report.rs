@@ -359,9 +359,18 @@ impl HardwareReport {
 /// missing). Each file is written atomically: temp file in the same directory, fsync, rename,
 /// then the directory is fsynced. Returns (json path, markdown path).
 pub fn write_reports(report: &HardwareReport, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    write_reports_named(report, dir, REPORT_BASENAME)
+}
+
+/// Writes `<dir>/<basename>.json` and `<dir>/<basename>.md` as [`write_reports`] does.
+pub fn write_reports_named(
+    report: &HardwareReport,
+    dir: &Path,
+    basename: &str,
+) -> Result<(PathBuf, PathBuf)> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let json = dir.join(format!("{REPORT_BASENAME}.json"));
-    let md = dir.join(format!("{REPORT_BASENAME}.md"));
+    let json = dir.join(format!("{basename}.json"));
+    let md = dir.join(format!("{basename}.md"));
     let mut json_text = report.to_json()?;
     json_text.push('\n');
     write_atomic(&json, json_text.as_bytes())?;

@@ -9,8 +9,11 @@ use super::summary::own_summary;
 use crate::report::write_report;
 
 /// Runs `baseline`; returns the files it wrote.
-pub fn baseline(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
-    let c = ctx.cfg.stages.baseline.as_ref().expect("validated");
+pub fn baseline(
+    ctx: &Ctx,
+    c: &crate::stage_baseline::BaselineStage,
+    fingerprint: &str,
+) -> Result<Vec<PathBuf>> {
     let out = ctx.checkpoint_path("baseline");
     let r = crate::stage_baseline::run(c, &out, fingerprint)?;
     println!(
@@ -18,7 +21,7 @@ pub fn baseline(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
         r.parameters, r.ppl.ppl, r.ppl.nats_per_token, r.unigram_nats, r.train_seconds
     );
     let (mut json, md) = crate::stage_baseline::report(&r, c, fingerprint)?;
-    json["summary"] = own_summary(ctx, "baseline", r.train_seconds)?;
+    json["summary"] = serde_json::to_value(own_summary(ctx, "baseline", r.train_seconds)?)?;
     let (rj, rm) = write_report(ctx, "baseline", &json, &md)?;
     let tok = out.parent().unwrap_or(Path::new(".")).join("tokenizer.bin");
     Ok(vec![out, tok, rj, rm])

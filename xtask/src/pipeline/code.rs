@@ -19,7 +19,7 @@
 //! | int4_native | core, quant, kernels, hwdiag | stage_quant.rs, stage_data.rs, common.rs, report.rs |
 //! | pruned | core, prune, quant, kernels, hwdiag | stage_prune.rs, stage_quant.rs, stage_data.rs, common.rs, report.rs |
 //! | mixed_precision | core, mixed, quant, kernels, hwdiag | stage_mixed.rs, stage_quant.rs, stage_data.rs, common.rs, report.rs |
-//! | kernels | core, kernels, hwdiag | stage_kernels.rs, cmd_bench.rs, report.rs |
+//! | kernels | core, kernels, hwdiag | stage_kernels.rs, report.rs |
 //! | final_report | core | stage_final.rs, svg.rs, stage_data.rs, common.rs, report.rs |
 //!
 //! (kernels depends on hwdiag for CPU feature detection, so every stage that measures on the

@@ -41,7 +41,7 @@ pub struct Stages {
     /// `eval`: perplexity of another stage's checkpoint.
     pub eval: Option<EvalStage>,
     /// `diagnostics`: probe the hardware (squish-hwdiag).
-    pub diagnostics: Option<crate::cmd_diagnose::DiagnosticsStage>,
+    pub diagnostics: Option<squish_hwdiag::stage::DiagnosticsSettings>,
     /// `baseline`: train the SsmMoe model (and its tokenizer) from text.
     pub baseline: Option<crate::stage_baseline::BaselineStage>,
     /// `int4_native`: packed INT4/INT8 of another stage's checkpoint (squish-quant).
@@ -51,9 +51,53 @@ pub struct Stages {
     /// `mixed_precision`: per-tensor formats under a byte budget (squish-mixed).
     pub mixed_precision: Option<crate::stage_mixed::MixedStage>,
     /// `kernels`: the native runtime's latency on every stage's checkpoint.
-    pub kernels: Option<crate::stage_kernels::KernelsStage>,
+    pub kernels: Option<squish_kernels::speed::KernelsSettings>,
     /// `final_report`: the success criteria, stage table, samples and plots.
     pub final_report: Option<crate::stage_final::FinalStage>,
+}
+
+/// One configured stage with its settings: the pipeline's registry. Every per-stage decision
+/// (inputs, fingerprint, run) is a `match` on this enum, so the compiler checks that a new stage
+/// is handled everywhere; adding a stage is its settings field in [`Stages`], a variant here and
+/// one line in [`Stages::get`].
+#[derive(Debug, Clone, Copy)]
+pub enum Stage<'a> {
+    /// `import`.
+    Import(&'a ImportStage),
+    /// `eval`.
+    Eval(&'a EvalStage),
+    /// `diagnostics`.
+    Diagnostics(&'a squish_hwdiag::stage::DiagnosticsSettings),
+    /// `baseline`.
+    Baseline(&'a crate::stage_baseline::BaselineStage),
+    /// `int4_native`.
+    Int4Native(&'a crate::stage_quant::QuantStage),
+    /// `pruned`.
+    Pruned(&'a crate::stage_prune::PruneStage),
+    /// `mixed_precision`.
+    MixedPrecision(&'a crate::stage_mixed::MixedStage),
+    /// `kernels`.
+    Kernels(&'a squish_kernels::speed::KernelsSettings),
+    /// `final_report`.
+    FinalReport(&'a crate::stage_final::FinalStage),
+}
+
+impl Stages {
+    /// The stage named `name`, if its table is present (the registry: one line per stage).
+    pub fn get(&self, name: &str) -> Option<Stage<'_>> {
+        match name {
+            "import" => self.import.as_ref().map(Stage::Import),
+            "eval" => self.eval.as_ref().map(Stage::Eval),
+            "diagnostics" => self.diagnostics.as_ref().map(Stage::Diagnostics),
+            "baseline" => self.baseline.as_ref().map(Stage::Baseline),
+            "int4_native" => self.int4_native.as_ref().map(Stage::Int4Native),
+            "pruned" => self.pruned.as_ref().map(Stage::Pruned),
+            "mixed_precision" => self.mixed_precision.as_ref().map(Stage::MixedPrecision),
+            "kernels" => self.kernels.as_ref().map(Stage::Kernels),
+            "final_report" => self.final_report.as_ref().map(Stage::FinalReport),
+            _ => None,
+        }
+    }
 }
 
 /// `[stages.import]`.
@@ -143,62 +187,42 @@ impl PipelineConfig {
         Ok(())
     }
 
+    /// The stage named `name` (its table is present: checked when the config is loaded).
+    pub fn stage(&self, name: &str) -> Result<Stage<'_>> {
+        match self.stages.get(name) {
+            Some(s) => Ok(s),
+            None => bail!("no [stages.{name}] table for stage `{name}`"),
+        }
+    }
+
     /// The stages whose outputs `stage` reads (they must run before it).
     pub fn inputs_of(&self, stage: &str) -> Vec<String> {
-        let s = &self.stages;
-        match stage {
-            "eval" => s.eval.iter().map(|e| e.input.clone()).collect(),
-            "int4_native" => s
-                .int4_native
+        let in_order = |names: &[String]| -> Vec<String> {
+            names
                 .iter()
-                .flat_map(|q| [q.input.clone(), q.reference.clone()])
-                .collect(),
-            "pruned" => s
-                .pruned
-                .iter()
-                .flat_map(|q| [q.input.clone(), q.reference.clone()])
-                .collect(),
-            "mixed_precision" => s
-                .mixed_precision
-                .iter()
-                .flat_map(|q| [q.input.clone(), q.reference.clone()])
-                .collect(),
-            "kernels" => s
-                .kernels
-                .iter()
-                .flat_map(|k| k.inputs.iter().filter(|i| self.order.contains(i)).cloned())
-                .collect(),
-            "final_report" => s
-                .final_report
-                .iter()
-                .flat_map(|f| {
-                    let mut v: Vec<String> = f
-                        .stages
-                        .iter()
-                        .filter(|i| self.order.contains(i))
-                        .cloned()
-                        .collect();
-                    v.push(f.reference.clone());
-                    v.push(f.deliverable.clone());
-                    v
-                })
-                .collect(),
-            _ => Vec::new(),
+                .filter(|i| self.order.contains(i))
+                .cloned()
+                .collect()
+        };
+        match self.stages.get(stage) {
+            Some(Stage::Eval(e)) => vec![e.input.clone()],
+            Some(Stage::Int4Native(q)) => vec![q.input.clone(), q.reference.clone()],
+            Some(Stage::Pruned(q)) => vec![q.input.clone(), q.reference.clone()],
+            Some(Stage::MixedPrecision(q)) => vec![q.input.clone(), q.reference.clone()],
+            Some(Stage::Kernels(k)) => in_order(&k.inputs),
+            Some(Stage::FinalReport(f)) => {
+                let mut v = in_order(&f.stages);
+                v.push(f.reference.clone());
+                v.push(f.deliverable.clone());
+                v
+            }
+            Some(Stage::Import(_) | Stage::Diagnostics(_) | Stage::Baseline(_)) | None => {
+                Vec::new()
+            }
         }
     }
 
     fn has_stage(&self, name: &str) -> bool {
-        match name {
-            "import" => self.stages.import.is_some(),
-            "eval" => self.stages.eval.is_some(),
-            "baseline" => self.stages.baseline.is_some(),
-            "diagnostics" => self.stages.diagnostics.is_some(),
-            "int4_native" => self.stages.int4_native.is_some(),
-            "kernels" => self.stages.kernels.is_some(),
-            "pruned" => self.stages.pruned.is_some(),
-            "mixed_precision" => self.stages.mixed_precision.is_some(),
-            "final_report" => self.stages.final_report.is_some(),
-            _ => false,
-        }
+        self.stages.get(name).is_some()
     }
 }

@@ -12,8 +12,7 @@ use crate::cmd_bench::Engine;
 use crate::report::write_report;
 
 /// Runs `eval`; returns the files it wrote.
-pub fn eval(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
-    let c = ctx.cfg.stages.eval.as_ref().expect("validated");
+pub fn eval(ctx: &Ctx, c: &super::config::EvalStage, fingerprint: &str) -> Result<Vec<PathBuf>> {
     let input = ctx.checkpoint_path(&c.input);
     if !input.is_file() {
         bail!(

@@ -10,8 +10,11 @@ use super::summary::{file_hash, own_summary};
 use crate::report::write_report;
 
 /// Runs `import`; returns the files it wrote.
-pub fn import(ctx: &Ctx, fingerprint: &str) -> Result<Vec<PathBuf>> {
-    let c = ctx.cfg.stages.import.as_ref().expect("validated");
+pub fn import(
+    ctx: &Ctx,
+    c: &super::config::ImportStage,
+    fingerprint: &str,
+) -> Result<Vec<PathBuf>> {
     let out = ctx.checkpoint_path("import");
     let ckpt = crate::cmd_import::import(&c.model, &c.tokenizer, &out, "import")?;
     let bytes = std::fs::metadata(&out)?.len();

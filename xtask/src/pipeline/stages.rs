@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::json;
 use squish_core::fsutil;
 
 use super::code::CodeTable;
+use super::config::Stage;
 use super::summary::file_hash;
 use super::{Ctx, Fingerprint};
 use crate::report::write_report;
@@ -28,14 +29,11 @@ fn checkpoint_outputs(ctx: &Ctx, stage: &str, reports: Vec<PathBuf>) -> Vec<Path
 /// (`code`'s hashes of its units, see [`super::code`]; the real table is
 /// [`super::code::embedded`], tests pass altered ones).
 pub fn fingerprint(ctx: &Ctx, stage: &str, code: &CodeTable) -> Result<Fingerprint> {
-    let s = &ctx.cfg.stages;
-    let v = match stage {
-        "import" => {
-            let c = s.import.as_ref().expect("validated");
+    let v = match ctx.cfg.stage(stage)? {
+        Stage::Import(c) => {
             json!({"settings": c, "model": file_hash(&c.model)?, "tokenizer": file_hash(&c.tokenizer)?, "data": ctx.cfg.data})
         }
-        "eval" => {
-            let c = s.eval.as_ref().expect("validated");
+        Stage::Eval(c) => {
             let input = ctx.checkpoint_path(&c.input);
             let input_hash = if input.is_file() {
                 file_hash(&input)?
@@ -45,11 +43,10 @@ pub fn fingerprint(ctx: &Ctx, stage: &str, code: &CodeTable) -> Result<Fingerpri
             json!({"settings": c, "input": input_hash, "data": file_hash(&c.data)?})
         }
         // The machine is the input: its CPU model and detected SIMD features.
-        "diagnostics" => {
-            json!({"settings": s.diagnostics, "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(String::from)), "simd": squish_hwdiag::detect_features()})
+        Stage::Diagnostics(c) => {
+            json!({"settings": c, "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(String::from)), "simd": squish_hwdiag::detect_features()})
         }
-        "baseline" => {
-            let c = s.baseline.as_ref().expect("validated");
+        Stage::Baseline(c) => {
             let corpus = match &c.data_dir {
                 Some(d) => {
                     json!({"train": file_hash(&d.join("train.txt"))?, "valid": file_hash(&d.join("valid.txt"))?})
@@ -61,28 +58,23 @@ pub fn fingerprint(ctx: &Ctx, stage: &str, code: &CodeTable) -> Result<Fingerpri
             };
             json!({"settings": c, "corpus": corpus})
         }
-        "int4_native" => {
-            let c = s.int4_native.as_ref().expect("validated");
+        Stage::Int4Native(c) => {
             json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?})
         }
-        "pruned" => {
-            let c = s.pruned.as_ref().expect("validated");
+        Stage::Pruned(c) => {
             json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?})
         }
-        "mixed_precision" => {
-            let c = s.mixed_precision.as_ref().expect("validated");
+        Stage::MixedPrecision(c) => {
             json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?})
         }
-        "kernels" => {
-            let c = s.kernels.as_ref().expect("validated");
+        Stage::Kernels(c) => {
             let mut inputs = serde_json::Map::new();
             for i in ctx.cfg.inputs_of("kernels") {
                 inputs.insert(i.clone(), json!(input_fingerprint(ctx, &i)?));
             }
             json!({"settings": c, "inputs": inputs, "simd": squish_hwdiag::detect_features()})
         }
-        "final_report" => {
-            let c = s.final_report.as_ref().expect("validated");
+        Stage::FinalReport(c) => {
             let mut inputs = serde_json::Map::new();
             let mut names = ctx.cfg.inputs_of("final_report");
             names.push(c.kernels.clone());
@@ -97,7 +89,6 @@ pub fn fingerprint(ctx: &Ctx, stage: &str, code: &CodeTable) -> Result<Fingerpri
             }
             json!({"settings": c, "reports": inputs})
         }
-        other => bail!("unknown stage `{other}`"),
     };
     let code = code.stage_code(stage)?;
     let full = json!({"stage": stage, "code": code, "inputs": v});
@@ -111,50 +102,44 @@ pub fn fingerprint(ctx: &Ctx, stage: &str, code: &CodeTable) -> Result<Fingerpri
 
 /// Runs `stage`; returns the files it wrote.
 pub fn run_stage(ctx: &Ctx, stage: &str, fingerprint: &str) -> Result<Vec<PathBuf>> {
-    match stage {
-        "import" => super::import::import(ctx, fingerprint),
-        "eval" => super::eval::eval(ctx, fingerprint),
-        "baseline" => super::baseline::baseline(ctx, fingerprint),
-        "int4_native" => {
-            let c = ctx.cfg.stages.int4_native.as_ref().expect("validated");
+    match ctx.cfg.stage(stage)? {
+        Stage::Import(c) => super::import::import(ctx, c, fingerprint),
+        Stage::Eval(c) => super::eval::eval(ctx, c, fingerprint),
+        Stage::Baseline(c) => super::baseline::baseline(ctx, c, fingerprint),
+        Stage::Int4Native(c) => {
             let (json, md) = crate::stage_quant::run(ctx, stage, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
             Ok(checkpoint_outputs(ctx, stage, vec![rj, rm]))
         }
-        "pruned" => {
-            let c = ctx.cfg.stages.pruned.as_ref().expect("validated");
+        Stage::Pruned(c) => {
             let (json, md, extra) = crate::stage_prune::run(ctx, stage, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
             let mut out = checkpoint_outputs(ctx, stage, vec![rj, rm]);
             out.extend(extra);
             Ok(out)
         }
-        "mixed_precision" => {
-            let c = ctx.cfg.stages.mixed_precision.as_ref().expect("validated");
+        Stage::MixedPrecision(c) => {
             let (json, md, extra) = crate::stage_mixed::run(ctx, stage, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
             let mut out = checkpoint_outputs(ctx, stage, vec![rj, rm]);
             out.extend(extra);
             Ok(out)
         }
-        "kernels" => {
-            let c = ctx.cfg.stages.kernels.as_ref().expect("validated");
+        Stage::Kernels(c) => {
             let (json, md) = crate::stage_kernels::run(ctx, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
             Ok(vec![rj, rm])
         }
-        "final_report" => {
-            let c = ctx.cfg.stages.final_report.as_ref().expect("validated");
+        Stage::FinalReport(c) => {
             let (json, md, mut extra) = crate::stage_final::run(ctx, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
             println!("  [final_report] {}", rm.display());
             extra.extend([rj, rm]);
             Ok(extra)
         }
-        "diagnostics" => {
-            let c = ctx.cfg.stages.diagnostics.clone().unwrap_or_default();
+        Stage::Diagnostics(c) => {
             let (r, files) =
-                crate::cmd_diagnose::stage(&c, &ctx.cfg.run.report_dir, &ctx.cfg.run.name)?;
+                crate::cmd_diagnose::stage(c, &ctx.cfg.run.report_dir, &ctx.cfg.run.name)?;
             println!(
                 "  [diagnostics] SIMD path {}, {} recommended thread(s), overall {:?}",
                 r.recommendations.simd_level.as_str(),
@@ -163,6 +148,5 @@ pub fn run_stage(ctx: &Ctx, stage: &str, fingerprint: &str) -> Result<Vec<PathBu
             );
             Ok(files)
         }
-        other => bail!("unknown stage `{other}`"),
     }
 }

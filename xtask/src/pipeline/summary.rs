@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 use squish_core::fsutil;
 
 use super::Ctx;
-use crate::stage_data::{load_input, measure, summary_json};
+use crate::stage_data::{StageSummary, load_input, measure, summary};
 
 /// The native-runtime summary block of a stage's own checkpoint (import / baseline).
-pub fn own_summary(ctx: &Ctx, stage: &str, seconds: f64) -> Result<serde_json::Value> {
+pub fn own_summary(ctx: &Ctx, stage: &str, seconds: f64) -> Result<StageSummary> {
     let input = load_input(ctx, stage)?;
     let m = measure(
         &ctx.cfg.data,
@@ -17,7 +17,7 @@ pub fn own_summary(ctx: &Ctx, stage: &str, seconds: f64) -> Result<serde_json::V
         &input.loaded.ckpt,
         &input.loaded.path,
     )?;
-    Ok(summary_json(&m, &input.eval, Some(m.ppl.ppl), seconds))
+    Ok(summary(&m, &input.eval, Some(m.ppl.ppl), seconds))
 }
 
 /// The sha256 of an input file, naming it in the error.
