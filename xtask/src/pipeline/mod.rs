@@ -16,6 +16,7 @@ mod code_hash;
 pub mod config;
 mod eval;
 mod import;
+mod plan;
 mod stages;
 mod summary;
 #[cfg(test)]
@@ -24,11 +25,12 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use squish_core::fsutil;
 
 pub use config::PipelineConfig;
+pub use plan::{PlannedStage, plan};
 
 /// Arguments of `pipeline`.
 #[derive(clap::Args, Debug, Clone)]
@@ -189,24 +191,7 @@ pub fn run(a: &PipelineArgs) -> Result<()> {
         cfg: &cfg,
         config_path: &a.config,
     };
-    for name in [&a.only, &a.from].into_iter().flatten() {
-        if !cfg.order.contains(name) {
-            bail!(
-                "stage `{name}` is not in this config's order {:?}",
-                cfg.order
-            );
-        }
-    }
-    let from_idx = a
-        .from
-        .as_ref()
-        .and_then(|f| cfg.order.iter().position(|s| s == f));
-    let selected: Vec<(usize, &String)> = cfg
-        .order
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| a.only.as_ref().is_none_or(|o| o == *s))
-        .collect();
+    let selected = plan(&cfg.order, a.only.as_deref(), a.from.as_deref(), a.force)?;
     let overall = crate::common::progress_bar(selected.len() as u64, "pipeline");
     if a.dry_run {
         overall.finish_and_clear();
@@ -217,11 +202,14 @@ pub fn run(a: &PipelineArgs) -> Result<()> {
         a.config.display(),
         cfg.order.join(" → ")
     );
-    for (idx, stage) in selected {
+    for PlannedStage {
+        name: stage,
+        forced,
+    } in selected
+    {
         let fp = stages::fingerprint(&ctx, stage, code::embedded())
             .with_context(|| format!("fingerprinting stage `{stage}`"))?;
         let fingerprint = fp.full.as_str();
-        let forced = a.force || from_idx.is_some_and(|f| idx >= f);
         let st = status(&ctx, stage, &fp);
         match (&st, forced) {
             (Status::UpToDate, false) => {
