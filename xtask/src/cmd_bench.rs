@@ -29,7 +29,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Worker threads (matmuls below the runtime's PAR_MIN_MACS stay on one thread).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::common::at_least_one)]
     pub threads: usize,
     /// Prompt tokens run as one prefill.
     #[arg(long, default_value_t = 128)]
@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     pub decode: usize,
     /// Timed repetitions of each measurement (the median is reported).
-    #[arg(long, default_value_t = 21)]
+    #[arg(long, default_value_t = 21, value_parser = crate::common::at_least_one)]
     pub reps: usize,
     /// Activation precision for quantized weights: f32 or int8.
     #[arg(long, default_value = "f32")]

@@ -29,13 +29,13 @@ pub struct EvalArgs {
     #[arg(long)]
     pub write_text: Option<PathBuf>,
     /// Context length.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::common::at_least_one)]
     pub ctx: usize,
     /// Perplexity protocol.
     #[arg(long, default_value = "llama-cpp")]
     pub protocol: String,
     /// Chunks per forward batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::common::at_least_one)]
     pub batch: usize,
     /// burn CPU backend (flex or ndarray).
     #[arg(long, default_value = "flex")]

@@ -29,10 +29,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
     /// Temperature (0 = greedy).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::common::non_negative)]
     pub temperature: f32,
     /// Top-p.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = crate::common::unit_interval)]
     pub topp: f32,
     /// RNG seed.
     #[arg(long, default_value_t = 42)]

@@ -31,6 +31,7 @@ pub fn import(model: &Path, tokenizer: &Path, out: &Path, stage: &str) -> Result
         llama2c::import(model).with_context(|| format!("importing {}", model.display()))?;
     // Validate the tokenizer against the model's vocabulary before writing anything.
     Llama2cTokenizer::from_file(tokenizer, cfg.vocab_size)?;
+    crate::common::prepare_out(out)?;
     let tref = place_tokenizer(tokenizer, out)?;
     let params = weights.param_count() as f64;
     let provenance = Provenance {

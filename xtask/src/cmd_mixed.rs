@@ -124,7 +124,9 @@ pub fn run(a: &MixedArgs) -> Result<()> {
         mixed: config(a, &out_dir)?,
         qat: None,
     };
+    crate::common::prepare_out(&a.out)?;
     let loaded = load_checkpoint(&a.checkpoint)?;
+    crate::common::require_unquantized(&loaded)?;
     let tok = &loaded.tokenizer;
     let path = match &a.calib {
         Some(p) => p.clone(),

@@ -98,7 +98,9 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         .parent()
         .unwrap_or(std::path::Path::new("."))
         .join("corpus");
+    crate::common::prepare_out(&a.out)?;
     let input = load_input_from(&a.checkpoint, &d, &fallback)?;
+    crate::common::require_unquantized(&input.loaded)?;
     let targets = match &a.targets {
         Some(t) => parse_targets(t)?,
         None => default_targets(&input.loaded.ckpt.config),

@@ -208,7 +208,9 @@ fn calib_path(a: &QuantizeArgs) -> Result<PathBuf> {
 /// Entry point of `quantize`.
 pub fn run(a: &QuantizeArgs) -> Result<()> {
     let settings = settings(a)?;
+    crate::common::prepare_out(&a.out)?;
     let loaded = load_checkpoint(&a.checkpoint)?;
+    crate::common::require_unquantized(&loaded)?;
     let tok = &loaded.tokenizer;
     // Calibration windows when the method needs statistics; QAT trains on every story of the
     // calibration text (each BOS-first) and validates on --eval or the corpus's valid.txt.

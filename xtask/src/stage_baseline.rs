@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use squish_core::checkpoint::{self, Checkpoint, Provenance, TokenizerRef};
+use squish_core::checkpoint::{self, Checkpoint, Provenance};
 use squish_core::config::{ModelConfig, SsmMoeConfig};
 use squish_core::data::{
     Corpus, EvalMode, EvalText, locate_corpus, read_stories, story_tokens, train_story_tokenizer,
@@ -127,7 +127,7 @@ pub fn greedy_sample(
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Runs the stage, writing the checkpoint (+ tokenizer.bin) to `out`.
+/// Runs the stage, writing the checkpoint (+ its content-named tokenizer) to `out`.
 pub fn run(cfg: &BaselineStage, out: &Path, fingerprint: &str) -> Result<BaselineResult> {
     let corpus = locate_corpus(
         cfg.data_dir.as_deref(),
@@ -141,13 +141,7 @@ pub fn run(cfg: &BaselineStage, out: &Path, fingerprint: &str) -> Result<Baselin
     let tok = train_story_tokenizer(&stories, cfg.vocab_size).context("training the tokenizer")?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "tokenizer trained");
     let tok_bytes = tok.to_bytes();
-    let tok_path = out.parent().unwrap_or(Path::new(".")).join("tokenizer.bin");
-    fsutil::atomic_write(&tok_path, &tok_bytes)?;
-    let tref = TokenizerRef {
-        file: "tokenizer.bin".into(),
-        kind: "llama2c".into(),
-        sha256: fsutil::sha256_hex(&tok_bytes),
-    };
+    let tref = checkpoint::write_tokenizer(&tok_bytes, "llama2c", out)?;
     let train_tokens = story_tokens(&tok, &stories);
     let valid_tokens = eval_text.tokens(&tok);
     let mut model_cfg = cfg.model.clone();

@@ -120,11 +120,7 @@ pub fn run(
         );
         int4_json =
             json!({"summary": summary(&qm, &input.eval, reference, 0.0), "quantization": qr});
-        let tok = qout
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("tokenizer.bin");
-        extra.extend([qout, tok]);
+        extra.extend(crate::common::checkpoint_files(&qout)?);
     }
     let command = format!(
         "cargo xtask prune --checkpoint {} --out {} --ratio {} --importance {}",

@@ -92,6 +92,13 @@ impl LlamaConfig {
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
             return bad("norm_eps", format!("{} must be positive", self.norm_eps));
         }
+        // RoPE frequencies are theta^(-2i/hs): a base <= 1 or non-finite gives NaN/Inf angles.
+        if !(self.rope_theta > 1.0 && self.rope_theta.is_finite()) {
+            return bad(
+                "rope_theta",
+                format!("{} must be a finite number > 1", self.rope_theta),
+            );
+        }
         Ok(())
     }
 }
@@ -202,9 +209,14 @@ impl ModelConfig {
     }
 }
 
-/// 1-based line and column of byte `offset` in `text`.
+/// 1-based line and column (in characters) of byte `offset` in `text`. An offset past the end
+/// counts as the end; one inside a multi-byte character counts as that character's start.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
@@ -264,6 +276,19 @@ mod tests {
     }
 
     #[test]
+    fn line_col_never_splits_a_character() {
+        // Found by fuzzing (config_toml): a toml error span inside a multi-byte character.
+        let text = "a = \"é\"\n€x";
+        for off in 0..=text.len() + 2 {
+            let (line, col) = line_col(text, off);
+            assert!(line >= 1 && col >= 1);
+        }
+        assert_eq!(line_col(text, 10), (2, 1)); // inside '€' (bytes 9..12): its start
+        assert_eq!(line_col(text, 12), (2, 2));
+        assert_eq!(line_col(text, 99), (2, 3));
+    }
+
+    #[test]
     fn llama_config_validation_names_the_key() {
         let mut c = LlamaConfig {
             dim: 64,
@@ -280,6 +305,19 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("n_kv_heads"));
         c.n_kv_heads = 4;
         c.validate().unwrap();
+        for theta in [f32::NAN, f32::INFINITY, 0.0, 1.0, -5.0] {
+            let bad = LlamaConfig {
+                rope_theta: theta,
+                ..c.clone()
+            };
+            assert!(
+                bad.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("rope_theta"),
+                "{theta}"
+            );
+        }
         let json = serde_json::to_string(&ModelConfig::Llama(c.clone())).unwrap();
         assert!(json.contains("\"arch\":\"llama\""));
         assert_eq!(

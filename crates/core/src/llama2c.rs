@@ -64,30 +64,52 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<(LlamaConfig, usize)> {
     };
     cfg.validate()
         .map_err(|e| Error::format(path, e.to_string()))?;
-    Ok((cfg.clone(), expected_floats(&cfg)))
+    let n = expected_floats(&cfg).ok_or_else(|| {
+        Error::format(
+            path,
+            format!(
+                "header (dim {}, hidden {}, layers {}, vocab {}, seq_len {}) describes more weights than this machine can address",
+                cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.vocab_size, cfg.seq_len
+            ),
+        )
+    })?;
+    Ok((cfg, n))
 }
 
-/// The number of f32 values a v0 file with this config holds after the header.
-pub fn expected_floats(c: &LlamaConfig) -> usize {
-    let kv_dim = c.dim * c.n_kv_heads / c.n_heads;
-    let l = c.n_layers;
-    let mut n = c.vocab_size * c.dim // token embedding
-        + l * c.dim * 2 // rms_att, rms_ffn
-        + l * c.dim * c.dim * 2 // wq, wo
-        + l * kv_dim * c.dim * 2 // wk, wv
-        + l * c.hidden_dim * c.dim * 3 // w1, w2, w3
-        + c.dim // rms_final
-        + c.seq_len * c.head_size(); // freq_cis_real + freq_cis_imag (unused: RoPE is computed)
+/// The number of f32 values a v0 file with this config holds after the header. Computed in
+/// `u128` (a forged header's fields, each up to 2^20, multiply past `u64`); `None` when the count
+/// or its byte size does not fit in `usize`.
+pub fn expected_floats(c: &LlamaConfig) -> Option<usize> {
+    let w = |x: usize| x as u128;
+    let (d, h, l, v) = (w(c.dim), w(c.hidden_dim), w(c.n_layers), w(c.vocab_size));
+    let kv_dim = d * w(c.n_kv_heads) / w(c.n_heads);
+    let mut n = v * d // token embedding
+        + l * d * 2 // rms_att, rms_ffn
+        + l * d * d * 2 // wq, wo
+        + l * kv_dim * d * 2 // wk, wv
+        + l * h * d * 3 // w1, w2, w3
+        + d // rms_final
+        + w(c.seq_len) * w(c.head_size()); // freq_cis_real + freq_cis_imag (unused: RoPE is computed)
     if !c.shared_classifier {
-        n += c.vocab_size * c.dim;
+        n += v * d;
     }
-    n
+    // The byte size (`28 + 4 n`) must fit too.
+    let bytes = n.checked_mul(4)?.checked_add(HEADER_BYTES as u128)?;
+    usize::try_from(bytes).ok()?;
+    usize::try_from(n).ok()
 }
 
 /// Reads a llama2.c v0 checkpoint into a config and [`Weights`] with squish's tensor names.
 pub fn import(path: &Path) -> Result<(LlamaConfig, Weights)> {
-    let bytes = fsutil::read(path)?;
-    let (cfg, n_floats) = parse_header(&bytes, path)?;
+    import_bytes(&fsutil::read(path)?, path)
+}
+
+/// Parses the bytes of a llama2.c v0 checkpoint (see [`import`]); errors name `path`. The file
+/// size must equal what the header describes before any weight is copied, so a forged header
+/// cannot make it allocate more than the file holds.
+pub fn import_bytes(bytes: &[u8], path: &Path) -> Result<(LlamaConfig, Weights)> {
+    let (cfg, n_floats) = parse_header(bytes, path)?;
+    // Cannot overflow: `expected_floats` checked that `28 + 4 n` fits in usize.
     let want = HEADER_BYTES + 4 * n_floats;
     if bytes.len() != want {
         return Err(Error::format(
@@ -163,17 +185,20 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn take(&mut self, shape: Vec<usize>) -> Result<WeightTensor> {
-        let n: usize = shape.iter().product();
-        let end = self.pos + n;
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::invalid("llama2.c tensor shape overflows"))?;
         let slice = self
-            .data
-            .get(self.pos..end)
+            .pos
+            .checked_add(n)
+            .and_then(|end| self.data.get(self.pos..end))
             .ok_or_else(|| Error::invalid("llama2.c weights end early"))?;
-        self.pos = end;
+        self.pos += n;
         WeightTensor::f32(shape, slice.to_vec())
     }
     fn skip(&mut self, n: usize) {
-        self.pos += n;
+        self.pos = self.pos.saturating_add(n);
     }
 }
 
@@ -210,5 +235,27 @@ mod tests {
         std::fs::write(&p, header([8, 16, -1, 2, 2, 10, 4])).unwrap();
         assert!(import(&p).unwrap_err().to_string().contains("n_layers"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn forged_header_sizes_are_errors() {
+        // Fields at their 2^20 limit (heads halved to keep the head size even): 28 + 4 · Σ sizes
+        // ≈ 2^65 bytes, past usize.
+        let max = 1 << 20;
+        let h = header([max, max, max, max / 2, max / 2, -max, max]);
+        let err = parse_header(&h, Path::new("forged.bin"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("forged.bin") && err.contains("more weights"),
+            "{err}"
+        );
+        assert!(import_bytes(&h, Path::new("forged.bin")).is_err());
+        // Large but addressable: the size check refuses it before anything is allocated.
+        let h = header([4096, 4096, 64, 32, 32, 32000, 4096]);
+        let err = import_bytes(&h, Path::new("big.bin"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("28 bytes but its header"), "{err}");
     }
 }

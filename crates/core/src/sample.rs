@@ -35,8 +35,9 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` (modified in place when sampling).
+    /// Empty logits give 0; NaN logits never panic (the pick is then deterministic, not random).
     pub fn sample(&mut self, logits: &mut [f32]) -> usize {
-        if self.temperature == 0.0 {
+        if self.temperature == 0.0 || logits.is_empty() {
             return argmax(logits);
         }
         for l in logits.iter_mut() {
@@ -62,6 +63,10 @@ impl Sampler {
                 .filter(|(_, p)| **p >= cutoff)
                 .map(|(i, &p)| (p, i)),
         );
+        if self.scratch.is_empty() {
+            // Only when no probability compares >= the cut-off: NaN logits. Deterministic pick.
+            return argmax(probs);
+        }
         self.scratch
             .sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
         let mut cum = 0.0f32;
@@ -123,6 +128,18 @@ fn sample_mult(probs: &[f32], coin: f32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nan_and_empty_logits_never_panic() {
+        for (t, p) in [(0.0, 0.9), (1.0, 0.9), (1.0, 1.0), (0.7, 0.0)] {
+            let mut s = Sampler::new(t, p, 3);
+            let mut nan = vec![f32::NAN; 8];
+            assert!(s.sample(&mut nan) < 8, "{t} {p}");
+            let mut mixed = vec![0.5, f32::NAN, 2.0, f32::INFINITY];
+            assert!(s.sample(&mut mixed) < 4, "{t} {p}");
+            assert_eq!(s.sample(&mut []), 0);
+        }
+    }
 
     #[test]
     fn greedy_takes_first_max() {

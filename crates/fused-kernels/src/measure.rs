@@ -3,12 +3,12 @@
 //! the native [`Runtime`], so the numbers in reports are the runtime's, not fake-quant.
 //!
 //! ```no_run
-//! use squish_core::{checkpoint, data::{EvalMode, EvalText}, tokenizer::Llama2cTokenizer};
+//! use squish_core::{checkpoint, data::{EvalMode, EvalText}};
 //! use squish_kernels::measure::{MeasureOptions, measure};
 //!
 //! let path = std::path::Path::new("checkpoints/phase7/mixed_precision/model.safetensors");
 //! let ckpt = checkpoint::load(path)?;
-//! let tok = Llama2cTokenizer::from_file(path.with_file_name("tokenizer.bin"), 512)?;
+//! let tok = checkpoint::load_tokenizer(path, &ckpt)?;
 //! let text = EvalText::load("reports/phase7_eval.txt".as_ref(), EvalMode::Stories, None)?;
 //! let m = measure(path, &ckpt, &tok, &text.tokens(&tok), &MeasureOptions::default(), &mut |_, _| {})?;
 //! println!("{} bytes, PPL {:.4}: {}", m.file_bytes, m.ppl.ppl, m.sample);

@@ -116,12 +116,8 @@ fn main() {
     let (f32_ckpt, tok) = if ssm {
         let p = PathBuf::from("checkpoints/phase7/baseline/model.safetensors");
         let mut c = checkpoint::load(&p).unwrap();
+        let tok = checkpoint::load_tokenizer(&p, &c).unwrap();
         c.tokenizer = None;
-        let tok = Llama2cTokenizer::from_file(
-            "checkpoints/phase7/baseline/tokenizer.bin",
-            c.config.vocab_size(),
-        )
-        .unwrap();
         (c, tok)
     } else {
         let (cfg, weights) =

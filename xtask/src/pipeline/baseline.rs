@@ -1,6 +1,6 @@
 //! Pipeline stage `baseline`: train the SsmMoe model and its tokenizer from text.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 
@@ -23,6 +23,7 @@ pub fn baseline(
     let (mut json, md) = crate::stage_baseline::report(&r, c, fingerprint)?;
     json["summary"] = serde_json::to_value(own_summary(ctx, "baseline", r.train_seconds)?)?;
     let (rj, rm) = write_report(ctx, "baseline", &json, &md)?;
-    let tok = out.parent().unwrap_or(Path::new(".")).join("tokenizer.bin");
-    Ok(vec![out, tok, rj, rm])
+    let mut files = crate::common::checkpoint_files(&out)?;
+    files.extend([rj, rm]);
+    Ok(files)
 }

@@ -1,6 +1,6 @@
 //! Pipeline stage `import`: a llama2.c checkpoint and tokenizer as a squish checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use serde_json::json;
@@ -38,6 +38,7 @@ pub fn import(
         json["command"].as_str().unwrap_or("")
     );
     let (rj, rm) = write_report(ctx, "import", &json, &md)?;
-    let tok = out.parent().unwrap_or(Path::new(".")).join("tokenizer.bin");
-    Ok(vec![out, tok, rj, rm])
+    let mut files = crate::common::checkpoint_files(&out)?;
+    files.extend([rj, rm]);
+    Ok(files)
 }

@@ -1,6 +1,6 @@
 //! The stages the pipeline knows: their fingerprints and what they run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use serde_json::json;
@@ -13,16 +13,11 @@ use super::{Ctx, Fingerprint};
 use crate::report::write_report;
 use crate::stage_data::{corpus_fingerprint, input_fingerprint};
 
-/// A stage's checkpoint and tokenizer plus `reports`: the files it leaves behind.
-fn checkpoint_outputs(ctx: &Ctx, stage: &str, reports: Vec<PathBuf>) -> Vec<PathBuf> {
-    let ckpt = ctx.checkpoint_path(stage);
-    let tok = ckpt
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("tokenizer.bin");
-    let mut v = vec![ckpt, tok];
+/// A stage's checkpoint and the tokenizer it names, plus `reports`: the files it leaves behind.
+fn checkpoint_outputs(ctx: &Ctx, stage: &str, reports: Vec<PathBuf>) -> Result<Vec<PathBuf>> {
+    let mut v = crate::common::checkpoint_files(&ctx.checkpoint_path(stage))?;
     v.extend(reports);
-    v
+    Ok(v)
 }
 
 /// The fingerprint of `stage`: the hash of its name, settings, input files and the code it runs
@@ -109,19 +104,19 @@ pub fn run_stage(ctx: &Ctx, stage: &str, fingerprint: &str) -> Result<Vec<PathBu
         Stage::Int4Native(c) => {
             let (json, md) = crate::stage_quant::run(ctx, stage, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
-            Ok(checkpoint_outputs(ctx, stage, vec![rj, rm]))
+            checkpoint_outputs(ctx, stage, vec![rj, rm])
         }
         Stage::Pruned(c) => {
             let (json, md, extra) = crate::stage_prune::run(ctx, stage, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
-            let mut out = checkpoint_outputs(ctx, stage, vec![rj, rm]);
+            let mut out = checkpoint_outputs(ctx, stage, vec![rj, rm])?;
             out.extend(extra);
             Ok(out)
         }
         Stage::MixedPrecision(c) => {
             let (json, md, extra) = crate::stage_mixed::run(ctx, stage, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
-            let mut out = checkpoint_outputs(ctx, stage, vec![rj, rm]);
+            let mut out = checkpoint_outputs(ctx, stage, vec![rj, rm])?;
             out.extend(extra);
             Ok(out)
         }

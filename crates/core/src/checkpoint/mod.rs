@@ -6,10 +6,12 @@
 //! in [`crate::quant`]'s layout. `__metadata__` holds `squish.format`, `squish.arch`,
 //! `squish.config`, `squish.quant` (`bits/cols/group` of each quantized tensor, in name order;
 //! absent when none is quantized), `squish.provenance`, and when present `squish.metrics` and
-//! `squish.tokenizer`. Files are written deterministically (sorted keys, no timestamps), so the
+//! `squish.tokenizer` (the content-named tokenizer file beside it, see [`write_tokenizer`]).
+//! Files are written deterministically (sorted keys, no timestamps), so the
 //! same inputs give the same bytes.
 
 mod io;
+mod tokenizer_file;
 
 use std::collections::BTreeMap;
 
@@ -21,6 +23,10 @@ use crate::quant::QTensor;
 use crate::{Error, Result};
 
 pub use io::{MAX_HEADER_BYTES, load, load_bytes, save, to_bytes};
+pub use tokenizer_file::{
+    LEGACY_TOKENIZER_FILE, load_tokenizer, read_tokenizer, tokenizer_file_name, tokenizer_file_of,
+    tokenizer_path, write_tokenizer,
+};
 
 /// The checkpoint format version this build writes and reads.
 /// Version 2 (compact header): per-tensor formats and shapes come from the safetensors entries,
@@ -187,7 +193,8 @@ pub struct Provenance {
     pub details: BTreeMap<String, String>,
 }
 
-/// A reference to the tokenizer file stored beside the checkpoint.
+/// A reference to the tokenizer file stored beside the checkpoint (written by
+/// [`write_tokenizer`] as `tokenizer-<sha8>.bin`; older files name `tokenizer.bin`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenizerRef {
     /// File name relative to the checkpoint's directory.

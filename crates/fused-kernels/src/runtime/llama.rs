@@ -120,6 +120,14 @@ impl LlamaRt {
             (!c.shared_classifier).then_some("output.weight"),
         )?;
         let half = hs / 2;
+        // seq_len is the one size not backed by tensor bytes: bound what it allocates.
+        super::check_alloc(
+            "seq_len",
+            &[
+                (2 * c.n_layers * kvd, seq.next_multiple_of(8)),
+                (2 * seq, half),
+            ],
+        )?;
         let (mut cos, mut sin) = (
             Vec::with_capacity(seq * half),
             Vec::with_capacity(seq * half),

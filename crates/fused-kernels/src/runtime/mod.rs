@@ -56,6 +56,21 @@ use crate::scratch::{RmsNorm, Scratch};
 /// when [`RuntimeOptions::threads`] > 1.
 pub const PAR_MIN_MACS: usize = 1 << 22;
 
+/// Most bytes of `f32` buffers the runtime allocates for a size read from a checkpoint's config
+/// (the Llama KV cache and RoPE tables grow with `seq_len`, which no tensor's bytes back).
+pub const MAX_CONFIG_ALLOC_BYTES: u128 = 2 << 30;
+
+/// Refuses, naming `key`, when `Σ a·b` f32 values exceed [`MAX_CONFIG_ALLOC_BYTES`].
+pub(crate) fn check_alloc(key: &str, parts: &[(usize, usize)]) -> Result<()> {
+    let bytes: u128 = parts.iter().map(|&(a, b)| a as u128 * b as u128 * 4).sum();
+    if bytes > MAX_CONFIG_ALLOC_BYTES {
+        return Err(Error::invalid(format!(
+            "model config `{key}` asks the runtime for {bytes} bytes of buffers (limit {MAX_CONFIG_ALLOC_BYTES})"
+        )));
+    }
+    Ok(())
+}
+
 /// Options of [`Runtime::load_with`].
 #[derive(Debug, Clone, Copy)]
 pub struct RuntimeOptions {
