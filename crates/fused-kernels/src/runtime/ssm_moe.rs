@@ -16,10 +16,10 @@ use squish_core::config::SsmMoeConfig;
 use squish_core::model::ssm_moe_weights::{expert_name, experts_in_layer, router_name, ssm_name};
 use squish_core::{Error, Result};
 
-use super::load;
 use super::ssm_ops::{conv_silu, mul_silu, scan_t, softplus_bias};
 use super::vecops::{add, axpy};
 use super::{Exec, Family, Head, Logits, SwiGlu, reserve};
+use super::{load, profile};
 use crate::PackedWeight;
 use crate::scratch::{RmsNorm, Scratch};
 
@@ -246,10 +246,14 @@ impl Family for SsmRt {
         let (n, d, k, ns, r) = (tokens.len(), head.d, *k, *ns, *r);
         let nd = n * d;
         let w = r + 2 * ns;
-        head.embed(tokens, x)?;
+        {
+            let _p = profile::span("embedding");
+            head.embed(tokens, x)?;
+        }
         for l in layers.iter_mut() {
             let di = l.di;
             // --- SSM mixer ---
+            let sp = profile::span("in_proj matmul");
             ex.mm(
                 &l.in_proj,
                 x,
@@ -261,6 +265,8 @@ impl Family for SsmRt {
                     eps: *eps,
                 }),
             )?;
+            drop(sp);
+            let sp = profile::span("conv + silu");
             for t in 0..n {
                 let xin = &xz[t * 2 * di..t * 2 * di + di];
                 let xo = &mut xc[t * di..(t + 1) * di];
@@ -270,11 +276,15 @@ impl Family for SsmRt {
                     l.win[(k - 2) * di..].copy_from_slice(xin);
                 }
             }
+            drop(sp);
+            let sp = profile::span("x_proj + dt_proj matmul");
             ex.mm(&l.x_proj, xc, n, dbc, s, None)?;
             for t in 0..n {
                 dt[t * r..(t + 1) * r].copy_from_slice(&dbc[t * w..t * w + r]);
             }
             ex.mm(&l.dt_proj, dt, n, delta, s, None)?;
+            drop(sp);
+            let sp = profile::span("softplus + scan + gate");
             for row in delta[..n * di].chunks_exact_mut(di) {
                 softplus_bias(ex.level, row, &l.dt_bias);
             }
@@ -286,7 +296,11 @@ impl Family for SsmRt {
                 scan_t(ex.level, xt, dlt, b, c, &l.a, &l.dskip, &mut l.h, yt);
                 mul_silu(ex.level, yt, &xz[t * 2 * di + di..(t + 1) * 2 * di]);
             }
+            drop(sp);
+            let sp = profile::span("out_proj matmul");
             ex.mm(&l.out_proj, y, n, o, s, None)?;
+            drop(sp);
+            let sp = profile::span("moe norm + router + routing");
             add(&mut x[..nd], &o[..nd]);
             // --- MoE ---
             for (hr, xr) in hn[..nd].chunks_exact_mut(d).zip(x[..nd].chunks_exact(d)) {
@@ -312,6 +326,8 @@ impl Family for SsmRt {
                     }
                 }
             }
+            drop(sp);
+            let _p = profile::span("experts (swiglu matmuls)");
             moe[..nd].fill(0.0);
             for (ex_w, route) in l.experts.iter_mut().zip(routes.iter()) {
                 let m = route.len();
@@ -329,6 +345,7 @@ impl Family for SsmRt {
             }
             add(&mut x[..nd], &moe[..nd]);
         }
+        let _p = profile::span("classifier");
         head.logits(ex, x, n, out, s)
     }
 }
