@@ -66,7 +66,8 @@ fn loadavg() -> String {
 }
 
 fn compare(c: &ModelConfig, w: &Weights, q4: &Weights, rounds: usize, reps: usize) -> Res<()> {
-    // (level, format, threads, runtime, prefill s per round, decode s per round)
+    // (level, format, threads, runtime, prefill s per round, decode s per round, on-CPU s of
+    // the calling thread per round: prefill, decode)
     let mut pts = Vec::new();
     for level in levels() {
         for (fmt, ws, act) in [
@@ -75,35 +76,56 @@ fn compare(c: &ModelConfig, w: &Weights, q4: &Weights, rounds: usize, reps: usiz
         ] {
             for threads in [1, 2] {
                 let rt = load(c, ws, level, act, threads)?;
-                pts.push((level, fmt, threads, rt, Vec::new(), Vec::new()));
+                pts.push((
+                    level,
+                    fmt,
+                    threads,
+                    rt,
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                ));
             }
         }
     }
     println!("load before: {}", loadavg().trim());
     for _ in 0..rounds {
-        for (_, _, _, rt, pre, dec) in &mut pts {
+        for (_, _, _, rt, pre, dec, cpre, cdec) in &mut pts {
             let t = time_runtime(rt, PREFILL, DECODE, reps)?;
             pre.push(t.prefill_s);
             dec.push(t.decode_s);
+            cpre.push(t.prefill_cpu_s.unwrap_or(f64::NAN));
+            cdec.push(t.decode_cpu_s.unwrap_or(f64::NAN));
         }
     }
     println!("load after:  {}", loadavg().trim());
     println!(
-        "\n| path | weights | threads | prefill {PREFILL} tok/s | decode tok/s | prefill+decode ms |"
+        "\n| path | weights | threads | prefill {PREFILL} tok/s | decode tok/s | prefill+decode ms | on-CPU prefill tok/s | on-CPU decode tok/s |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut med = Vec::new();
-    for (level, fmt, threads, _, pre, dec) in &pts {
+    for (level, fmt, threads, _, pre, dec, cpre, cdec) in &pts {
         let (p, d) = (median(pre.clone()), median(dec.clone()));
         let both: Vec<f64> = pre.iter().zip(dec).map(|(a, b)| a + b).collect();
         println!(
-            "| {} | {fmt} | {threads} | {:.0} | {:.0} | {:.3} |",
+            "| {} | {fmt} | {threads} | {:.0} | {:.0} | {:.3} | {:.0} | {:.0} |",
             level.as_str(),
             PREFILL as f64 / p,
             DECODE as f64 / d,
-            median(both) * 1e3
+            median(both) * 1e3,
+            PREFILL as f64 / median(cpre.clone()),
+            DECODE as f64 / median(cdec.clone()),
         );
-        med.push((*level, *fmt, *threads, pre.clone(), dec.clone()));
+        med.push((
+            *level,
+            *fmt,
+            *threads,
+            pre.clone(),
+            dec.clone(),
+            cpre.clone(),
+            cdec.clone(),
+        ));
     }
     // Ratios per round (interleaved neighbours), then their median.
     let ratio = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
@@ -117,10 +139,12 @@ fn compare(c: &ModelConfig, w: &Weights, q4: &Weights, rounds: usize, reps: usiz
         for t in [1, 2] {
             let (f, q) = (find(level, "f32", t), find(level, "int4+a8", t));
             println!(
-                "  {} {t} thr: INT4/F32 speed  prefill {:.2}x  decode {:.2}x",
+                "  {} {t} thr: INT4/F32 speed  prefill {:.2}x  decode {:.2}x   (on-CPU: prefill {:.2}x  decode {:.2}x)",
                 level.as_str(),
                 ratio(&f.3, &q.3),
-                ratio(&f.4, &q.4)
+                ratio(&f.4, &q.4),
+                ratio(&f.5, &q.5),
+                ratio(&f.6, &q.6)
             );
         }
         for fmt in ["f32", "int4+a8"] {

@@ -270,6 +270,11 @@ pub(crate) fn run_rows(
         (Repr::Quant(q), Staged::Q8 { xq, ld, a, b, .. }) => {
             #[cfg(target_arch = "x86_64")]
             match level {
+                // SAFETY: `level` comes from dispatch::resolve: AVX2+FMA+F16C and AVX-512
+                // F/BW/VL + VNNI were detected.
+                SimdLevel::Avx512Vnni if q.bits == 4 => unsafe {
+                    return crate::avx2::q4il_rows_vnni(q, w.out, xq, ld, a, b, n, r0, r1, y, ldy);
+                },
                 // SAFETY: `level` comes from dispatch::resolve: AVX-512 F/BW/VL + VNNI were detected.
                 SimdLevel::Avx512Vnni => unsafe {
                     return crate::avx512::q8_rows(q, xq, ld, a, b, n, r0, r1, y, ldy);
