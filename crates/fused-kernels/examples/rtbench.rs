@@ -160,31 +160,45 @@ fn compare(c: &ModelConfig, w: &Weights, q4: &Weights, rounds: usize, reps: usiz
     Ok(())
 }
 
-fn profile_one(rt: &mut Runtime, reps: usize) -> Res<(Vec<profile::OpTime>, Vec<profile::OpTime>)> {
+/// Per-op median over `reps` runs of each op's exclusive seconds (medians resist the
+/// preemptions of a shared host better than sums).
+fn median_ops(runs: &[Vec<profile::OpTime>]) -> Vec<(&'static str, f64)> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|o| {
+            let v = runs
+                .iter()
+                .map(|r| r.iter().find(|x| x.op == o.op).map_or(0.0, |x| x.seconds))
+                .collect();
+            (o.op, median(v))
+        })
+        .collect()
+}
+
+type Ops = Vec<(&'static str, f64)>;
+
+/// Per-op medians of one prefill of [`PREFILL`] tokens and of [`DECODE`] decode steps.
+fn profile_one(rt: &mut Runtime, reps: usize) -> Res<(Ops, Ops)> {
     let prompt = bench_prompt(PREFILL, rt.vocab_size());
-    // Warm-up.
     rt.reset();
-    rt.prefill(&prompt)?;
+    rt.prefill(&prompt)?; // warm-up
     profile::enable(true);
     profile::take();
-    let mut next = 0;
+    let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         rt.reset();
-        next = argmax(rt.prefill(&prompt)?);
-    }
-    let pre = profile::take();
-    for _ in 0..reps {
-        rt.reset();
-        next = argmax(rt.prefill(&prompt)?);
-        profile::take();
+        let mut next = argmax(rt.prefill(&prompt)?);
+        pre.push(profile::take());
         for _ in 0..DECODE {
             next = argmax(rt.step(next)?);
         }
+        dec.push(profile::take());
     }
-    let _ = next;
-    let dec = profile::take();
     profile::enable(false);
-    Ok((pre, dec))
+    Ok((median_ops(&pre), median_ops(&dec)))
 }
 
 fn profile(c: &ModelConfig, w: &Weights, q4: &Weights, reps: usize) -> Res<()> {
@@ -196,24 +210,23 @@ fn profile(c: &ModelConfig, w: &Weights, q4: &Weights, reps: usize) -> Res<()> {
         ] {
             let mut rt = load(c, ws, level, act, 1)?;
             let (pre, dec) = profile_one(&mut rt, reps)?;
-            let tp: f64 = pre.iter().map(|t| t.seconds).sum();
-            let td: f64 = dec.iter().map(|t| t.seconds).sum();
+            let tp: f64 = pre.iter().map(|t| t.1).sum();
+            let td: f64 = dec.iter().map(|t| t.1).sum();
             println!(
-                "\n{} {fmt} (1 thread): prefill {PREFILL} = {:.1} µs, decode = {:.2} µs/token",
+                "\n{} {fmt} (1 thread; per-op medians of {reps} runs): prefill {PREFILL} = {:.1} µs, decode = {:.2} µs/token",
                 level.as_str(),
-                tp / reps as f64 * 1e6,
-                td / (reps * DECODE) as f64 * 1e6
+                tp * 1e6,
+                td / DECODE as f64 * 1e6
             );
             println!("| op | prefill µs | % | decode µs/token | % |");
             println!("|---|---|---|---|---|");
-            for p in &pre {
-                let d = dec.iter().find(|d| d.op == p.op).map_or(0.0, |d| d.seconds);
+            for (op, p) in &pre {
+                let d = dec.iter().find(|d| d.0 == *op).map_or(0.0, |d| d.1);
                 println!(
-                    "| {} | {:.1} | {:.0} | {:.2} | {:.0} |",
-                    p.op,
-                    p.seconds / reps as f64 * 1e6,
-                    100.0 * p.seconds / tp,
-                    d / (reps * DECODE) as f64 * 1e6,
+                    "| {op} | {:.1} | {:.0} | {:.2} | {:.0} |",
+                    p * 1e6,
+                    100.0 * p / tp,
+                    d / DECODE as f64 * 1e6,
                     100.0 * d / td
                 );
             }
