@@ -1,7 +1,8 @@
 //! The worker pool changes no bit: both families, F32 and INT4 (float and int8 activations),
 //! every SIMD path present, give identical logits at 1, 2 and 3 threads — in chunked prefill
 //! (the second chunk starts at position 128, so attention's cost split is uneven) and in decode.
-//! The models have the benchmark shapes, so the pool's size thresholds are crossed.
+//! The models have the benchmark shapes, so the pool's size thresholds are crossed; SsmMoe's
+//! conv/scan channel parts are also checked at a `d_inner` that is not a multiple of 8.
 
 mod rt_common;
 
@@ -81,5 +82,9 @@ fn ssm_moe_logits_are_identical_for_any_thread_count() {
     )
     .unwrap();
     let w = init_weights(&c, 3).unwrap();
-    check("ssm_moe", &ModelConfig::SsmMoe(c), &w);
+    check("ssm_moe", &ModelConfig::SsmMoe(c.clone()), &w);
+    // d_inner 70: channel parts end off the 8-lane grid (scalar tails stay where they were).
+    let c = SsmMoeConfig { d_inner: 70, ..c };
+    let w = init_weights(&c, 4).unwrap();
+    check("ssm_moe d_inner 70", &ModelConfig::SsmMoe(c), &w);
 }

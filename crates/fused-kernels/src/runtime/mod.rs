@@ -193,7 +193,7 @@ impl Runtime {
         let threads = opts.threads.max(1);
         let fam: Box<dyn Family> = match config {
             ModelConfig::Llama(c) => Box::new(llama::LlamaRt::load(c, w, cap, threads)?),
-            ModelConfig::SsmMoe(c) => Box::new(ssm_moe::SsmRt::load(c, w, cap)?),
+            ModelConfig::SsmMoe(c) => Box::new(ssm_moe::SsmRt::load(c, w, cap, threads)?),
         };
         let level = dispatch::resolve(opts.level);
         let pool =
