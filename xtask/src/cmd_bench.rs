@@ -28,7 +28,8 @@ pub struct BenchArgs {
     /// Checkpoint (.safetensors); any family, any mix of tensor formats.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Worker threads (matmuls below the runtime's PAR_MIN_MACS stay on one thread).
+    /// Threads of the runtime's persistent worker pool (matmuls below PAR_MIN_MACS stay on the
+    /// calling thread).
     #[arg(long, default_value_t = 1, value_parser = crate::common::at_least_one)]
     pub threads: usize,
     /// Prompt tokens run as one prefill.
@@ -109,7 +110,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let detected = dispatch::detect().as_str();
     let forced = std::env::var("SQUISH_SIMD").ok();
     let threads_note = format!(
-        "matmuls under {PAR_MIN_MACS} multiply-adds run on one thread (thread spawn costs more than such a matmul)"
+        "persistent worker pool; matmuls under {PAR_MIN_MACS} multiply-adds stay on the calling thread (the hand-off costs more)"
     );
     if a.json {
         let j = serde_json::json!({

@@ -39,6 +39,7 @@ mod matmul;
 pub mod measure;
 mod ops;
 mod pack;
+pub mod pool;
 pub mod runtime;
 mod scalar;
 mod scratch;

@@ -3,6 +3,8 @@
 use crate::dispatch::{self, SimdLevel};
 use crate::error::{Result, check_len};
 use crate::pack::{PackedWeight, Repr};
+use crate::pool::{Disjoint, Pool, split};
+use crate::runtime::profile;
 use crate::scalar;
 use crate::scratch::{RmsNorm, Scratch, Staged};
 
@@ -72,6 +74,65 @@ impl PackedWeight {
         let st = stage(self, x, n, scratch, opts);
         run_threaded(level, self, st, n, y, opts.threads);
         Ok(())
+    }
+
+    /// [`PackedWeight::matmul_opts`] on a persistent [`Pool`] (`opts.threads` is ignored): the
+    /// runtime's entry point. Activation staging runs on the calling thread, the rows (one
+    /// token) or tokens (several) are split over the pool's threads; results are identical
+    /// for any pool size.
+    pub(crate) fn matmul_pooled(
+        &self,
+        x: &[f32], // [n, in]
+        n: usize,
+        y: &mut [f32], // [n, out]
+        scratch: &mut Scratch,
+        opts: &MatOpts<'_>,
+        pool: Option<&Pool>,
+    ) -> Result<()> {
+        check_len("x", n * self.inp, x.len())?;
+        check_len("y", n * self.out, y.len())?;
+        if let Some(nm) = opts.norm {
+            check_len("norm weight", self.inp, nm.weight.len())?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let level = dispatch::resolve(opts.level);
+        let st = {
+            let _p = profile::span("activation staging (norm, int8)");
+            stage(self, x, n, scratch, opts)
+        };
+        match pool {
+            Some(p) if p.threads() > 1 => run_pool(level, self, st, n, y, p),
+            _ => run_rows(level, self, st, n, 0, self.out, y, self.out),
+        }
+        Ok(())
+    }
+}
+
+/// [`run_threaded`] on a persistent pool: the same splits (rows in multiples of 8 for one
+/// token, whole tokens otherwise), so the same bits as one thread.
+fn run_pool(level: SimdLevel, w: &PackedWeight, st: Staged<'_>, n: usize, y: &mut [f32], p: &Pool) {
+    let (out, parts) = (w.out, p.threads());
+    let yd = Disjoint::new(y);
+    if n == 1 {
+        p.run(&|k| {
+            let (r0, r1) = split(out, parts, k, 8);
+            if r0 < r1 {
+                // SAFETY: the parts' row ranges are disjoint (`split`).
+                let yc = unsafe { yd.range(r0, r1) };
+                run_rows(level, w, st, 1, r0, r1, yc, r1 - r0);
+            }
+        });
+    } else {
+        p.run(&|k| {
+            let (t0, t1) = split(n, parts, k, 1);
+            if t0 < t1 {
+                // SAFETY: the parts' token ranges, hence output rows, are disjoint (`split`).
+                let yc = unsafe { yd.range(t0 * out, t1 * out) };
+                run_rows(level, w, st.tokens(t0, t1), t1 - t0, 0, out, yc, out);
+            }
+        });
     }
 }
 
@@ -209,6 +270,11 @@ pub(crate) fn run_rows(
         (Repr::Quant(q), Staged::Q8 { xq, ld, a, b, .. }) => {
             #[cfg(target_arch = "x86_64")]
             match level {
+                // SAFETY: `level` comes from dispatch::resolve: AVX2+FMA+F16C and AVX-512
+                // F/BW/VL + VNNI were detected.
+                SimdLevel::Avx512Vnni if q.bits == 4 => unsafe {
+                    return crate::avx2::q4il_rows_vnni(q, w.out, xq, ld, a, b, n, r0, r1, y, ldy);
+                },
                 // SAFETY: `level` comes from dispatch::resolve: AVX-512 F/BW/VL + VNNI were detected.
                 SimdLevel::Avx512Vnni => unsafe {
                     return crate::avx512::q8_rows(q, xq, ld, a, b, n, r0, r1, y, ldy);

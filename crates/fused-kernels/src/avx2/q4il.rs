@@ -3,6 +3,11 @@
 //! are broadcast 4 at a time, `vpmaddubsw` + `vpmaddwd` give exact i32 sums per
 //! row lane, each group is scaled once per 8 rows (`s·a`), and the zero point is
 //! removed with `z·s · b` (one FMA per group per 8 rows). No horizontal sums.
+//!
+//! [`q4il_rows_vnni`] is the same kernel with AVX-512 VNNI: one 256-bit `vpdpbusd` per nibble
+//! half instead of `vpmaddubsw` + i16 add (+ `vpmaddwd` per chunk), and 8 tokens per weight load
+//! in prefill (AVX-512VL's 32 vector registers hold the 8 accumulators). The integer sums are
+//! exact either way, so both kernels give the same bits.
 
 use crate::interleave::IL_ROWS;
 use crate::pack::{CHUNK, QuantRepr};
@@ -43,6 +48,54 @@ pub(crate) unsafe fn q4il_rows(
     y: &mut [f32], // [n, ldy]
     ldy: usize,
 ) {
+    // SAFETY: AVX2 + FMA + F16C (this function's contract).
+    unsafe { rows::<false, 4>(q, out, xq, ld, a, b, n, r0, r1, y, ldy) }
+}
+
+/// [`q4il_rows`] with `vpdpbusd` and 8-token tiles (same results).
+///
+/// # Safety
+/// AVX2 + FMA + F16C + AVX-512 F/VL/VNNI must be available. All other preconditions are
+/// asserted.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn q4il_rows_vnni(
+    q: &QuantRepr,
+    out: usize,
+    xq: &[i8], // [n, ld] (INT4 staging order)
+    ld: usize,
+    a: &[f32], // [n, ng]
+    b: &[f32], // [n, ng]
+    n: usize,
+    r0: usize,
+    r1: usize,
+    y: &mut [f32], // [n, ldy]
+    ldy: usize,
+) {
+    // SAFETY: every feature the VNNI body needs (this function's contract).
+    unsafe { rows::<true, 8>(q, out, xq, ld, a, b, n, r0, r1, y, ldy) }
+}
+
+/// The body of [`q4il_rows`] (`V = false`, `TT = 4`) and [`q4il_rows_vnni`] (`V = true`,
+/// `TT = 8`), inlined into their feature sets.
+///
+/// # Safety
+/// The caller's features (see the wrappers).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<const V: bool, const TT: usize>(
+    q: &QuantRepr,
+    out: usize,
+    xq: &[i8], // [n, ld] (INT4 staging order)
+    ld: usize,
+    a: &[f32], // [n, ng]
+    b: &[f32], // [n, ng]
+    n: usize,
+    r0: usize,
+    r1: usize,
+    y: &mut [f32], // [n, ldy]
+    ldy: usize,
+) {
     let il = &q.il;
     let (ng, cpg) = (q.n_groups, q.gp / CHUNK);
     let blocks = out.div_ceil(IL_ROWS);
@@ -54,50 +107,91 @@ pub(crate) unsafe fn q4il_rows(
     assert!(n == 0 || (n - 1) * ldy + (r1 - r0) <= y.len());
     if n == 1 {
         // SAFETY: bounds asserted above.
-        unsafe { gemv(q, xq, a, b, r0, r1, y) };
+        unsafe { gemv::<V>(q, xq, a, b, r0, r1, y) };
         return;
     }
     for blk in r0 / IL_ROWS..r1.div_ceil(IL_ROWS) {
         let rb = blk * IL_ROWS;
         let (lo, hi) = (rb.max(r0), (rb + IL_ROWS).min(r1));
         let mut t = 0;
+        while t + TT <= n {
+            // SAFETY: blk < blocks, t + TT <= n; sizes asserted above.
+            let acc = unsafe { tile::<V, TT>(q, blk, xq, ld, a, b, t) };
+            for (j, v) in acc.iter().enumerate() {
+                // SAFETY: the caller's features include AVX2 + FMA + F16C.
+                unsafe { store(y, (t + j) * ldy, rb, lo, hi, r0, *v) };
+            }
+            t += TT;
+        }
         while t + 4 <= n {
             // SAFETY: blk < blocks, t + 4 <= n; sizes asserted above.
-            let acc = unsafe { tile::<4>(q, blk, xq, ld, a, b, t) };
+            let acc = unsafe { tile::<V, 4>(q, blk, xq, ld, a, b, t) };
             for (j, v) in acc.iter().enumerate() {
-                store(y, (t + j) * ldy, rb, lo, hi, r0, *v);
+                // SAFETY: as above.
+                unsafe { store(y, (t + j) * ldy, rb, lo, hi, r0, *v) };
             }
             t += 4;
         }
         while t < n {
             // SAFETY: blk < blocks, t < n; sizes asserted above.
-            let acc = unsafe { tile::<1>(q, blk, xq, ld, a, b, t) };
-            store(y, t * ldy, rb, lo, hi, r0, acc[0]);
+            let acc = unsafe { tile::<V, 1>(q, blk, xq, ld, a, b, t) };
+            // SAFETY: as above.
+            unsafe { store(y, t * ldy, rb, lo, hi, r0, acc[0]) };
             t += 1;
         }
     }
 }
 
-/// One chunk (32 elements × 8 rows) against one token: the 4 sub-steps summed
-/// in i16 (see [`tile`]), widened to i32 lanes (one per row).
+/// `isum += lo·xl + hi·xh` per i32 lane (4 byte products each) with VNNI, or into the i16
+/// partial sums `s16` (widened per chunk) without.
 ///
 /// # Safety
-/// 128 code bytes at `wp` and activations `x + SUB_OFF[s] .. + 8` readable.
+/// AVX2, plus AVX-512 VL + VNNI when `V`.
 #[inline(always)]
-unsafe fn chunk1(wp: *const u8, x: *const i8, m: __m256i, ones: __m256i) -> __m256i {
-    // SAFETY: caller guarantees the reads.
+unsafe fn madd2<const V: bool>(
+    isum: &mut __m256i,
+    s16: &mut __m256i,
+    lo: __m256i,
+    xl: __m256i,
+    hi: __m256i,
+    xh: __m256i,
+) {
+    // SAFETY: the caller's features.
     unsafe {
-        let mut s16 = _mm256_setzero_si256();
+        if V {
+            *isum = _mm256_dpbusd_epi32(*isum, lo, xl);
+            *isum = _mm256_dpbusd_epi32(*isum, hi, xh);
+        } else {
+            *s16 = _mm256_add_epi16(*s16, _mm256_maddubs_epi16(lo, xl));
+            *s16 = _mm256_add_epi16(*s16, _mm256_maddubs_epi16(hi, xh));
+        }
+    }
+}
+
+/// One chunk (32 elements × 8 rows) against one token: the 4 sub-steps' exact sums as i32
+/// lanes (one per row; see [`tile`]).
+///
+/// # Safety
+/// 128 code bytes at `wp` and activations `x + SUB_OFF[s] .. + 8` readable; AVX2 (+ VNNI
+/// when `V`).
+#[inline(always)]
+unsafe fn chunk1<const V: bool>(wp: *const u8, x: *const i8, m: __m256i, ones: __m256i) -> __m256i {
+    // SAFETY: caller guarantees the reads and features.
+    unsafe {
+        let (mut isum, mut s16) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         for (s, off) in SUB_OFF.into_iter().enumerate() {
             let w = _mm256_loadu_si256(wp.add(s * 32) as *const __m256i);
             let lo = _mm256_and_si256(w, m);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), m);
             let xl = _mm256_set1_epi32((x.add(off) as *const i32).read_unaligned());
             let xh = _mm256_set1_epi32((x.add(off + 4) as *const i32).read_unaligned());
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo, xl));
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi, xh));
+            madd2::<V>(&mut isum, &mut s16, lo, xl, hi, xh);
         }
-        _mm256_madd_epi16(s16, ones)
+        if V {
+            isum
+        } else {
+            _mm256_madd_epi16(s16, ones)
+        }
     }
 }
 
@@ -105,10 +199,9 @@ unsafe fn chunk1(wp: *const u8, x: *const i8, m: __m256i, ones: __m256i) -> __m2
 /// computed once per 8-row block and the accumulator kept in a register.
 ///
 /// # Safety
-/// AVX2 + FMA + F16C; the bounds asserted by [`q4il_rows`] for `n = 1`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv(
+/// AVX2 + FMA + F16C (+ VNNI when `V`); the bounds asserted by [`q4il_rows`] for `n = 1`.
+#[inline(always)]
+unsafe fn gemv<const V: bool>(
     q: &QuantRepr,
     xq: &[i8],
     a: &[f32],
@@ -119,8 +212,8 @@ unsafe fn gemv(
 ) {
     let il = &q.il;
     let (ng, cpg) = (q.n_groups, q.gp / CHUNK);
-    let m = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
+    // SAFETY: AVX is implied by the caller's features.
+    let (m, ones) = unsafe { (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1)) };
     let (x, ap, bp) = (xq.as_ptr(), a.as_ptr(), b.as_ptr());
     // SAFETY (whole body): blocks lie inside `il.codes` / `il.scales` / `il.zs`
     // (asserted sizes), chunk activations inside `xq[..ld]`, groups inside `a` /
@@ -133,8 +226,10 @@ unsafe fn gemv(
             let mut group = |g: usize| {
                 let mut isum = _mm256_setzero_si256();
                 for c in 0..cpg {
-                    isum =
-                        _mm256_add_epi32(isum, chunk1(wp, x.add(chunk_off(g * cpg + c)), m, ones));
+                    isum = _mm256_add_epi32(
+                        isum,
+                        chunk1::<V>(wp, x.add(chunk_off(g * cpg + c)), m, ones),
+                    );
                     wp = wp.add(4 * 32);
                 }
                 let sa = _mm256_mul_ps(
@@ -191,12 +286,11 @@ const SUB_OFF: [usize; 4] = [0, 8, CHUNK, CHUNK + 8];
 /// integer sums are exact, so the result does not depend on this order.
 ///
 /// # Safety
-/// AVX2 + FMA + F16C; the bounds asserted by [`q4il_rows`], with `blk` one of
-/// its blocks and `t + T <= n` (the reads below are unchecked).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+/// AVX2 + FMA + F16C (+ VNNI when `V`); the bounds asserted by [`q4il_rows`], with `blk` one
+/// of its blocks and `t + T <= n` (the reads below are unchecked).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const T: usize>(
+unsafe fn tile<const V: bool, const T: usize>(
     q: &QuantRepr,
     blk: usize,
     xq: &[i8],
@@ -236,12 +330,13 @@ unsafe fn tile<const T: usize>(
                         let x = xp[j].add(xo + off);
                         let xl = _mm256_set1_epi32((x as *const i32).read_unaligned());
                         let xh = _mm256_set1_epi32((x.add(4) as *const i32).read_unaligned());
-                        s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, xl));
-                        s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, xh));
+                        madd2::<V>(&mut isum[j], &mut s16[j], lo, xl, hi, xh);
                     }
                 }
-                for j in 0..T {
-                    isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s16[j], ones));
+                if !V {
+                    for j in 0..T {
+                        isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s16[j], ones));
+                    }
                 }
                 wp = wp.add(4 * 32);
                 ch += 1;

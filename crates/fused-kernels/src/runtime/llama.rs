@@ -10,8 +10,10 @@ use squish_core::model::llama_names::layer_tensor_names;
 use squish_core::{Error, Result};
 
 use super::load::{self, Stacked};
+use super::profile;
 use super::vecops::{add, attend, attend_pair};
 use super::{Exec, Family, Head, Logits, SwiGlu, reserve};
+use crate::pool::{Disjoint, split};
 use crate::scratch::{RmsNorm, Scratch};
 
 /// One transformer block.
@@ -66,9 +68,9 @@ pub(crate) struct LlamaRt {
     o: Vec<f32>,
     /// `[cap, max hidden]` SwiGLU activations.
     hid: Vec<f32>,
-    /// `[2, ld]` attention weights of (up to) two heads.
+    /// `[threads, 2, ld]` attention weights of (up to) two heads, per thread.
     sc: Vec<f32>,
-    /// `[qd]` scaled queries of one token.
+    /// `[threads, qd]` scaled queries of one token, per thread.
     qh: Vec<f32>,
     s: Scratch,
 }
@@ -76,7 +78,8 @@ pub(crate) struct LlamaRt {
 impl LlamaRt {
     /// Loads and repacks every tensor; per-layer FFN widths come from `w1`'s shape and head
     /// counts from `wq`/`wk` (rows / `head_size`).
-    pub fn load(c: &LlamaConfig, w: &Weights, cap: usize) -> Result<Self> {
+    /// `threads` sizes the per-thread attention scratch.
+    pub fn load(c: &LlamaConfig, w: &Weights, cap: usize, threads: usize) -> Result<Self> {
         let (d, hs, seq) = (c.dim, c.head_size(), c.seq_len);
         let cap = cap.min(seq);
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -181,8 +184,8 @@ impl LlamaRt {
             att: vec![0.0; cap * qd],
             o: vec![0.0; cap * d],
             hid: vec![0.0; cap * hmax],
-            sc: vec![0.0; 2 * ld],
-            qh: vec![0.0; qd],
+            sc: vec![0.0; threads * 2 * ld],
+            qh: vec![0.0; threads * qd],
             s,
             head,
         })
@@ -196,6 +199,89 @@ fn rope(v: &mut [f32], cos: &[f32], sin: &[f32], hs: usize) {
             let (v0, v1) = (head[2 * i], head[2 * i + 1]);
             head[2 * i] = v0 * c - v1 * s;
             head[2 * i + 1] = v0 * s + v1 * c;
+        }
+    }
+}
+
+/// Smallest attention (`Σ_t positions attended · query width`) split over the worker pool.
+const ATT_PAR_MIN: usize = 1 << 16;
+
+/// Token range of `part` when `n` tokens at positions `pos0..` are split into `parts` of about
+/// equal attention cost (token `t` attends `pos0 + t + 1` positions).
+fn split_by_cost(n: usize, pos0: usize, parts: usize, part: usize) -> (usize, usize) {
+    let cost = |t: usize| t * (2 * pos0 + t + 1) / 2; // Σ_{u<t} (pos0 + u + 1)
+    let total = cost(n);
+    let bound = |k: usize| {
+        if k >= parts {
+            return n;
+        }
+        let want = total * k / parts;
+        (0..=n).find(|&t| cost(t) >= want).unwrap_or(n)
+    };
+    (bound(part), bound(part + 1))
+}
+
+/// One layer's attention inputs: `q ‖ k ‖ v` rows and this layer's KV cache.
+struct Attn<'a> {
+    /// `[n, tot]` projected (and rotated) q ‖ k ‖ v.
+    qkv: &'a [f32],
+    tot: usize,
+    qd: usize,
+    /// `[nkv, hs, ld]` keys of this layer.
+    kc: &'a [f32],
+    /// `[nkv, hs, ld]` values of this layer.
+    vc: &'a [f32],
+    ld: usize,
+    hs: usize,
+    /// Query heads per KV head.
+    rep: usize,
+    pos0: usize,
+    scale: f32,
+}
+
+impl Attn<'_> {
+    /// Attention of tokens `t0..t1` for KV heads `kh0..kh1` (and their query heads) into
+    /// `out`: `[t1 − t0, qd]` for all heads, or the `[(kh1 − kh0)·rep·hs]` columns of those
+    /// heads of one token. `sc [2·ld]`, `qh [≥ qd]` are this part's scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        ops: &crate::Ops,
+        t0: usize,
+        t1: usize,
+        kh0: usize,
+        kh1: usize,
+        sc: &mut [f32],
+        qh: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (hs, ld, rep, qd) = (self.hs, self.ld, self.rep, self.qd);
+        let c0 = kh0 * rep * hs;
+        let width = (kh1 - kh0) * rep * hs;
+        for t in t0..t1 {
+            let p = self.pos0 + t;
+            let q = &self.qkv[t * self.tot + c0..t * self.tot + c0 + width];
+            for (qv, v) in qh.iter_mut().zip(q) {
+                *qv = v * self.scale;
+            }
+            let orow = &mut out[(t - t0) * width..(t - t0 + 1) * width];
+            debug_assert!(width == qd || t1 - t0 == 1);
+            for kh in kh0..kh1 {
+                let kb = kh * hs * ld;
+                let (kt, vt) = (&self.kc[kb..kb + hs * ld], &self.vc[kb..kb + hs * ld]);
+                // GQA: the `rep` query heads of this KV head, in pairs (offsets within the part).
+                let (mut h, hend) = ((kh - kh0) * rep, (kh - kh0 + 1) * rep);
+                while h + 2 <= hend {
+                    let (a0, a1) = orow[h * hs..(h + 2) * hs].split_at_mut(hs);
+                    let qs = [&qh[h * hs..(h + 1) * hs], &qh[(h + 1) * hs..(h + 2) * hs]];
+                    attend_pair(ops, qs, kt, vt, ld, p + 1, sc, [a0, a1]);
+                    h += 2;
+                }
+                if h < hend {
+                    let o = &mut orow[h * hs..(h + 1) * hs];
+                    attend(ops, &qh[h * hs..(h + 1) * hs], kt, vt, ld, p + 1, sc, o);
+                }
+            }
         }
     }
 }
@@ -240,12 +326,14 @@ impl Family for LlamaRt {
         let (n, d, hs, ld, kvd_max) = (tokens.len(), head.d, *hs, *ld, *kvd_max);
         let half = hs / 2;
         let scale = 1.0 / (hs as f32).sqrt();
-        head.embed(tokens, x)?;
+        {
+            let _p = profile::span("embedding");
+            head.embed(tokens, x)?;
+        }
         for l in 0..layers.len() {
             let (nh, nkv) = (layers[l].nh, layers[l].nkv);
             let (qd, kvd) = (nh * hs, nkv * hs);
             let tot = qd + 2 * kvd;
-            let rep = nh / nkv;
             if n == 1 {
                 // Decode: pull this layer's post-attention weights toward L2 while
                 // the (compute-bound) attention runs.
@@ -257,22 +345,26 @@ impl Family for LlamaRt {
                 weight: &layer.attn_norm,
                 eps: *eps,
             });
-            match &layer.qkv {
-                Stacked::Fused(w) => ex.mm(w, x, n, qkv, s, norm)?,
-                Stacked::Split(ws) => {
-                    let mut col = 0;
-                    for w in ws {
-                        let r = w.out();
-                        ex.mm(w, x, n, part, s, norm)?;
-                        for t in 0..n {
-                            qkv[t * tot + col..t * tot + col + r]
-                                .copy_from_slice(&part[t * r..(t + 1) * r]);
+            {
+                let _p = profile::span("qkv matmul");
+                match &layer.qkv {
+                    Stacked::Fused(w) => ex.mm(w, x, n, qkv, s, norm)?,
+                    Stacked::Split(ws) => {
+                        let mut col = 0;
+                        for w in ws {
+                            let r = w.out();
+                            ex.mm(w, x, n, part, s, norm)?;
+                            for t in 0..n {
+                                qkv[t * tot + col..t * tot + col + r]
+                                    .copy_from_slice(&part[t * r..(t + 1) * r]);
+                            }
+                            col += r;
                         }
-                        col += r;
                     }
                 }
             }
             let lbase = l * kvd_max * ld;
+            let rope_span = profile::span("rope + kv cache");
             for t in 0..n {
                 let p = pos0 + t;
                 let row = &mut qkv[t * tot..(t + 1) * tot];
@@ -288,39 +380,82 @@ impl Family for LlamaRt {
                     vc[lbase + j * ld + p] = row[qd + kvd + j];
                 }
             }
-            for t in 0..n {
-                let p = pos0 + t;
-                for (qv, v) in qh.iter_mut().zip(&qkv[t * tot..t * tot + qd]) {
-                    *qv = v * scale;
-                }
-                let arow = &mut att[t * qd..(t + 1) * qd];
-                for kh in 0..nkv {
-                    let kb = lbase + kh * hs * ld;
-                    let (kt, vt) = (&kc[kb..kb + hs * ld], &vc[kb..kb + hs * ld]);
-                    // GQA: the `rep` query heads of this KV head, in pairs.
-                    let (mut h, hend) = (kh * rep, (kh + 1) * rep);
-                    while h + 2 <= hend {
-                        let (a0, a1) = arow[h * hs..(h + 2) * hs].split_at_mut(hs);
-                        let qs = [&qh[h * hs..(h + 1) * hs], &qh[(h + 1) * hs..(h + 2) * hs]];
-                        attend_pair(&ex.ops, qs, kt, vt, ld, p + 1, sc, [a0, a1]);
-                        h += 2;
+            drop(rope_span);
+            {
+                let _p = profile::span("attention");
+                let a = Attn {
+                    qkv: &qkv[..],
+                    tot,
+                    qd,
+                    kc: &kc[lbase..lbase + kvd * ld],
+                    vc: &vc[lbase..lbase + kvd * ld],
+                    ld,
+                    hs,
+                    rep: nh / nkv,
+                    pos0,
+                    scale,
+                };
+                // Work: query heads · keys attended · 2·hs.
+                let work = (0..n).map(|t| pos0 + t + 1).sum::<usize>() * qd;
+                match ex.pool_for(work, ATT_PAR_MIN) {
+                    None => {
+                        let (sc, qh) = (&mut sc[..2 * ld], &mut qh[..qd]);
+                        a.run(&ex.ops, 0, n, 0, nkv, sc, qh, &mut att[..n * qd])
                     }
-                    if h < hend {
-                        let o = &mut arow[h * hs..(h + 1) * hs];
-                        attend(&ex.ops, &qh[h * hs..(h + 1) * hs], kt, vt, ld, p + 1, sc, o);
+                    Some(pool) => {
+                        let parts = pool.threads();
+                        let (scd, qhd) = (Disjoint::new(sc), Disjoint::new(qh));
+                        let attd = Disjoint::new(&mut att[..n * qd]);
+                        let (sl, ql) = (2 * ld, qhd.len() / parts);
+                        pool.run(&|k| {
+                            // SAFETY: part k alone uses scratch slot k and its own output
+                            // range (disjoint token rows, or one token's disjoint heads).
+                            let (sc, qh) = unsafe {
+                                (
+                                    scd.range(k * sl, (k + 1) * sl),
+                                    qhd.range(k * ql, (k + 1) * ql),
+                                )
+                            };
+                            if n == 1 {
+                                let (h0, h1) = split(nkv, parts, k, 1);
+                                let (c0, c1) = (h0 * a.rep * hs, h1 * a.rep * hs);
+                                if h0 < h1 {
+                                    // SAFETY: as above.
+                                    let o = unsafe { attd.range(c0, c1) };
+                                    a.run(&ex.ops, 0, 1, h0, h1, sc, qh, o);
+                                }
+                            } else {
+                                let (t0, t1) = split_by_cost(n, pos0, parts, k);
+                                if t0 < t1 {
+                                    // SAFETY: as above.
+                                    let o = unsafe { attd.range(t0 * qd, t1 * qd) };
+                                    a.run(&ex.ops, t0, t1, 0, nkv, sc, qh, o);
+                                }
+                            }
+                        });
                     }
                 }
             }
-            ex.mm(&layer.wo, att, n, o, s, None)?;
+            {
+                let _p = profile::span("wo matmul");
+                ex.mm(&layer.wo, att, n, o, s, None)?;
+            }
             add(&mut x[..n * d], &o[..n * d]);
             let norm = Some(RmsNorm {
                 weight: &layer.ffn_norm,
                 eps: *eps,
             });
-            layer.ffn.up(ex, x, n, hid, s, norm)?;
-            ex.mm(&layer.ffn.w2, hid, n, o, s, None)?;
+            {
+                let _p = profile::span("ffn w1/w3 matmul + swiglu");
+                layer.ffn.up(ex, x, n, hid, s, norm)?;
+            }
+            {
+                let _p = profile::span("ffn w2 matmul");
+                ex.mm(&layer.ffn.w2, hid, n, o, s, None)?;
+            }
             add(&mut x[..n * d], &o[..n * d]);
         }
+        let _p = profile::span("classifier");
         head.logits(ex, x, n, out, s)
     }
 }

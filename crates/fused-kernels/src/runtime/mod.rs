@@ -26,14 +26,17 @@
 //!   INT4 kernel); it adds ≈0.2 % to stories260K INT4 perplexity, so the exact
 //!   [`Activations::F32`] stays the default.
 //!
-//! Threads: the matrices of the tiny models are far too small for per-call thread
-//! spawning, so `threads > 1` only parallelizes matmuls of at least
-//! [`PAR_MIN_MACS`] multiply-adds and everything smaller runs on the calling
-//! thread (the 1-thread path).
+//! Threads: `threads > 1` starts a persistent [`crate::pool::Pool`] with the runtime (workers
+//! spin, then park, between calls). Matmuls of at least [`PAR_MIN_MACS`] multiply-adds split
+//! their rows (one token) or tokens (prefill) over it, Llama's attention splits its query
+//! tokens, SsmMoe's conv/scan splits its channels; smaller work stays on the calling thread.
+//! Every split keeps each output's arithmetic unchanged, so the logits are bit-identical for any
+//! thread count. [`profile`] times each operation (opt-in).
 
 mod blocks;
 mod llama;
 mod load;
+pub mod profile;
 mod rtn;
 mod ssm_moe;
 pub(crate) mod ssm_ops;
@@ -50,11 +53,12 @@ use crate::dispatch::{self, SimdLevel};
 use crate::matmul::{Activations, MatOpts};
 use crate::ops::Ops;
 use crate::pack::PackedWeight;
+use crate::pool::Pool;
 use crate::scratch::{RmsNorm, Scratch};
 
-/// Smallest matmul (`tokens · out · in` multiply-adds) that is split over threads
-/// when [`RuntimeOptions::threads`] > 1.
-pub const PAR_MIN_MACS: usize = 1 << 22;
+/// Smallest matmul (`tokens · out · in` multiply-adds) that is split over the worker pool
+/// when [`RuntimeOptions::threads`] > 1 (smaller ones cost less than the hand-off).
+pub const PAR_MIN_MACS: usize = 1 << 16;
 
 /// Most bytes of `f32` buffers the runtime allocates for a size read from a checkpoint's config
 /// (the Llama KV cache and RoPE tables grow with `seq_len`, which no tensor's bytes back).
@@ -79,7 +83,8 @@ pub struct RuntimeOptions {
     pub level: Option<SimdLevel>,
     /// Activation precision used with quantized weights (F32/F16 weights ignore it).
     pub act: Activations,
-    /// Worker threads for large matmuls (see [`PAR_MIN_MACS`]); 0 or 1 = one thread.
+    /// Threads (a persistent pool of `threads − 1` workers plus the caller; see the module
+    /// docs and [`PAR_MIN_MACS`]); 0 or 1 = one thread.
     pub threads: usize,
     /// Tokens per prefill GEMM (longer prompts are processed in chunks).
     pub max_batch: usize,
@@ -97,12 +102,13 @@ impl Default for RuntimeOptions {
 }
 
 /// Resolved execution settings shared by the families.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Exec {
     pub ops: Ops,
     pub level: SimdLevel,
     pub act: Activations,
-    pub threads: usize,
+    /// The worker pool (`None` = one thread).
+    pub pool: Option<Pool>,
 }
 
 impl Exec {
@@ -116,19 +122,20 @@ impl Exec {
         s: &mut Scratch,
         norm: Option<RmsNorm<'_>>,
     ) -> Result<()> {
-        let threads = if self.threads > 1 && n * w.out() * w.inp() >= PAR_MIN_MACS {
-            self.threads
-        } else {
-            1
-        };
+        let pool = self.pool_for(n * w.out() * w.inp(), PAR_MIN_MACS);
         let opts = MatOpts {
             act: self.act,
             level: Some(self.level),
             norm,
-            threads,
+            threads: 1,
         };
-        w.matmul_opts(&x[..n * w.inp()], n, &mut y[..n * w.out()], s, &opts)
+        w.matmul_pooled(&x[..n * w.inp()], n, &mut y[..n * w.out()], s, &opts, pool)
             .map_err(|e| Error::invalid(format!("matmul: {e}")))
+    }
+
+    /// The pool, if there is one and `work` (in the caller's unit) reaches `min`.
+    pub fn pool_for(&self, work: usize, min: usize) -> Option<&Pool> {
+        self.pool.as_ref().filter(|_| work >= min)
     }
 }
 
@@ -198,16 +205,25 @@ impl Runtime {
     ) -> Result<Runtime> {
         config.validate()?;
         let cap = opts.max_batch.max(1);
+        let threads = opts.threads.max(1);
         let fam: Box<dyn Family> = match config {
-            ModelConfig::Llama(c) => Box::new(llama::LlamaRt::load(c, w, cap)?),
-            ModelConfig::SsmMoe(c) => Box::new(ssm_moe::SsmRt::load(c, w, cap)?),
+            ModelConfig::Llama(c) => Box::new(llama::LlamaRt::load(c, w, cap, threads)?),
+            ModelConfig::SsmMoe(c) => Box::new(ssm_moe::SsmRt::load(c, w, cap, threads)?),
         };
         let level = dispatch::resolve(opts.level);
+        let pool =
+            if threads > 1 {
+                Some(Pool::new(threads).map_err(|e| {
+                    Error::invalid(format!("starting {threads} worker threads: {e}"))
+                })?)
+            } else {
+                None
+            };
         let ex = Exec {
             ops: Ops::new(Some(level)),
             level,
             act: opts.act,
-            threads: opts.threads,
+            pool,
         };
         let vocab = config.vocab_size();
         Ok(Runtime {

@@ -16,12 +16,14 @@ use squish_core::config::SsmMoeConfig;
 use squish_core::model::ssm_moe_weights::{expert_name, experts_in_layer, router_name, ssm_name};
 use squish_core::{Error, Result};
 
-use super::load;
 use super::ssm_ops::{conv_silu, mul_silu, scan_t, softplus_bias};
 use super::vecops::{add, axpy};
 use super::{Exec, Family, Head, Logits, SwiGlu, reserve};
+use super::{load, profile};
 use crate::PackedWeight;
+use crate::pool::{Disjoint, split};
 use crate::scratch::{RmsNorm, Scratch};
+use std::sync::Mutex;
 
 /// One block's weights and recurrent state.
 #[derive(Debug)]
@@ -32,20 +34,12 @@ struct Layer {
     ssm_norm: Vec<f32>,
     /// `[2·di, d]`.
     in_proj: PackedWeight,
-    /// `[k, di]` conv taps, transposed (tap `k−1` on the current step).
-    taps: Vec<f32>,
-    /// `[di]`.
-    conv_b: Vec<f32>,
+    /// The channel-wise SSM parameters and state, in one contiguous part per thread.
+    chans: Vec<Mutex<Chans>>,
     /// `[r + 2N, di]`.
     x_proj: PackedWeight,
     /// `[di, r]`.
     dt_proj: PackedWeight,
-    /// `[di]`.
-    dt_bias: Vec<f32>,
-    /// `[N, di]` `A = −exp(A_log)`, transposed.
-    a: Vec<f32>,
-    /// `[di]` skip.
-    dskip: Vec<f32>,
     /// `[d, di]`.
     out_proj: PackedWeight,
     /// `[d]`.
@@ -54,11 +48,72 @@ struct Layer {
     router: PackedWeight,
     /// The experts (uneven hidden widths allowed).
     experts: Vec<SwiGlu>,
-    /// `[k−1, di]` last pre-conv inputs, oldest first.
+}
+
+/// Channels `c0..c1` (width `w`) of one layer's conv, Δ bias, scan parameters and state. A
+/// layer is cut into one part per thread at multiples of 16 channels, so every channel sees the
+/// same SIMD or scalar operations as in one part: the outputs do not depend on the split.
+#[derive(Debug)]
+struct Chans {
+    c0: usize,
+    c1: usize,
+    /// `[k, w]` conv taps, transposed (tap `k−1` on the current step).
+    taps: Vec<f32>,
+    /// `[w]`.
+    conv_b: Vec<f32>,
+    /// `[w]`.
+    dt_bias: Vec<f32>,
+    /// `[N, w]` `A = −exp(A_log)`, transposed.
+    a: Vec<f32>,
+    /// `[w]` skip.
+    dskip: Vec<f32>,
+    /// `[k−1, w]` last pre-conv inputs, oldest first.
     win: Vec<f32>,
-    /// `[N, di]` SSM state (transposed: the scan runs 8 channels per register).
+    /// `[N, w]` SSM state (transposed: the scan runs 8 channels per register).
     h: Vec<f32>,
 }
+
+impl Chans {
+    /// Columns `c0..c1` of the `[rows, di]` matrix `m`.
+    fn cols(m: &[f32], di: usize, c0: usize, c1: usize) -> Vec<f32> {
+        m.chunks_exact(di.max(1))
+            .flat_map(|r| r[c0..c1].iter().copied())
+            .collect()
+    }
+
+    /// Part `part` of `parts` of a layer given its full `[k, di]` taps, `[N, di]` A, and `[di]`
+    /// vectors.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        part: usize,
+        parts: usize,
+        di: usize,
+        k: usize,
+        ns: usize,
+        taps: &[f32],
+        a: &[f32],
+        conv_b: &[f32],
+        dt_bias: &[f32],
+        dskip: &[f32],
+    ) -> Chans {
+        let (c0, c1) = split(di, parts, part, 16);
+        let w = c1 - c0;
+        Chans {
+            c0,
+            c1,
+            taps: Chans::cols(taps, di, c0, c1),
+            conv_b: conv_b[c0..c1].to_vec(),
+            dt_bias: dt_bias[c0..c1].to_vec(),
+            a: Chans::cols(a, di, c0, c1),
+            dskip: dskip[c0..c1].to_vec(),
+            win: vec![0.0; (k - 1) * w],
+            h: vec![0.0; ns * w],
+        }
+    }
+}
+
+/// Smallest scan (`tokens · d_inner · N`) whose channel parts run on the worker pool.
+const SSM_PAR_MIN: usize = 1 << 15;
 
 /// SsmMoe weights, state and preallocated activations.
 #[derive(Debug)]
@@ -109,7 +164,8 @@ pub(crate) struct SsmRt {
 impl SsmRt {
     /// Loads and repacks every tensor; per-layer `d_inner` and expert count and
     /// per-expert widths are read from the shapes.
-    pub fn load(c: &SsmMoeConfig, w: &Weights, cap: usize) -> Result<Self> {
+    /// `threads` is the number of channel parts per layer.
+    pub fn load(c: &SsmMoeConfig, w: &Weights, cap: usize, threads: usize) -> Result<Self> {
         let (d, ns, r, k) = (c.d_model, c.d_state, c.dt_rank, c.d_conv);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -129,23 +185,30 @@ impl SsmRt {
                 .collect::<Result<Vec<_>>>()?;
             let a_log = load::vector(w, &ssm_name(i, "A_log"), &[di, ns])?;
             let conv = load::vector(w, &ssm_name(i, "conv.weight"), &[di, k])?;
+            let taps = transpose(&conv, di, k);
+            let a: Vec<f32> = transpose(&a_log, di, ns).iter().map(|v| -v.exp()).collect();
+            let conv_b = load::vector(w, &ssm_name(i, "conv.bias"), &[di])?;
+            let dt_bias = load::vector(w, &ssm_name(i, "dt_proj.bias"), &[di])?;
+            let dskip = load::vector(w, &ssm_name(i, "D"), &[di])?;
+            let parts = threads.max(1);
+            let chans = (0..parts)
+                .map(|p| {
+                    Mutex::new(Chans::new(
+                        p, parts, di, k, ns, &taps, &a, &conv_b, &dt_bias, &dskip,
+                    ))
+                })
+                .collect();
             layers.push(Layer {
                 di,
                 ssm_norm: load::vector(w, &format!("layers.{i}.ssm_norm.weight"), &[d])?,
                 in_proj: load::matrix(w, &ssm_name(i, "in_proj.weight"), 2 * di, d)?,
-                taps: transpose(&conv, di, k),
-                conv_b: load::vector(w, &ssm_name(i, "conv.bias"), &[di])?,
+                chans,
                 x_proj: load::matrix(w, &ssm_name(i, "x_proj.weight"), r + 2 * ns, di)?,
                 dt_proj: load::matrix(w, &ssm_name(i, "dt_proj.weight"), di, r)?,
-                dt_bias: load::vector(w, &ssm_name(i, "dt_proj.bias"), &[di])?,
-                a: transpose(&a_log, di, ns).iter().map(|v| -v.exp()).collect(),
-                dskip: load::vector(w, &ssm_name(i, "D"), &[di])?,
                 out_proj: load::matrix(w, &ssm_name(i, "out_proj.weight"), d, di)?,
                 moe_norm: load::vector(w, &format!("layers.{i}.moe_norm.weight"), &[d])?,
                 router: load::matrix(w, &router_name(i), ne, d)?,
                 experts,
-                win: vec![0.0; (k - 1) * di],
-                h: vec![0.0; di * ns],
             });
         }
         let head = Head::load(w, c.vocab_size, d, c.norm_eps, None)?;
@@ -210,8 +273,11 @@ impl Family for SsmRt {
     }
     fn reset(&mut self) {
         for l in &mut self.layers {
-            l.win.fill(0.0);
-            l.h.fill(0.0);
+            for c in &mut l.chans {
+                let c = c.get_mut().unwrap_or_else(|e| e.into_inner());
+                c.win.fill(0.0);
+                c.h.fill(0.0);
+            }
         }
     }
 
@@ -246,10 +312,14 @@ impl Family for SsmRt {
         let (n, d, k, ns, r) = (tokens.len(), head.d, *k, *ns, *r);
         let nd = n * d;
         let w = r + 2 * ns;
-        head.embed(tokens, x)?;
+        {
+            let _p = profile::span("embedding");
+            head.embed(tokens, x)?;
+        }
         for l in layers.iter_mut() {
             let di = l.di;
             // --- SSM mixer ---
+            let sp = profile::span("in_proj matmul");
             ex.mm(
                 &l.in_proj,
                 x,
@@ -261,32 +331,80 @@ impl Family for SsmRt {
                     eps: *eps,
                 }),
             )?;
-            for t in 0..n {
-                let xin = &xz[t * 2 * di..t * 2 * di + di];
-                let xo = &mut xc[t * di..(t + 1) * di];
-                conv_silu(ex.level, &l.win, &l.taps, &l.conv_b, xin, xo);
-                if k > 1 {
-                    l.win.copy_within(di.., 0);
-                    l.win[(k - 2) * di..].copy_from_slice(xin);
-                }
+            drop(sp);
+            let sp = profile::span("conv + silu");
+            let pool = ex.pool_for(n * di * ns, SSM_PAR_MIN);
+            // Runs `f(part)` for every channel part: on the pool, or in order on this thread.
+            let each_part = |f: &(dyn Fn(usize) + Sync)| match pool {
+                Some(p) if p.threads() == l.chans.len() => p.run(f),
+                _ => (0..l.chans.len()).for_each(f),
+            };
+            {
+                let (xz, xcd) = (&xz[..], Disjoint::new(&mut xc[..n * di]));
+                let chans = &l.chans;
+                each_part(&|part| {
+                    let mut g = chans[part].lock().unwrap_or_else(|e| e.into_inner());
+                    let ch = &mut *g;
+                    let (c0, c1) = (ch.c0, ch.c1);
+                    if c0 == c1 {
+                        return; // more threads than 16-channel blocks
+                    }
+                    for t in 0..n {
+                        let xin = &xz[t * 2 * di + c0..t * 2 * di + c1];
+                        // SAFETY: token t's channels c0..c1 belong to this part alone.
+                        let xo = unsafe { xcd.range(t * di + c0, t * di + c1) };
+                        conv_silu(ex.level, &ch.win, &ch.taps, &ch.conv_b, xin, xo);
+                        if k > 1 {
+                            let w = c1 - c0;
+                            ch.win.copy_within(w.., 0);
+                            ch.win[(k - 2) * w..].copy_from_slice(xin);
+                        }
+                    }
+                });
             }
+            drop(sp);
+            let sp = profile::span("x_proj + dt_proj matmul");
             ex.mm(&l.x_proj, xc, n, dbc, s, None)?;
             for t in 0..n {
                 dt[t * r..(t + 1) * r].copy_from_slice(&dbc[t * w..t * w + r]);
             }
             ex.mm(&l.dt_proj, dt, n, delta, s, None)?;
-            for row in delta[..n * di].chunks_exact_mut(di) {
-                softplus_bias(ex.level, row, &l.dt_bias);
+            drop(sp);
+            let sp = profile::span("softplus + scan + gate");
+            {
+                let (xz, xc, dbc) = (&xz[..], &xc[..], &dbc[..]);
+                let dd = Disjoint::new(&mut delta[..n * di]);
+                let yd = Disjoint::new(&mut y[..n * di]);
+                let chans = &l.chans;
+                each_part(&|part| {
+                    let mut g = chans[part].lock().unwrap_or_else(|e| e.into_inner());
+                    let ch = &mut *g;
+                    let (c0, c1) = (ch.c0, ch.c1);
+                    if c0 == c1 {
+                        return; // more threads than 16-channel blocks
+                    }
+                    for t in 0..n {
+                        // SAFETY: token t's channels c0..c1 belong to this part alone.
+                        let (dlt, yt) = unsafe {
+                            (
+                                dd.range(t * di + c0, t * di + c1),
+                                yd.range(t * di + c0, t * di + c1),
+                            )
+                        };
+                        softplus_bias(ex.level, dlt, &ch.dt_bias);
+                        let (b, c) = dbc[t * w + r..(t + 1) * w].split_at(ns);
+                        let xt = &xc[t * di + c0..t * di + c1];
+                        scan_t(ex.level, xt, dlt, b, c, &ch.a, &ch.dskip, &mut ch.h, yt);
+                        let z0 = t * 2 * di + di;
+                        mul_silu(ex.level, yt, &xz[z0 + c0..z0 + c1]);
+                    }
+                });
             }
-            for t in 0..n {
-                let bc = &dbc[t * w + r..(t + 1) * w];
-                let (b, c) = bc.split_at(ns);
-                let yt = &mut y[t * di..(t + 1) * di];
-                let (xt, dlt) = (&xc[t * di..(t + 1) * di], &delta[t * di..(t + 1) * di]);
-                scan_t(ex.level, xt, dlt, b, c, &l.a, &l.dskip, &mut l.h, yt);
-                mul_silu(ex.level, yt, &xz[t * 2 * di + di..(t + 1) * 2 * di]);
-            }
+            drop(sp);
+            let sp = profile::span("out_proj matmul");
             ex.mm(&l.out_proj, y, n, o, s, None)?;
+            drop(sp);
+            let sp = profile::span("moe norm + router + routing");
             add(&mut x[..nd], &o[..nd]);
             // --- MoE ---
             for (hr, xr) in hn[..nd].chunks_exact_mut(d).zip(x[..nd].chunks_exact(d)) {
@@ -312,6 +430,8 @@ impl Family for SsmRt {
                     }
                 }
             }
+            drop(sp);
+            let _p = profile::span("experts (swiglu matmuls)");
             moe[..nd].fill(0.0);
             for (ex_w, route) in l.experts.iter_mut().zip(routes.iter()) {
                 let m = route.len();
@@ -329,6 +449,7 @@ impl Family for SsmRt {
             }
             add(&mut x[..nd], &moe[..nd]);
         }
+        let _p = profile::span("classifier");
         head.logits(ex, x, n, out, s)
     }
 }
