@@ -1,9 +1,12 @@
 //! GPTQ vs RTN on correlated inputs, MSE vs RTN, and the whole-checkpoint path on a tiny Llama
 //! (calibration capture, AWQ folds exact in F32, every linear packed).
 
+mod common;
+
 use burn::tensor::Device;
-use squish_core::checkpoint::{Checkpoint, TensorData, WeightTensor, Weights};
-use squish_core::config::{LlamaConfig, ModelConfig};
+use common::{gauss, tiny_llama};
+use squish_core::checkpoint::{Checkpoint, TensorData};
+use squish_core::config::ModelConfig;
 use squish_core::data::Rng;
 use squish_core::model::llama::Llama;
 use squish_core::model::{CpuBackend, tensor_to_vec};
@@ -11,11 +14,6 @@ use squish_quant::{
     AwqConfig, Calibration, GptqConfig, Method, MseConfig, QuantConfig, QuantFormat, QuantSpec,
     TensorStats, quantize_checkpoint, quantize_tensor,
 };
-
-fn gauss(rng: &mut Rng) -> f32 {
-    let (u1, u2) = (rng.f32().max(1e-7), rng.f32());
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-}
 
 /// Inputs `x [n, cols]` with strongly correlated columns (a low-rank mix plus noise) and
 /// column scales spread over two orders of magnitude.
@@ -114,67 +112,6 @@ fn weighted_mse_beats_rtn_on_output_error() {
     assert!(mse < rtn, "mse {mse} rtn {rtn}");
 }
 
-fn tiny_llama(seed: u64) -> Checkpoint {
-    let c = LlamaConfig {
-        dim: 16,
-        hidden_dim: 44,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        vocab_size: 40,
-        seq_len: 32,
-        shared_classifier: true,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-    };
-    let mut rng = Rng::new(seed);
-    let mut w = Weights::new();
-    let mut put = |name: String, shape: Vec<usize>, gain: bool, rng: &mut Rng| {
-        let n: usize = shape.iter().product();
-        let v = (0..n)
-            .map(|_| {
-                if gain {
-                    1.0 + 0.3 * gauss(rng)
-                } else {
-                    0.3 * gauss(rng)
-                }
-            })
-            .collect();
-        w.insert(name, WeightTensor::f32(shape, v).unwrap());
-    };
-    put(
-        "tok_embeddings.weight".into(),
-        vec![40, 16],
-        false,
-        &mut rng,
-    );
-    put("norm.weight".into(), vec![16], true, &mut rng);
-    for i in 0..2 {
-        let shapes = [
-            ("attention_norm.weight", vec![16]),
-            ("attention.wq.weight", vec![16, 16]),
-            ("attention.wk.weight", vec![8, 16]),
-            ("attention.wv.weight", vec![8, 16]),
-            ("attention.wo.weight", vec![16, 16]),
-            ("ffn_norm.weight", vec![16]),
-            ("feed_forward.w1.weight", vec![44, 16]),
-            ("feed_forward.w2.weight", vec![16, 44]),
-            ("feed_forward.w3.weight", vec![44, 16]),
-        ];
-        for (n, s) in shapes {
-            let gain = s.len() == 1;
-            put(format!("layers.{i}.{n}"), s, gain, &mut rng);
-        }
-    }
-    Checkpoint {
-        config: ModelConfig::Llama(c),
-        weights: w,
-        provenance: Default::default(),
-        metrics: Default::default(),
-        tokenizer: None,
-    }
-}
-
 fn windows(n: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
     let mut rng = Rng::new(seed);
     (0..n)
@@ -202,7 +139,7 @@ fn logits(ckpt: &Checkpoint, device: &Device, toks: &[Vec<u32>]) -> Vec<f32> {
 #[test]
 fn checkpoint_path_gptq_awq_on_tiny_llama() {
     let device = CpuBackend::default().device();
-    let ckpt = tiny_llama(1);
+    let ckpt = tiny_llama(1, 0.3);
     let cal = Calibration::collect(&ckpt, &windows(12, 32, 2), &device).unwrap();
     // Every linear has statistics, with the right width; shared inputs were captured once each.
     assert_eq!(cal.get("layers.1.feed_forward.w2.weight").unwrap().cols, 44);

@@ -2,12 +2,15 @@
 //! weights through the straight-through estimator, per-tensor formats are respected, and
 //! unsupported combinations are clear errors. Tiny models, a few steps: fast.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use squish_core::checkpoint::{Checkpoint, TensorData, WeightTensor, Weights};
-use squish_core::config::{LlamaConfig, ModelConfig, SsmMoeConfig};
+use common::{ckpt, tiny_llama};
+use squish_core::checkpoint::{Checkpoint, TensorData};
+use squish_core::config::{ModelConfig, SsmMoeConfig};
 use squish_core::data::Rng;
 use squish_core::model::llama::Llama;
 use squish_core::model::ssm_moe::{ScanMode, SsmMoe};
@@ -20,58 +23,6 @@ use squish_quant::{
     AwqConfig, QatConfig, QatData, QatInit, QatScales, QatSummary, QuantFormat, SmallFormat,
     qat_checkpoint,
 };
-
-fn gauss(rng: &mut Rng) -> f32 {
-    let u1 = rng.f32().max(1e-7);
-    let u2 = rng.f32();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-}
-
-fn tiny_llama() -> Checkpoint {
-    let c = LlamaConfig {
-        dim: 16,
-        hidden_dim: 44,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        vocab_size: 40,
-        seq_len: 32,
-        shared_classifier: true,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-    };
-    let mut rng = Rng::new(3);
-    let mut w = Weights::new();
-    let mut put = |name: String, shape: Vec<usize>| {
-        let n: usize = shape.iter().product();
-        let gain = shape.len() == 1;
-        let v = (0..n)
-            .map(|_| {
-                let g = gauss(&mut rng);
-                if gain { 1.0 + 0.2 * g } else { 0.3 * g }
-            })
-            .collect();
-        w.insert(name, WeightTensor::f32(shape, v).unwrap());
-    };
-    put("tok_embeddings.weight".into(), vec![40, 16]);
-    put("norm.weight".into(), vec![16]);
-    for i in 0..2 {
-        for (n, s) in [
-            ("attention_norm.weight", vec![16]),
-            ("attention.wq.weight", vec![16, 16]),
-            ("attention.wk.weight", vec![8, 16]),
-            ("attention.wv.weight", vec![8, 16]),
-            ("attention.wo.weight", vec![16, 16]),
-            ("ffn_norm.weight", vec![16]),
-            ("feed_forward.w1.weight", vec![44, 16]),
-            ("feed_forward.w2.weight", vec![16, 44]),
-            ("feed_forward.w3.weight", vec![44, 16]),
-        ] {
-            put(format!("layers.{i}.{n}"), s);
-        }
-    }
-    ckpt(ModelConfig::Llama(c), w)
-}
 
 fn tiny_ssm_moe() -> Checkpoint {
     let c = SsmMoeConfig {
@@ -90,16 +41,6 @@ fn tiny_ssm_moe() -> Checkpoint {
     };
     let w = init_weights(&c, 5).unwrap();
     ckpt(ModelConfig::SsmMoe(c), w)
-}
-
-fn ckpt(config: ModelConfig, weights: Weights) -> Checkpoint {
-    Checkpoint {
-        config,
-        weights,
-        provenance: Default::default(),
-        metrics: Default::default(),
-        tokenizer: None,
-    }
 }
 
 fn stream(n: usize, seed: u64) -> Vec<u32> {
@@ -208,8 +149,8 @@ fn export_matches_fake_quant(base: &Checkpoint, scales: QatScales, asym: bool) {
 
 #[test]
 fn exported_llama_equals_fake_quant_model() {
-    export_matches_fake_quant(&tiny_llama(), QatScales::MinMax, false);
-    export_matches_fake_quant(&tiny_llama(), QatScales::default(), true);
+    export_matches_fake_quant(&tiny_llama(3, 0.2), QatScales::MinMax, false);
+    export_matches_fake_quant(&tiny_llama(3, 0.2), QatScales::default(), true);
 }
 
 #[test]
@@ -226,13 +167,13 @@ fn learned() -> QatScales {
 
 #[test]
 fn learned_scales_export_equals_fake_quant_model() {
-    export_matches_fake_quant(&tiny_llama(), learned(), false);
+    export_matches_fake_quant(&tiny_llama(3, 0.2), learned(), false);
     export_matches_fake_quant(&tiny_ssm_moe(), learned(), false);
 }
 
 #[test]
 fn learned_scales_get_gradients_and_move() {
-    let base = tiny_llama();
+    let base = tiny_llama(3, 0.2);
     let mut cfg = config(1);
     cfg.scales = learned();
     let net = qat_net(&base, &cfg, None).unwrap();
@@ -271,7 +212,7 @@ fn learned_scales_get_gradients_and_move() {
 
 #[test]
 fn gradients_reach_the_latent_weights_and_a_step_lowers_the_loss() {
-    let base = tiny_llama();
+    let base = tiny_llama(3, 0.2);
     let cfg = config(1);
     let net = qat_net(&base, &cfg, None).unwrap();
     let tr = stream(400, 2);
@@ -301,7 +242,7 @@ fn gradients_reach_the_latent_weights_and_a_step_lowers_the_loss() {
 
 #[test]
 fn qat_checkpoint_distills_and_respects_per_tensor_formats() {
-    let base = tiny_llama();
+    let base = tiny_llama(3, 0.2);
     let mut cfg = config(2);
     cfg.train.distill_alpha = 0.5;
     let int8_row = QuantFormat::new(8, None, false).unwrap();
@@ -344,7 +285,7 @@ fn qat_checkpoint_distills_and_respects_per_tensor_formats() {
 
 #[test]
 fn unsupported_combinations_are_clear_errors() {
-    let base = tiny_llama();
+    let base = tiny_llama(3, 0.2);
     let tr = stream(400, 4);
     let data = QatData {
         train: &tr,
