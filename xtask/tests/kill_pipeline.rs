@@ -8,7 +8,7 @@
 //! Takes 2–4 minutes, so it is `#[ignore]`d in `cargo test` and run by its own step in `.ci/run`:
 //! `cargo test --release --workspace --test kill_pipeline -- --ignored`.
 
-#[path = "cli_bad_input_fixtures.rs"]
+#[path = "support/fixtures.rs"]
 mod fixtures;
 
 use std::collections::BTreeMap;
