@@ -3,7 +3,7 @@
 //! created, and out-of-range numbers. Each must exit non-zero with one `error:` line that names
 //! the file or the flag — never a panic, never a hang (each command is killed after 60 s).
 
-#[path = "cli_bad_input_fixtures.rs"]
+#[path = "support/fixtures.rs"]
 mod fixtures;
 
 use std::time::{Duration, Instant};

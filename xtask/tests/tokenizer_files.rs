@@ -2,7 +2,7 @@
 //! (content-named `tokenizer-<sha8>.bin`) and both stay usable; a checkpoint written before
 //! content naming (its metadata names `tokenizer.bin`) still reads.
 
-#[path = "cli_bad_input_fixtures.rs"]
+#[path = "support/fixtures.rs"]
 mod fixtures;
 
 use fixtures::{run, trained_tokenizer, write_ssm};
