@@ -59,7 +59,9 @@ fn count(f: impl FnOnce()) -> usize {
 
 fn check(cfg: ModelConfig, w: &squish_core::checkpoint::Weights, vocab: usize) {
     for act in [Activations::F32, Activations::Int8] {
-        check_act(&cfg, w, vocab, act);
+        for threads in [1, 2] {
+            check_act(&cfg, w, vocab, act, threads);
+        }
     }
 }
 
@@ -68,6 +70,7 @@ fn check_act(
     w: &squish_core::checkpoint::Weights,
     vocab: usize,
     act: Activations,
+    threads: usize,
 ) {
     let mut rt = Runtime::from_weights(
         cfg,
@@ -75,6 +78,7 @@ fn check_act(
         RuntimeOptions {
             max_batch: 32,
             act,
+            threads,
             ..RuntimeOptions::default()
         },
     )
@@ -88,13 +92,19 @@ fn check_act(
             rt.step(t).unwrap();
         }
     });
-    assert_eq!(n, 0, "{n} allocations in 57 decode steps ({act:?})");
+    assert_eq!(
+        n, 0,
+        "{n} allocations in 57 decode steps ({act:?}, {threads} threads)"
+    );
     rt.reset();
     let n = count(|| {
         rt.prefill(&toks[..32]).unwrap();
         rt.prefill(&toks[32..64]).unwrap();
     });
-    assert_eq!(n, 0, "{n} allocations in prefill ({act:?})");
+    assert_eq!(
+        n, 0,
+        "{n} allocations in prefill ({act:?}, {threads} threads)"
+    );
 }
 
 #[test]

@@ -29,13 +29,14 @@
 //! | FP32 GFLOPS, 1 thread and all threads | independent FMA chains in registers (12 ymm / 16 zmm / 16 NEON q) | 1 FMA = 2 flops |
 //! | FP16 GFLOPS | f16 weights x f32 activations dot, 4096 elements (L1), F16C/AVX-512 convert + FMA | 2 flops per element |
 //! | INT8 GOPS | u8 x i8 dot into i32, 4096 bytes (L1): `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), else `vpmaddubsw`+`vpmaddwd`, NEON `smull`+`sadalp` | 2 ops per byte pair; one `vpdpbusd` 32-bit lane = 4 multiply-adds = 8 ops |
+//! | INT8 peak GOPS | register-resident u8 x i8 multiply-add into 12 i32 accumulators (no loads, like the FP32 peak): `vpdpbusd` zmm/ymm, else `vpmaddubsw`+`vpmaddwd`+`vpaddd`; portable i32 loop | 2 ops per byte pair |
 //! | memory GB/s, 1 and all threads | read stream over max(256 MiB, 4 x LLC) (quick: 64 MiB), best of 5 (quick: 2) passes | bytes read |
 //! | matvec 512x64 and 172x64 f32 | per kernel path up to the effective level | 2 x rows x cols flops per call; ns per call |
 //! | sync round trip | two threads ping-ponging an atomic | ns, median of 64-round-trip batches |
 //!
 //! Each throughput figure is the best of several timed samples after calibration (the median is
-//! reported too). The INT8 and FP16 kernels load from L1 while the FP32 peak does not, so the
-//! INT8/FP32 ratio is conservative. "Scalar" kernels are portable Rust without intrinsics (the
+//! reported too). The FP16 and INT8 dots load from L1 (load-bound); the INT8 *peak* is
+//! register-resident like the FP32 peak, and the INT8/FP32 ratio compares those two peaks. "Scalar" kernels are portable Rust without intrinsics (the
 //! compiler may still auto-vectorise them for the baseline target, e.g. SSE2) — i.e. what a
 //! portable fallback achieves. A full probe takes about 2-3 s; `quick` about 0.5-1 s.
 //!

@@ -269,7 +269,10 @@ impl HardwareReport {
                 bench_row(&mut md, "FP32 FMA peak", &b.fp32_1t);
                 bench_row(&mut md, "FP32 FMA peak (all threads)", &b.fp32_all);
                 bench_row(&mut md, "FP16 weights x f32 dot (L1)", &b.fp16_1t);
-                bench_row(&mut md, "INT8 u8xi8 dot (L1)", &b.int8_1t);
+                if let Some(p) = &b.int8_peak_1t {
+                    bench_row(&mut md, "INT8 u8xi8 multiply-add peak", p);
+                }
+                bench_row(&mut md, "INT8 u8xi8 dot (L1, load-bound)", &b.int8_1t);
                 let mb = bytes(Some(b.mem_buffer_bytes));
                 for (name, r) in [
                     ("read", &b.mem_read_1t),

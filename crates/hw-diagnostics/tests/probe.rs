@@ -113,6 +113,9 @@ fn benchmark_figures_are_plausible() {
     );
     assert!(b.fp16_1t.best > 0.1 && b.fp16_1t.best < 1000.0);
     assert!(b.int8_1t.best > 0.1 && b.int8_1t.best < 5000.0);
+    let peak = b.int8_peak_1t.as_ref().expect("INT8 peak measured");
+    assert!(peak.best > 0.1 && peak.best < 20000.0, "int8 peak {peak:?}");
+    assert_eq!((peak.level, peak.unit.as_str()), (b.int8_1t.level, "GOPS"));
     // Which of INT8 and FP32 is faster is a speed comparison, not a correctness property: it
     // lives in `cargo xtask diagnose` / the criterion bench, not in a unit test (on a loaded
     // shared host, timings taken at different moments made it flaky).
@@ -137,7 +140,8 @@ fn forcing_scalar_gives_scalar_figures() {
     assert_eq!(r.simd.forced, Some(SimdLevel::Scalar));
     assert_eq!(r.recommendations.simd_level, SimdLevel::Scalar);
     let b = r.benchmarks.as_ref().unwrap();
-    for x in [&b.fp32_1t, &b.fp32_all, &b.fp16_1t, &b.int8_1t] {
+    let peak = b.int8_peak_1t.as_ref().expect("INT8 peak measured");
+    for x in [&b.fp32_1t, &b.fp32_all, &b.fp16_1t, &b.int8_1t, peak] {
         assert_eq!(x.level, SimdLevel::Scalar);
         assert!(x.kernel.starts_with("portable"), "{}", x.kernel);
         assert!(x.best.is_finite() && x.best > 0.0);

@@ -220,6 +220,44 @@ impl Kernel {
         }
     }
 
+    /// Ops (2 per byte pair) per repetition of [`Kernel::run_int8_peak`].
+    pub fn int8_peak_ops_per_rep(&self) -> u64 {
+        let (acc, bytes) = self.int8_peak_shape();
+        (acc * bytes * 2) as u64
+    }
+
+    /// (accumulators, byte pairs per accumulator per repetition) of the INT8 peak loop.
+    pub fn int8_peak_shape(&self) -> (usize, usize) {
+        match self.imp {
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512 | Imp::Avx512Vnni => (x86::INT8_PEAK_ACC_ZMM, 64),
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2 | Imp::AvxVnni => (x86::INT8_PEAK_ACC_YMM, 32),
+            _ => (portable::INT8_PEAK_ACCUMULATORS, 1),
+        }
+    }
+
+    /// Register-resident INT8 peak loop of an [`Kernel::int8`] kernel (no loads: comparable
+    /// to [`Kernel::run_fp32`]); `int8_peak_ops_per_rep() * reps` ops.
+    pub fn run_int8_peak(&self, reps: u64, a: u8, b: i8) -> i32 {
+        match self.imp {
+            // SAFETY: built by `Kernel::int8` only after checking avx512f/bw/vl + avx512vnni.
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512Vnni => unsafe { x86::int8_peak_avx512vnni(reps, a, b) },
+            // SAFETY: built by `Kernel::int8` only after checking avx512f/bw/vl.
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512 => unsafe { x86::int8_peak_avx512bw(reps, a, b) },
+            // SAFETY: built by `Kernel::int8` only after checking avx2, fma and avxvnni.
+            #[cfg(target_arch = "x86_64")]
+            Imp::AvxVnni => unsafe { x86::int8_peak_avxvnni(reps, a, b) },
+            // SAFETY: built by `Kernel::int8` only after checking avx2 and fma.
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2 => unsafe { x86::int8_peak_avx2(reps, a, b) },
+            // NEON has no register-resident INT8 peak kernel here: the portable loop.
+            _ => portable::int8_peak(reps, a, b),
+        }
+    }
+
     /// u8 x i8 dot product (2 ops per byte pair). Activations must be <= 127.
     pub fn run_int8(&self, a: &[u8], w: &[i8]) -> i32 {
         match self.imp {
@@ -305,6 +343,13 @@ mod tests {
                 for (g, e) in y.iter().zip(&r) {
                     assert!((g - e).abs() <= 1e-3 * (1.0 + e.abs()), "{level} {g} {e}");
                 }
+            }
+            // The INT8 peak loops compute exact sums (a wraps past 255 within 300 reps).
+            let k = Kernel::int8(level);
+            let (acc, bytes) = k.int8_peak_shape();
+            for (reps, a, b) in [(300u64, 3u8, 5i8), (7, 250, -9)] {
+                let want = portable::int8_peak_expected(reps, a, b, acc, bytes);
+                assert_eq!(k.run_int8_peak(reps, a, b), want, "{k:?} {reps} {a} {b}");
             }
             let k = Kernel::fp32(level);
             let v = k.run_fp32(1000, 0.999, 0.001);

@@ -83,8 +83,14 @@ pub struct BenchResults {
     pub fp32_all: BenchResult,
     /// f16 weights x f32 activations dot product over an L1-resident buffer, one thread (GFLOPS).
     pub fp16_1t: BenchResult,
-    /// u8 x i8 dot product over an L1-resident buffer, one thread (GOPS).
+    /// u8 x i8 dot product over an L1-resident buffer, one thread (GOPS): **load-bound** (two
+    /// operands streamed per instruction), not comparable to `fp32_1t`.
     pub int8_1t: BenchResult,
+    /// Register-resident u8 x i8 multiply-add peak, one thread (GOPS, 2 ops per byte pair): the
+    /// INT8 counterpart of `fp32_1t` (same kind of loop: independent accumulators, no loads).
+    /// `None` in results written before it existed.
+    #[serde(default)]
+    pub int8_peak_1t: Option<BenchResult>,
     /// Read bandwidth over `mem_buffer_bytes`, one thread (GB/s). `None` if the buffer could
     /// not be allocated.
     pub mem_read_1t: Option<BenchResult>,
@@ -270,6 +276,18 @@ pub(crate) fn bench_fp16(level: SimdLevel, budget: Duration) -> BenchResult {
     result(r, 1e-9, "GFLOPS", &k, 1)
 }
 
+/// Register-resident INT8 multiply-add peak, one thread (GOPS).
+pub(crate) fn bench_int8_peak(level: SimdLevel, budget: Duration) -> BenchResult {
+    let k = Kernel::int8(level);
+    let per_rep = k.int8_peak_ops_per_rep() as f64;
+    let (a, b) = (black_box(3u8), black_box(5i8));
+    let r = measure(budget, |reps| {
+        black_box(k.run_int8_peak(reps, a, b));
+        reps as f64 * per_rep
+    });
+    result(r, 1e-9, "GOPS", &k, 1)
+}
+
 /// u8 x i8 dot product over L1-resident data, one thread (GOPS).
 pub(crate) fn bench_int8(level: SimdLevel, budget: Duration) -> BenchResult {
     let k = Kernel::int8(level);
@@ -444,6 +462,7 @@ pub(crate) fn run_all(
     let fp32_all = bench_fp32(level, threads, b.compute);
     let fp16_1t = bench_fp16(level, b.compute);
     let int8_1t = bench_int8(level, b.compute);
+    let int8_peak_1t = Some(bench_int8_peak(level, b.compute));
     let matvec = bench_matvec(level, b.matvec);
     let sync_round_trip_ns = bench_sync(threads, b.sync);
     let (mem_read_1t, mem_read_all, mem_buffer_bytes) = bench_memory(threads, llc, &b, usable_mem);
@@ -454,6 +473,7 @@ pub(crate) fn run_all(
         fp32_all,
         fp16_1t,
         int8_1t,
+        int8_peak_1t,
         mem_read_1t,
         mem_read_all,
         mem_buffer_bytes,

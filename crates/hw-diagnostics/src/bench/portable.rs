@@ -18,6 +18,35 @@ pub fn fma_peak(reps: u64, a: f32, b: f32) -> f32 {
     acc.iter().sum()
 }
 
+/// Independent accumulators of [`int8_peak`].
+pub const INT8_PEAK_ACCUMULATORS: usize = 16;
+
+/// Register-resident integer multiply-add loop with the x86 peak loops' operands (accumulator
+/// `i` multiplies by `b + i`, the activation `a` grows by 1 per repetition): 2 ops per
+/// accumulator per repetition.
+pub fn int8_peak(reps: u64, a: u8, b: i8) -> i32 {
+    let mut acc = [0i32; INT8_PEAK_ACCUMULATORS];
+    let mut a = a;
+    for _ in 0..reps {
+        for (i, x) in acc.iter_mut().enumerate() {
+            let w = i32::from(b.wrapping_add(i as i8));
+            *x = x.wrapping_add(i32::from(a).wrapping_mul(w));
+        }
+        a = a.wrapping_add(1);
+    }
+    acc.iter().fold(0i32, |s, v| s.wrapping_add(*v))
+}
+
+/// The exact result of an INT8 peak loop: `Σ_rep Σ_{i<acc} bytes · (a + rep mod 256) · (b + i)`
+/// (wrapping i32), with `bytes` byte pairs per accumulator per repetition.
+pub fn int8_peak_expected(reps: u64, a: u8, b: i8, acc: usize, bytes: usize) -> i32 {
+    let wsum: i32 = (0..acc).map(|i| i32::from(b.wrapping_add(i as i8))).sum();
+    (0..reps).fold(0i32, |s, r| {
+        let ar = i32::from(a.wrapping_add(r as u8));
+        s.wrapping_add((bytes as i32).wrapping_mul(ar).wrapping_mul(wsum))
+    })
+}
+
 /// IEEE binary16 bits to f32 (exact; handles zero, subnormals, infinities and NaN).
 pub fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h & 0x8000) << 16;

@@ -61,6 +61,111 @@ pub fn fma_peak_avx512(reps: u64, a: f32, b: f32) -> f32 {
     _mm512_reduce_add_ps(s)
 }
 
+/// Independent ymm accumulators of the register-resident INT8 peak loops (each with its own
+/// weight register: 2 x 6 + 2 of the 16 ymm registers).
+pub const INT8_PEAK_ACC_YMM: usize = 6;
+/// Independent zmm accumulators of the AVX-512 INT8 peak loops (2 x 12 + 2 of 32 registers).
+pub const INT8_PEAK_ACC_ZMM: usize = 12;
+
+// The INT8 peak loops keep every operand in registers, like the FP32 peak, yet cannot be folded
+// by the compiler: accumulator `i` multiplies by its own weight `b + i`, and the activation
+// byte `a` is incremented once per repetition (one extra byte add per 6 or 12 dot steps), so
+// no product is loop-invariant or shared between accumulators. Sum over the loop:
+// `Σ_rep Σ_i bytes · (a + rep mod 256) · (b + i)`, exact in wrapping i32.
+
+/// Register-resident INT8 peak with AVX2: `vpmaddubsw` + `vpmaddwd` + `vpaddd` per
+/// accumulator; [`INT8_PEAK_ACC_YMM`] x 32 byte pairs x 2 ops per repetition.
+#[target_feature(enable = "avx2")]
+pub fn int8_peak_avx2(reps: u64, a: u8, b: i8) -> i32 {
+    let (mut va, one, ones) = (
+        _mm256_set1_epi8(a as i8),
+        _mm256_set1_epi8(1),
+        _mm256_set1_epi16(1),
+    );
+    let vb: [__m256i; INT8_PEAK_ACC_YMM] =
+        std::array::from_fn(|i| _mm256_set1_epi8(b.wrapping_add(i as i8)));
+    let mut acc = [_mm256_setzero_si256(); INT8_PEAK_ACC_YMM];
+    for _ in 0..reps {
+        for (x, w) in acc.iter_mut().zip(&vb) {
+            *x = _mm256_add_epi32(*x, _mm256_madd_epi16(_mm256_maddubs_epi16(va, *w), ones));
+        }
+        va = _mm256_add_epi8(va, one);
+    }
+    let mut s = acc[0];
+    for x in &acc[1..] {
+        s = _mm256_add_epi32(s, *x);
+    }
+    hsum256_epi32(s)
+}
+
+/// Register-resident INT8 peak with AVX-VNNI: one `vpdpbusd ymm` per accumulator;
+/// [`INT8_PEAK_ACC_YMM`] x 32 byte pairs x 2 ops per repetition.
+#[target_feature(enable = "avx2,avxvnni")]
+pub fn int8_peak_avxvnni(reps: u64, a: u8, b: i8) -> i32 {
+    let (mut va, one) = (_mm256_set1_epi8(a as i8), _mm256_set1_epi8(1));
+    let vb: [__m256i; INT8_PEAK_ACC_YMM] =
+        std::array::from_fn(|i| _mm256_set1_epi8(b.wrapping_add(i as i8)));
+    let mut acc = [_mm256_setzero_si256(); INT8_PEAK_ACC_YMM];
+    for _ in 0..reps {
+        for (x, w) in acc.iter_mut().zip(&vb) {
+            *x = _mm256_dpbusd_avx_epi32(*x, va, *w);
+        }
+        va = _mm256_add_epi8(va, one);
+    }
+    let mut s = acc[0];
+    for x in &acc[1..] {
+        s = _mm256_add_epi32(s, *x);
+    }
+    hsum256_epi32(s)
+}
+
+/// Register-resident INT8 peak with AVX-512 BW: `vpmaddubsw` + `vpmaddwd` + `vpaddd` zmm per
+/// accumulator; [`INT8_PEAK_ACC_ZMM`] x 64 byte pairs x 2 ops per repetition.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub fn int8_peak_avx512bw(reps: u64, a: u8, b: i8) -> i32 {
+    let (mut va, one, ones) = (
+        _mm512_set1_epi8(a as i8),
+        _mm512_set1_epi8(1),
+        _mm512_set1_epi16(1),
+    );
+    let vb: [__m512i; INT8_PEAK_ACC_ZMM] =
+        std::array::from_fn(|i| _mm512_set1_epi8(b.wrapping_add(i as i8)));
+    let mut acc = [_mm512_setzero_si512(); INT8_PEAK_ACC_ZMM];
+    for _ in 0..reps {
+        for (x, w) in acc.iter_mut().zip(&vb) {
+            *x = _mm512_add_epi32(*x, _mm512_madd_epi16(_mm512_maddubs_epi16(va, *w), ones));
+        }
+        va = _mm512_add_epi8(va, one);
+    }
+    let mut s = acc[0];
+    for x in &acc[1..] {
+        s = _mm512_add_epi32(s, *x);
+    }
+    _mm512_reduce_add_epi32(s)
+}
+
+/// Register-resident INT8 peak with AVX-512 VNNI: one `vpdpbusd zmm` per accumulator (the
+/// counterpart of [`fma_peak_avx512`]); [`INT8_PEAK_ACC_ZMM`] x 64 byte pairs x 2 ops per
+/// repetition.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub fn int8_peak_avx512vnni(reps: u64, a: u8, b: i8) -> i32 {
+    let (mut va, one) = (_mm512_set1_epi8(a as i8), _mm512_set1_epi8(1));
+    let vb: [__m512i; INT8_PEAK_ACC_ZMM] =
+        std::array::from_fn(|i| _mm512_set1_epi8(b.wrapping_add(i as i8)));
+    let mut acc = [_mm512_setzero_si512(); INT8_PEAK_ACC_ZMM];
+    for _ in 0..reps {
+        for (x, w) in acc.iter_mut().zip(&vb) {
+            *x = _mm512_dpbusd_epi32(*x, va, *w);
+        }
+        va = _mm512_add_epi8(va, one);
+    }
+    let mut s = acc[0];
+    for x in &acc[1..] {
+        s = _mm512_add_epi32(s, *x);
+    }
+    _mm512_reduce_add_epi32(s)
+}
+
 /// f16 weights x f32 activations: F16C `vcvtph2ps` + FMA, 4 x 8 lanes per step.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_f16_avx2(w: &[u16], x: &[f32]) -> f32 {
