@@ -30,6 +30,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Threads for training and the fused scan (0 = the physical cores). Results do not depend
+    /// on it: same config and seed give the same checkpoint bytes for any thread count.
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,6 +82,10 @@ fn pipeline_log(a: &pipeline::PipelineArgs) -> Option<std::fs::File> {
 fn main() {
     use tracing_subscriber::prelude::*;
     let cli = Cli::parse();
+    squish_core::threads::set_threads(match cli.threads {
+        0 => squish_core::threads::physical_cores(),
+        n => n,
+    });
     let log_file = match &cli.cmd {
         Cmd::Pipeline(a) if !a.dry_run => pipeline_log(a),
         _ => None,
