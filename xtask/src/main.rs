@@ -1,5 +1,6 @@
 //! `cargo xtask …`: squish's command line — every stage as a subcommand, and the pipeline.
 
+mod bench_train_table;
 mod cmd_bench;
 mod cmd_bench_train;
 mod cmd_diagnose;

@@ -187,6 +187,18 @@ impl Trainable for Llama {
 /// micro-batches call it from their worker threads.
 pub type Teacher<'a> = &'a (dyn Fn(&[Vec<u32>]) -> Result<Tensor<3>> + Sync);
 
+/// A distillation teacher from an inference `model`: its logits, moved onto `device` (the
+/// student's autodiff device) as constants.
+pub fn teacher_from<M: Trainable + Sync>(
+    model: &M,
+    device: burn::tensor::Device,
+) -> impl Fn(&[Vec<u32>]) -> Result<Tensor<3>> + Sync + '_ {
+    move |tokens| {
+        let (logits, _) = model.train_forward(tokens)?; // [batch, seq, vocab]
+        Ok(Tensor::from_data(logits.into_data(), &device))
+    }
+}
+
 /// One line of the training log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainPoint {
