@@ -54,7 +54,8 @@ enum Cmd {
     Prune(cmd_prune::PruneArgs),
     /// Per-tensor F16/INT8/INT4 from measured sensitivity under a size or ΔPPL budget.
     Mixed(cmd_mixed::MixedArgs),
-    /// Training tokens/s of the SsmMoe baseline per scan formulation and burn backend.
+    /// Training tokens/s: the SsmMoe baseline per scan formulation and burn backend, or with
+    /// `--json` the SsmMoe baseline and stories260K QAT at 1 and 2 threads (6·N GFLOP/s).
     #[command(name = "bench-train")]
     BenchTrain(cmd_bench_train::BenchTrainArgs),
     /// What this CPU can do, measured: cores, caches, SIMD, GFLOPS, bandwidth, recommendations.
