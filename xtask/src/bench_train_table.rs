@@ -8,7 +8,9 @@
 //! - `threads1` / `threads2`: micro-batches ([`TrainConfig::micro_batches`]) and routed MoE on a
 //!   thread budget of 1 and 2.
 //!
-//! Next to diagnose's FP32 GFLOP/s when `<report_dir>/<run>_hardware_check.json` exists.
+//! Each mode also reports user-CPU seconds per wall second and tokens per CPU-second (the
+//! efficiency, independent of how much of a shared host the run got). Next to diagnose's FP32
+//! GFLOP/s when `<report_dir>/<run>_hardware_check.json` exists.
 
 use std::path::{Path, PathBuf};
 
@@ -233,10 +235,18 @@ pub fn run(a: &TableArgs) -> Result<()> {
                 tps.sort_by(f64::total_cmp);
                 let med = tps[tps.len() / 2];
                 let gflops = 6.0 * params as f64 * med / 1e9;
+                // Load-independent efficiency on a shared host: tokens per CPU-second.
+                let mut per_cpu: Vec<f64> = r
+                    .iter()
+                    .filter(|x| x.1 > 0.0)
+                    .map(|x| x.0 / x.1)
+                    .collect();
+                per_cpu.sort_by(f64::total_cmp);
+                let per_cpu = per_cpu.get(per_cpu.len() / 2).copied();
                 json!({"mode": m.name, "threads": m.threads, "micro_batches": m.micro_batches,
                     "moe": m.moe, "tokens_per_s": med, "tokens_per_s_rounds": tps,
                     "cpu_per_wall_rounds": r.iter().map(|x| x.1).collect::<Vec<_>>(),
-                    "gflops_6n": gflops,
+                    "gflops_6n": gflops, "tokens_per_cpu_s": per_cpu,
                     "fraction_of_diagnose_fp32": fp32.map(|(one, all)| gflops / if m.threads > 1 { all } else { one })})
             })
             .collect();
