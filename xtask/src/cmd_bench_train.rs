@@ -38,6 +38,16 @@ pub struct BenchTrainArgs {
     /// host hit all variants alike; the summary gives each variant's median and best round.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Instead of the variants: the table of the SsmMoe baseline and stories260K QAT at 1 and 2
+    /// threads against the pre-data-parallel path (tokens/s, 6·N GFLOP/s), as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// llama2.c stories260K checkpoint for `--json` (skipped with a note if absent).
+    #[arg(
+        long,
+        default_value = "../shared/data/models/stories260K/stories260K.bin"
+    )]
+    pub stories260k: PathBuf,
 }
 
 fn parse_variant(v: &str) -> Result<(CpuBackend, ScanMode)> {
@@ -104,6 +114,21 @@ fn breakdown(
 
 /// Entry point of `bench-train`.
 pub fn run(a: &BenchTrainArgs) -> Result<()> {
+    if a.json {
+        let found = a.stories260k.is_file();
+        if !found {
+            eprintln!(
+                "note: {} not found, stories260K QAT skipped",
+                a.stories260k.display()
+            );
+        }
+        return crate::bench_train_table::run(&crate::bench_train_table::TableArgs {
+            config: &a.config,
+            stories260k: found.then_some(&a.stories260k),
+            steps: a.steps,
+            rounds: a.rounds,
+        });
+    }
     let cfg = PipelineConfig::load(&a.config)?;
     let Some(b) = cfg.stages.baseline else {
         bail!("{} has no [stages.baseline]", a.config.display())

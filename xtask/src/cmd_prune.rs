@@ -123,6 +123,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         eval_chunks: 8,
         seed: a.seed,
         adam_epsilon: squish_core::train::DEFAULT_ADAM_EPSILON,
+        micro_batches: squish_core::train::DEFAULT_MICRO_BATCHES,
     });
     let cfg = PruneConfig {
         ratio: a.ratio,

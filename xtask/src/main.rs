@@ -1,5 +1,6 @@
 //! `cargo xtask …`: squish's command line — every stage as a subcommand, and the pipeline.
 
+mod bench_train_table;
 mod cmd_bench;
 mod cmd_bench_train;
 mod cmd_diagnose;
@@ -30,6 +31,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Threads for training and the fused scan (0 = the physical cores). Results do not depend
+    /// on it: same config and seed give the same checkpoint bytes for any thread count.
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -49,7 +54,8 @@ enum Cmd {
     Prune(cmd_prune::PruneArgs),
     /// Per-tensor F16/INT8/INT4 from measured sensitivity under a size or ΔPPL budget.
     Mixed(cmd_mixed::MixedArgs),
-    /// Training tokens/s of the SsmMoe baseline per scan formulation and burn backend.
+    /// Training tokens/s: the SsmMoe baseline per scan formulation and burn backend, or with
+    /// `--json` the SsmMoe baseline and stories260K QAT at 1 and 2 threads (6·N GFLOP/s).
     #[command(name = "bench-train")]
     BenchTrain(cmd_bench_train::BenchTrainArgs),
     /// What this CPU can do, measured: cores, caches, SIMD, GFLOPS, bandwidth, recommendations.
@@ -78,6 +84,10 @@ fn pipeline_log(a: &pipeline::PipelineArgs) -> Option<std::fs::File> {
 fn main() {
     use tracing_subscriber::prelude::*;
     let cli = Cli::parse();
+    squish_core::threads::set_threads(match cli.threads {
+        0 => squish_core::threads::physical_cores(),
+        n => n,
+    });
     let log_file = match &cli.cmd {
         Cmd::Pipeline(a) if !a.dry_run => pipeline_log(a),
         _ => None,

@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: the safetensors checkpoint format and the framework-free [`checkpoint::Weights`].
 //! - [`eval`]: perplexity (protocol `llama-cpp`).
 //! - [`sample`] / [`generate`]: llama2.c-exact sampling and generation loop.
+//! - [`threads`]: the process-wide thread budget of squish's parallel code.
 //! - [`fsutil`]: atomic writes and hashing; [`shared`]: where the real data lives.
 //! - `train` (feature `burn`): AdamW training of the burn models.
 //!
@@ -31,6 +32,7 @@ pub mod model;
 pub mod quant;
 pub mod sample;
 pub mod shared;
+pub mod threads;
 pub mod tokenizer;
 #[cfg(feature = "burn")]
 pub mod train;

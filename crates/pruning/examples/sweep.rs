@@ -182,6 +182,7 @@ fn main() -> Result<()> {
                 eval_chunks: 4,
                 seed: 1,
                 adam_epsilon: squish_core::train::DEFAULT_ADAM_EPSILON,
+                micro_batches: squish_core::train::DEFAULT_MICRO_BATCHES,
             });
             let t = Instant::now();
             let input = PruneInput { ckpt: &ck, data };

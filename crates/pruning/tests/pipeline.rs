@@ -62,6 +62,7 @@ fn recovery() -> TrainConfig {
         eval_chunks: 2,
         seed: 3,
         adam_epsilon: squish_core::train::DEFAULT_ADAM_EPSILON,
+        micro_batches: squish_core::train::DEFAULT_MICRO_BATCHES,
     }
 }
 

@@ -115,6 +115,7 @@ fn default_train() -> TrainConfig {
         eval_chunks: 16,
         seed: 0,
         adam_epsilon: squish_core::train::DEFAULT_ADAM_EPSILON,
+        micro_batches: squish_core::train::DEFAULT_MICRO_BATCHES,
     }
 }
 

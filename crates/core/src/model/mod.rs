@@ -14,6 +14,8 @@ mod backend;
 #[cfg(feature = "burn")]
 pub mod llama;
 #[cfg(feature = "burn")]
+pub mod moe_routed;
+#[cfg(feature = "burn")]
 mod ops;
 #[cfg(feature = "burn")]
 pub mod scan_bench;

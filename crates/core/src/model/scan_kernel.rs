@@ -129,12 +129,10 @@ impl ScanIsa {
     }
 }
 
-/// Threads for a scan over `batch` rows: the available parallelism, at most one per row.
+/// Threads for a scan over `batch` rows: the calling thread's budget
+/// ([`crate::threads::threads`]), at most one per row.
 pub fn default_threads(batch: usize) -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(batch)
-        .max(1)
+    crate::threads::threads().min(batch).max(1)
 }
 
 fn check(dims: ScanDims, inp: &ScanBufs) {

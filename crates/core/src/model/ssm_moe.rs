@@ -9,8 +9,9 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{silu, softmax, softplus};
+use burn::tensor::activation::{silu, softplus};
 
+pub use super::moe_routed::MoeMode;
 use super::ops::{embed, linear, rms_norm};
 use super::scan_op::scan_fused;
 use super::ssm_scan::{ScanInputs, scan_chunked, scan_sequential};
@@ -112,6 +113,9 @@ pub struct SsmMoe {
     /// Scan formulation used by [`SsmMoe::forward`].
     #[module(skip)]
     pub scan: ScanMode,
+    /// MoE formulation used by [`SsmMoe::forward`] ([`MoeMode::Routed`] unless set).
+    #[module(skip)]
+    pub moe: MoeMode,
 }
 
 /// Output of a training forward.
@@ -187,8 +191,8 @@ impl Ssm {
 
 impl Moe {
     /// Routes `h [batch, seq, d_model]` to the top-k experts; returns (output, balance loss `[1]`).
-    /// Experts run densely and are weighted by the renormalised top-k gates (exact for a tiny
-    /// model; the native runtime runs only the chosen experts).
+    /// Experts run densely and are weighted by the renormalised top-k gates (see
+    /// [`MoeMode`] for the routed form); `capture` sees every expert's input over all tokens.
     pub fn forward(
         &self,
         h: Tensor<3>,
@@ -196,18 +200,9 @@ impl Moe {
         capture: &mut dyn FnMut(&str, &Tensor<3>),
     ) -> (Tensor<3>, Tensor<1>) {
         let [bsz, t, dm] = h.dims();
-        let e = self.experts.len();
-        let k = top_k.min(e);
         capture("router", &h);
-        let probs = softmax(linear(h.clone(), &self.router), 2); // [batch, seq, E]
-        let kth = probs.clone().topk(k, 2).narrow(2, k - 1, 1); // [batch, seq, 1]
-        let mask = probs
-            .clone()
-            .greater_equal(kth.expand([bsz, t, e]))
-            .float()
-            .detach(); // [batch, seq, E]
-        let gates = probs.clone() * mask.clone(); // [batch, seq, E]
-        let gates = gates.clone() / gates.sum_dim(2); // [batch, seq, E]
+        let r = self.route(h.clone(), top_k);
+        let gates = r.gates.clone(); // [batch, seq, E]
         let mut out = Tensor::<3>::zeros([bsz, t, dm], &h.device()); // [batch, seq, d_model]
         for (i, ex) in self.experts.iter().enumerate() {
             capture(&format!("experts.{i}.w1"), &h);
@@ -215,25 +210,31 @@ impl Moe {
             capture(&format!("experts.{i}.w2"), &act);
             out = out + linear(act, &ex.w2) * gates.clone().narrow(2, i, 1); // [batch, seq, d_model]
         }
-        // Switch loss: E · Σ_e (fraction of routed slots to e) · (mean router prob of e).
-        let tokens = (bsz * t) as f32;
-        let frac = mask.sum_dim(1).sum_dim(0).reshape([e]) / (tokens * k as f32); // [E]
-        let mean_p = probs.sum_dim(1).sum_dim(0).reshape([e]) / tokens; // [E]
-        (out, (frac * mean_p).sum() * e as f32)
+        let bl = self.balance_loss(&r, top_k);
+        (out, bl)
     }
 }
 
 impl SsmMoe {
-    /// Logits and balance loss for a batch of equal-length token rows.
+    /// Logits and balance loss for a batch of equal-length token rows (MoE as [`Self::moe`]).
     pub fn forward(&self, tokens: &[Vec<u32>]) -> Result<SsmMoeOutput> {
-        self.forward_captured(tokens, &mut |_, _| {})
+        self.forward_with(tokens, self.moe, &mut |_, _| {})
     }
 
-    /// [`Self::forward`], handing `capture` the input of every linear layer as
-    /// `(weight name, x [batch, seq, in])` for calibration.
+    /// [`Self::forward`] with the dense MoE, handing `capture` the input of every linear layer
+    /// as `(weight name, x [batch, seq, in])` for calibration (every expert sees every token).
     pub fn forward_captured(
         &self,
         tokens: &[Vec<u32>],
+        capture: &mut dyn FnMut(&str, &Tensor<3>),
+    ) -> Result<SsmMoeOutput> {
+        self.forward_with(tokens, MoeMode::Dense, capture)
+    }
+
+    fn forward_with(
+        &self,
+        tokens: &[Vec<u32>],
+        moe: MoeMode,
         capture: &mut dyn FnMut(&str, &Tensor<3>),
     ) -> Result<SsmMoeOutput> {
         let device = self.tok_embeddings.val().device();
@@ -252,7 +253,10 @@ impl SsmMoe {
                     capture(&format!("layers.{i}.moe.{e}.w3.weight"), v);
                 }
             };
-            let (y, bl) = layer.moe.forward(h, c.top_k, &mut cap);
+            let (y, bl) = match moe {
+                MoeMode::Dense => layer.moe.forward(h, c.top_k, &mut cap),
+                MoeMode::Routed => layer.moe.forward_routed(h, c.top_k)?,
+            };
             x = x + y; // [batch, seq, d_model]
             balance = balance + bl;
         }

@@ -75,6 +75,7 @@ impl SsmMoe {
             norm: param1(w, "norm.weight", d, device)?,
             config: c.clone(),
             scan,
+            moe: Default::default(),
         })
     }
 

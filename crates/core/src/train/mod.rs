@@ -5,9 +5,15 @@
 //! Batches are windows of `seq_len + 1` tokens at seeded random offsets in the tokenized training
 //! stream; the first token of each window is replaced by BOS, as the `llama-cpp` evaluation
 //! protocol does with its chunks, so training and evaluation see the same kind of input.
+//!
+//! Each step's batch is split into [`TrainConfig::micro_batches`] micro-batches run on up to
+//! [`crate::threads::threads`] threads ([`step`]); the same config and seed give the same weights,
+//! bit for bit, for any thread count.
+
+pub mod step;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, grad_clipping::GradientClippingConfig};
+use burn::optim::{AdamWConfig, grad_clipping::GradientClippingConfig};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -67,6 +73,24 @@ pub struct TrainConfig {
         skip_serializing_if = "is_default_adam_epsilon"
     )]
     pub adam_epsilon: f32,
+    /// Micro-batches per step (a fixed split of the batch, independent of the thread count; the
+    /// unit of data parallelism). Default 2, omitted from the serialized config at that value.
+    #[serde(
+        default = "default_micro_batches",
+        skip_serializing_if = "is_default_micro_batches"
+    )]
+    pub micro_batches: usize,
+}
+
+/// The default [`TrainConfig::micro_batches`].
+pub const DEFAULT_MICRO_BATCHES: usize = 2;
+
+fn default_micro_batches() -> usize {
+    DEFAULT_MICRO_BATCHES
+}
+
+fn is_default_micro_batches(m: &usize) -> bool {
+    *m == DEFAULT_MICRO_BATCHES
 }
 
 /// burn's AdamW default ε.
@@ -127,6 +151,9 @@ impl TrainConfig {
                 self.adam_epsilon
             )));
         }
+        if self.micro_batches == 0 {
+            return Err(Error::invalid("train: micro_batches must be ≥ 1"));
+        }
         if !(0.0..=1.0).contains(&self.distill_alpha) {
             return Err(Error::invalid(format!(
                 "train: distill_alpha {} not in [0, 1]",
@@ -156,8 +183,21 @@ impl Trainable for Llama {
     }
 }
 
-/// A teacher for distillation: logits `[batch, seq, vocab]` for a batch (no gradient).
-pub type Teacher<'a> = &'a dyn Fn(&[Vec<u32>]) -> Result<Tensor<3>>;
+/// A teacher for distillation: logits `[batch, seq, vocab]` for a batch (no gradient). `Sync`:
+/// micro-batches call it from their worker threads.
+pub type Teacher<'a> = &'a (dyn Fn(&[Vec<u32>]) -> Result<Tensor<3>> + Sync);
+
+/// A distillation teacher from an inference `model`: its logits, moved onto `device` (the
+/// student's autodiff device) as constants.
+pub fn teacher_from<M: Trainable + Sync>(
+    model: &M,
+    device: burn::tensor::Device,
+) -> impl Fn(&[Vec<u32>]) -> Result<Tensor<3>> + Sync + '_ {
+    move |tokens| {
+        let (logits, _) = model.train_forward(tokens)?; // [batch, seq, vocab]
+        Ok(Tensor::from_data(logits.into_data(), &device))
+    }
+}
 
 /// One line of the training log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -275,23 +315,12 @@ pub fn train<M: Trainable>(
     let t0 = std::time::Instant::now();
     for step in 0..cfg.steps {
         let (inputs, targets) = sample_batch(train, cfg.batch_size, cfg.seq_len, bos, &mut rng);
-        let (logits, aux) = model.train_forward(&inputs)?;
-        let mut loss = cross_entropy(logits.clone(), &targets);
-        if let (Some(teach), true) = (teacher, cfg.distill_alpha > 0.0) {
-            let tl = teach(&inputs)?.detach();
-            loss = loss * (1.0 - cfg.distill_alpha)
-                + distill_kl(logits, tl, cfg.distill_temperature) * cfg.distill_alpha;
-        }
-        if let Some(aux) = aux {
-            loss = loss + aux * cfg.balance_coef;
-        }
-        let loss_value = crate::model::tensor_to_vec(loss.clone().detach())?[0] as f64;
+        let (loss_value, grads) = step::batch_gradients(&model, &inputs, &targets, teacher, cfg)?;
         if !loss_value.is_finite() {
             return Err(Error::invalid(format!(
                 "training diverged: loss {loss_value} at step {step}"
             )));
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = cfg.lr_at(step);
         model = optim.step(lr, model, grads);
         let done = step + 1;
@@ -337,6 +366,7 @@ mod tests {
             eval_chunks: 4,
             seed: 0,
             adam_epsilon: DEFAULT_ADAM_EPSILON,
+            micro_batches: DEFAULT_MICRO_BATCHES,
         };
         assert!((c.lr_at(0) - 1e-4).abs() < 1e-12);
         assert!((c.lr_at(9) - 1e-3).abs() < 1e-12);
