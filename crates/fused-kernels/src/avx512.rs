@@ -3,6 +3,9 @@
 //! Same tiling as [`crate::avx2`], 16 lanes wide; dense tails use masked loads.
 //! The int8-activation kernel uses the 256-bit VNNI form (one 32-element chunk
 //! per instruction) so it shares the chunk layout with the AVX2 path.
+//!
+//! Its bodies mirror `avx2` line for line on purpose (16 lanes and masks instead of 8): the
+//! intrinsics differ per ISA, so a shared generic would hide the instruction choice.
 
 use crate::avx2::{check_tile, drive, finish_q8};
 use crate::pack::{CHUNK, QuantRepr};

@@ -3,6 +3,8 @@
 //! Compile-checked only (`cargo check --target aarch64-unknown-linux-gnu`); no
 //! aarch64 machine was available to run them. F16 weights and int8 activations
 //! use the scalar code on aarch64.
+//!
+//! Mirrors `scalar.rs`'s signatures and loops on purpose (same contract, NEON intrinsics inside).
 
 use crate::pack::{CHUNK, QuantRepr};
 use std::arch::aarch64::*;

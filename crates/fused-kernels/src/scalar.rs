@@ -3,6 +3,9 @@
 //! Conventions shared by all `*_rows` kernels in this crate: activations are
 //! `[n, ld]` row-major (one token per row), the kernel computes output rows
 //! `r0..r1` for every token and writes `y[t * ldy + (r - r0)]`.
+//!
+//! One reference kernel per storage type on purpose (f32, f16 bits, each quantized layout): the
+//! loops look alike, the element decode is the thing each one pins down.
 
 use crate::pack::{CHUNK, QuantRepr};
 use half::f16;

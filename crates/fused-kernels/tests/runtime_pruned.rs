@@ -15,28 +15,6 @@ use squish_core::model::ssm_moe_weights::{expert_name, init_weights, router_name
 use squish_kernels::SimdLevel;
 use squish_kernels::runtime::{Runtime, RuntimeOptions};
 
-fn f32s(w: &Weights, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = w.get(name).unwrap();
-    (t.shape.clone(), t.to_f32())
-}
-
-fn put(w: &mut Weights, name: &str, shape: Vec<usize>, v: Vec<f32>) {
-    w.insert(name, WeightTensor::f32(shape, v).unwrap());
-}
-
-/// Keeps rows `keep` of a 1-D or 2-D tensor.
-fn keep_rows(w: &mut Weights, name: &str, keep: &[usize]) {
-    let (s, v) = f32s(w, name);
-    let cols = if s.len() == 2 { s[1] } else { 1 };
-    let nv: Vec<f32> = keep
-        .iter()
-        .flat_map(|&r| v[r * cols..(r + 1) * cols].to_vec())
-        .collect();
-    let mut ns = s.clone();
-    ns[0] = keep.len();
-    put(w, name, ns, nv);
-}
-
 /// Keeps columns `keep` of a 2-D tensor.
 fn keep_cols(w: &mut Weights, name: &str, keep: &[usize]) {
     let (s, v) = f32s(w, name);

@@ -15,6 +15,15 @@ fn matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// RTN quantization of `w [rows, cols]` in `format`.
+fn rtn(w: &[f32], rows: usize, cols: usize, format: QuantFormat) -> QTensor {
+    let spec = QuantSpec {
+        format,
+        method: Method::Rtn,
+    };
+    quantize_tensor(w, rows, cols, &spec, None).unwrap()
+}
+
 fn all_formats() -> Vec<QuantFormat> {
     let mut v = Vec::new();
     for bits in [4, 8] {
@@ -37,17 +46,7 @@ fn pack_unpack_is_exact() {
             group: Some(g),
             ..fmt
         };
-        let q = quantize_tensor(
-            &w,
-            rows,
-            cols,
-            &QuantSpec {
-                format: fmt,
-                method: Method::Rtn,
-            },
-            None,
-        )
-        .unwrap();
+        let q = rtn(&w, rows, cols, fmt);
         // Re-pack the unpacked levels: identical bytes.
         let levels: Vec<i32> = (0..rows)
             .flat_map(|r| (0..cols).map(move |c| (r, c)))
@@ -93,17 +92,7 @@ fn rtn_is_within_half_a_step() {
                 group: fmt.group.map(|g| g.min(cols)),
                 ..fmt
             };
-            let q = quantize_tensor(
-                &w,
-                rows,
-                cols,
-                &QuantSpec {
-                    format: fmt,
-                    method: Method::Rtn,
-                },
-                None,
-            )
-            .unwrap();
+            let q = rtn(&w, rows, cols, fmt);
             let d = q.dequantize();
             for r in 0..rows {
                 for c in 0..cols {
@@ -127,17 +116,7 @@ fn rtn_is_within_half_a_step() {
 fn scale_is_f16_rounded_before_codes() {
     let fmt = QuantFormat::new(4, Some(16), false).unwrap();
     let w = matrix(1, 16, 5);
-    let q = quantize_tensor(
-        &w,
-        1,
-        16,
-        &QuantSpec {
-            format: fmt,
-            method: Method::Rtn,
-        },
-        None,
-    )
-    .unwrap();
+    let q = rtn(&w, 1, 16, fmt);
     let amax = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let s = q.scales[0].to_f32();
     assert!(s >= amax / sym_div(&fmt));

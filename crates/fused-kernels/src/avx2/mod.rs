@@ -7,6 +7,9 @@
 //!
 //! All functions here carry `#[target_feature]`; callers must have checked
 //! [`crate::SimdLevel::Avx2`] support first (`crate::dispatch::has_avx2`).
+//!
+//! The per-format tiles here and in `avx512.rs`/`neon.rs` repeat one loop shape on purpose: each
+//! ISA's intrinsics, lane width and register budget differ, and generics over them cost inlining.
 
 use std::arch::x86_64::*;
 

@@ -8,6 +8,9 @@
 //! half instead of `vpmaddubsw` + i16 add (+ `vpmaddwd` per chunk), and 8 tokens per weight load
 //! in prefill (AVX-512VL's 32 vector registers hold the 8 accumulators). The integer sums are
 //! exact either way, so both kernels give the same bits.
+//!
+//! The GEMV and the token-tiled GEMM repeat the unpack sequence on purpose: each is one register
+//! tile the compiler keeps in ymm registers.
 
 use crate::interleave::IL_ROWS;
 use crate::pack::{CHUNK, QuantRepr};

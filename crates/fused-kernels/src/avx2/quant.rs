@@ -1,5 +1,8 @@
 //! AVX2 quantized-weight tiles: float activations (dequantized in registers)
 //! and int8 activations (`vpmaddubsw` / `vpmaddwd` integer dots).
+//!
+//! Float- and int8-activation tiles repeat the load/unpack prologue on purpose: the dot differs
+//! (FMA vs integer madd), and each stays a straight-line register tile.
 
 use super::{drive, hsum};
 use crate::pack::{CHUNK, QuantRepr};

@@ -190,3 +190,27 @@ pub fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.below(vocab) as u32).collect()
 }
+
+/// A tensor's shape and values as F32.
+pub fn f32s(w: &Weights, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = w.get(name).unwrap();
+    (t.shape.clone(), t.to_f32())
+}
+
+/// Inserts (or replaces) an F32 tensor.
+pub fn put(w: &mut Weights, name: &str, shape: Vec<usize>, v: Vec<f32>) {
+    w.insert(name, WeightTensor::f32(shape, v).unwrap());
+}
+
+/// Keeps rows `keep` (index list) of a 1-D or 2-D tensor, as structured pruning does.
+pub fn keep_rows(w: &mut Weights, name: &str, keep: &[usize]) {
+    let (s, v) = f32s(w, name);
+    let cols = if s.len() == 2 { s[1] } else { 1 };
+    let nv: Vec<f32> = keep
+        .iter()
+        .flat_map(|&r| v[r * cols..(r + 1) * cols].to_vec())
+        .collect();
+    let mut ns = s.clone();
+    ns[0] = keep.len();
+    put(w, name, ns, nv);
+}

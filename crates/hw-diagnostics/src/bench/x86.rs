@@ -3,6 +3,8 @@
 //! Every function here carries `#[target_feature]`; callers (in `bench::dispatch`) must have
 //! verified the features at runtime. Inside, the only `unsafe` operations are unaligned loads
 //! whose bounds are checked by the loop conditions.
+//!
+//! The peak loops repeat one shape per ISA on purpose: each measures one instruction's throughput.
 
 use std::arch::x86_64::*;
 
