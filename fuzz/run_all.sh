@@ -13,6 +13,9 @@
 # Logs: fuzz/logs/<target>.log (libFuzzer's final stats: execs, execs/s, corpus size).
 set -euo pipefail
 cd "$(dirname "$0")"
+# The instrumented build always lives in fuzz/target (a CARGO_TARGET_DIR meant for the main
+# workspace would move it where make_seeds.sh and cargo fuzz do not look).
+unset CARGO_TARGET_DIR
 secs=${1:?usage: run_all.sh SECONDS [target...]}
 shift
 targets=("$@")
