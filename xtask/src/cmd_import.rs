@@ -20,7 +20,7 @@ pub struct ImportArgs {
     /// llama2.c tokenizer.bin.
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Output .safetensors path (tokenizer.bin is written beside it).
+    /// Output .safetensors path (its tokenizer is written beside it as `tokenizer-<sha8>.bin`).
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -25,7 +25,7 @@ pub struct MixedArgs {
     /// F32 checkpoint (.safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Output checkpoint (tokenizer.bin is written beside it).
+    /// Output checkpoint (its tokenizer is written beside it as `tokenizer-<sha8>.bin`).
     #[arg(long)]
     pub out: PathBuf,
     /// Budget: file bytes on disk.
