@@ -53,6 +53,17 @@ impl PackedWeight {
         self.matmul_opts(x, n, y, scratch, &MatOpts::default())
     }
 
+    /// Checks the lengths of `x`, `y` and the fused norm's weight; `Ok(false)` when there is
+    /// nothing to compute (`n == 0`).
+    fn check_args(&self, x: &[f32], n: usize, y: &[f32], opts: &MatOpts<'_>) -> Result<bool> {
+        check_len("x", n * self.inp, x.len())?;
+        check_len("y", n * self.out, y.len())?;
+        if let Some(nm) = opts.norm {
+            check_len("norm weight", self.inp, nm.weight.len())?;
+        }
+        Ok(n > 0)
+    }
+
     /// General entry point: `x: [n, in]` → `y: [n, out]` with [`MatOpts`].
     pub fn matmul_opts(
         &self,
@@ -62,12 +73,7 @@ impl PackedWeight {
         scratch: &mut Scratch,
         opts: &MatOpts<'_>,
     ) -> Result<()> {
-        check_len("x", n * self.inp, x.len())?;
-        check_len("y", n * self.out, y.len())?;
-        if let Some(nm) = opts.norm {
-            check_len("norm weight", self.inp, nm.weight.len())?;
-        }
-        if n == 0 {
+        if !self.check_args(x, n, y, opts)? {
             return Ok(());
         }
         let level = dispatch::resolve(opts.level);
@@ -89,12 +95,7 @@ impl PackedWeight {
         opts: &MatOpts<'_>,
         pool: Option<&Pool>,
     ) -> Result<()> {
-        check_len("x", n * self.inp, x.len())?;
-        check_len("y", n * self.out, y.len())?;
-        if let Some(nm) = opts.norm {
-            check_len("norm weight", self.inp, nm.weight.len())?;
-        }
-        if n == 0 {
+        if !self.check_args(x, n, y, opts)? {
             return Ok(());
         }
         let level = dispatch::resolve(opts.level);

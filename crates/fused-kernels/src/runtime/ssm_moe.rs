@@ -334,21 +334,24 @@ impl Family for SsmRt {
             drop(sp);
             let sp = profile::span("conv + silu");
             let pool = ex.pool_for(n * di * ns, SSM_PAR_MIN);
-            // Runs `f(part)` for every channel part: on the pool, or in order on this thread.
-            let each_part = |f: &(dyn Fn(usize) + Sync)| match pool {
-                Some(p) if p.threads() == l.chans.len() => p.run(f),
-                _ => (0..l.chans.len()).for_each(f),
+            // Runs `f` on every non-empty channel part (locked): on the pool, or in order on this
+            // thread. A part is empty when there are more threads than 16-channel blocks.
+            let each_part = |f: &(dyn Fn(&mut Chans) + Sync)| {
+                let run = |part: usize| {
+                    let mut g = l.chans[part].lock().unwrap_or_else(|e| e.into_inner());
+                    if g.c0 != g.c1 {
+                        f(&mut g);
+                    }
+                };
+                match pool {
+                    Some(p) if p.threads() == l.chans.len() => p.run(&run),
+                    _ => (0..l.chans.len()).for_each(run),
+                }
             };
             {
                 let (xz, xcd) = (&xz[..], Disjoint::new(&mut xc[..n * di]));
-                let chans = &l.chans;
-                each_part(&|part| {
-                    let mut g = chans[part].lock().unwrap_or_else(|e| e.into_inner());
-                    let ch = &mut *g;
+                each_part(&|ch| {
                     let (c0, c1) = (ch.c0, ch.c1);
-                    if c0 == c1 {
-                        return; // more threads than 16-channel blocks
-                    }
                     for t in 0..n {
                         let xin = &xz[t * 2 * di + c0..t * 2 * di + c1];
                         // SAFETY: token t's channels c0..c1 belong to this part alone.
@@ -375,14 +378,8 @@ impl Family for SsmRt {
                 let (xz, xc, dbc) = (&xz[..], &xc[..], &dbc[..]);
                 let dd = Disjoint::new(&mut delta[..n * di]);
                 let yd = Disjoint::new(&mut y[..n * di]);
-                let chans = &l.chans;
-                each_part(&|part| {
-                    let mut g = chans[part].lock().unwrap_or_else(|e| e.into_inner());
-                    let ch = &mut *g;
+                each_part(&|ch| {
                     let (c0, c1) = (ch.c0, ch.c1);
-                    if c0 == c1 {
-                        return; // more threads than 16-channel blocks
-                    }
                     for t in 0..n {
                         // SAFETY: token t's channels c0..c1 belong to this part alone.
                         let (dlt, yt) = unsafe {
