@@ -1,14 +1,12 @@
 //! End-to-end checks of the command line: configs parse, bad configs give file/line errors,
 //! and missing inputs are clear errors, not panics.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[path = "support/fixtures.rs"]
+mod fixtures;
 
-fn xtask() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    c.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    c
-}
+use std::path::{Path, PathBuf};
+
+use fixtures::{smoke_config_in, xtask};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("squish-cli-{}-{name}", std::process::id()));
@@ -105,24 +103,6 @@ fn missing_files_are_clear_errors() {
         !out.status.success() && err.contains("/nonexistent/x.bin") && !err.contains("panicked"),
         "{err}"
     );
-}
-
-/// The smoke config written to a fresh directory (checkpoints and reports inside it).
-fn smoke_config_in(d: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = std::fs::read_to_string(root.join("configs/smoke.toml")).unwrap();
-    let cfg = text
-        .replace(
-            "checkpoint_dir = \"checkpoints/smoke\"",
-            &format!("checkpoint_dir = \"{}\"", d.join("ck").display()),
-        )
-        .replace(
-            "report_dir = \"reports\"",
-            &format!("report_dir = \"{}\"", d.join("rep").display()),
-        );
-    let p = d.join("smoke.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
 }
 
 /// sha256 of every checkpoint the smoke pipeline writes.

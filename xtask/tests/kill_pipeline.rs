@@ -13,34 +13,11 @@ mod fixtures;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fixtures::xtask;
-
-/// The smoke config with its checkpoints and reports inside `d`.
-fn smoke_config_in(d: &Path) -> PathBuf {
-    std::fs::create_dir_all(d).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = std::fs::read_to_string(root.join("configs/smoke.toml")).unwrap();
-    let cfg = text
-        .replace(
-            "checkpoint_dir = \"checkpoints/smoke\"",
-            &format!("checkpoint_dir = \"{}\"", d.join("ck").display()),
-        )
-        .replace(
-            "report_dir = \"reports\"",
-            &format!("report_dir = \"{}\"", d.join("rep").display()),
-        );
-    assert!(
-        cfg.contains(&d.display().to_string()),
-        "smoke.toml layout changed"
-    );
-    let p = d.join("smoke.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
-}
+use fixtures::{smoke_config_in, xtask};
 
 /// Runs the pipeline; with `kill_at = Some((stage, delay))`, SIGKILLs it `delay` after
 /// `[stage] running` is printed. Returns (stdout lines, whether it was killed while running).

@@ -21,6 +21,29 @@ pub fn xtask() -> Command {
     c
 }
 
+/// The smoke config with its checkpoints and reports inside `d`.
+pub fn smoke_config_in(d: &Path) -> PathBuf {
+    std::fs::create_dir_all(d).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("configs/smoke.toml")).unwrap();
+    let cfg = text
+        .replace(
+            "checkpoint_dir = \"checkpoints/smoke\"",
+            &format!("checkpoint_dir = \"{}\"", d.join("ck").display()),
+        )
+        .replace(
+            "report_dir = \"reports\"",
+            &format!("report_dir = \"{}\"", d.join("rep").display()),
+        );
+    assert!(
+        cfg.contains(&d.display().to_string()),
+        "smoke.toml layout changed"
+    );
+    let p = d.join("smoke.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
 /// Runs `xtask args…`.
 pub fn run(args: &[String]) -> Output {
     xtask().args(args).output().expect("xtask runs")
