@@ -7,6 +7,7 @@
 //!   the `burn` feature, their burn modules and the CPU backend choice.
 //! - [`llama2c`]: import of llama2.c legacy v0 checkpoints.
 //! - [`quant`]: the packed INT4/INT8 byte layout.
+//! - `baseline` (feature `burn`): the `baseline` stage — tokenizer + SsmMoe trained on TinyStories.
 //! - [`checkpoint`]: the safetensors checkpoint format and the framework-free [`checkpoint::Weights`].
 //! - [`eval`]: perplexity (protocol `llama-cpp`).
 //! - [`sample`] / [`generate`]: llama2.c-exact sampling and generation loop.
@@ -20,6 +21,8 @@
 //! perplexity or generation on the native runtime of `squish-kernels`.
 #![deny(missing_docs)]
 
+#[cfg(feature = "burn")]
+pub mod baseline;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -38,3 +41,8 @@ pub mod tokenizer;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// The README's example (the `baseline` stage from Rust), compiled and run as a doc test.
+#[cfg(all(doctest, feature = "burn"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -11,7 +11,7 @@ use crate::report::write_report;
 /// Runs `baseline`; returns the files it wrote.
 pub fn baseline(
     ctx: &Ctx,
-    c: &crate::stage_baseline::BaselineStage,
+    c: &squish_core::baseline::BaselineStage,
     fingerprint: &str,
 ) -> Result<Vec<PathBuf>> {
     let out = ctx.checkpoint_path("baseline");

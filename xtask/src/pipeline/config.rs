@@ -43,7 +43,7 @@ pub struct Stages {
     /// `diagnostics`: probe the hardware (squish-hwdiag).
     pub diagnostics: Option<squish_hwdiag::stage::DiagnosticsSettings>,
     /// `baseline`: train the SsmMoe model (and its tokenizer) from text.
-    pub baseline: Option<crate::stage_baseline::BaselineStage>,
+    pub baseline: Option<squish_core::baseline::BaselineStage>,
     /// `int4_native`: packed INT4/INT8 of another stage's checkpoint (squish-quant).
     pub int4_native: Option<crate::stage_quant::QuantStage>,
     /// `pruned`: structured pruning (squish-prune), optionally followed by INT4.
@@ -69,7 +69,7 @@ pub enum Stage<'a> {
     /// `diagnostics`.
     Diagnostics(&'a squish_hwdiag::stage::DiagnosticsSettings),
     /// `baseline`.
-    Baseline(&'a crate::stage_baseline::BaselineStage),
+    Baseline(&'a squish_core::baseline::BaselineStage),
     /// `int4_native`.
     Int4Native(&'a crate::stage_quant::QuantStage),
     /// `pruned`.
