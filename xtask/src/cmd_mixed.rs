@@ -148,6 +148,7 @@ pub fn run(a: &MixedArgs) -> Result<()> {
         train: &[],
         valid: &valid,
         bos: tok.bos_id(),
+        teacher: None,
     };
     let pb = progress_bar(0, "sensitivity");
     let mut on_event = |e: &MixedEvent| match e {

@@ -245,6 +245,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         train: &train,
         valid: &valid,
         bos: tok.bos_id(),
+        teacher: None,
     };
     let t0 = std::time::Instant::now();
     let pb = quant_progress(&settings)?;

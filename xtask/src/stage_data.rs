@@ -221,6 +221,7 @@ impl StageInput {
             train: &self.train,
             valid: &self.valid,
             bos: self.loaded.tokenizer.bos_id(),
+            teacher: None,
         }
     }
 }

@@ -25,6 +25,11 @@ pub struct MixedStage {
     /// The stage whose PPL is the F32 reference for ΔPPL.
     #[serde(default = "crate::stage_data::default_reference")]
     pub reference: String,
+    /// The stage whose F32 checkpoint the QAT of the mix distils from (default: the input). With
+    /// `teacher = "baseline"` and a pruned input, QAT also continues the pruned model's recovery
+    /// from the unpruned model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
     /// squish-mixed settings (`[stages.mixed_precision.mixed]`); the sensitivity cache defaults
     /// to the stage's checkpoint directory.
     pub mixed: MixedConfig,
@@ -60,30 +65,38 @@ pub fn run(
         Some(q) => progress_bar(q.train.steps as u64, "qat"),
         None => indicatif::ProgressBar::hidden(),
     };
-    let stage_out = squish_mixed::run(
-        &input.stage_input(&input.loaded.ckpt),
-        &cfg,
-        &mut |e| match e {
-            MixedEvent::Sensitivity { done, total, .. } => {
-                pb.set_length(*total as u64);
-                pb.set_position(*done as u64);
+    let teacher = match &c.teacher {
+        Some(t) => {
+            let path = ctx.checkpoint_path(t);
+            Some(
+                squish_core::checkpoint::load(&path)
+                    .with_context(|| format!("loading the QAT teacher {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut stage_input = input.stage_input(&input.loaded.ckpt);
+    stage_input.teacher = teacher.as_ref();
+    let stage_out = squish_mixed::run(&stage_input, &cfg, &mut |e| match e {
+        MixedEvent::Sensitivity { done, total, .. } => {
+            pb.set_length(*total as u64);
+            pb.set_position(*done as u64);
+        }
+        MixedEvent::CacheHit { path } => {
+            tracing::info!(path = %path.display(), "sensitivity cache hit");
+        }
+        MixedEvent::Quant(q) => {
+            if let QuantEvent::Train(_) = q {
+                pb.finish_and_clear(); // the sensitivities are done; one bar at a time
             }
-            MixedEvent::CacheHit { path } => {
-                tracing::info!(path = %path.display(), "sensitivity cache hit");
-            }
-            MixedEvent::Quant(q) => {
-                if let QuantEvent::Train(_) = q {
-                    pb.finish_and_clear(); // the sensitivities are done; one bar at a time
-                }
-                show_quant_event(&qat_pb, q)
-            }
-            MixedEvent::QatExported {
-                mix_bytes,
-                qat_bytes,
-            } => println!("  [{stage}] QAT of the chosen mix: {mix_bytes} → {qat_bytes} bytes"),
-            other => tracing::info!(event = ?other, "mixed precision"),
-        },
-    )
+            show_quant_event(&qat_pb, q)
+        }
+        MixedEvent::QatExported {
+            mix_bytes,
+            qat_bytes,
+        } => println!("  [{stage}] QAT of the chosen mix: {mix_bytes} → {qat_bytes} bytes"),
+        other => tracing::info!(event = ?other, "mixed precision"),
+    })
     .with_context(|| format!("stage `{stage}`: mixed precision"))?;
     pb.finish_and_clear();
     qat_pb.finish_and_clear();

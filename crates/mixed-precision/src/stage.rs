@@ -218,6 +218,7 @@ pub fn run(
         train: input.train,
         valid: input.valid,
         bos: input.bos,
+        teacher: input.teacher,
     };
     let calib = stats.as_ref().filter(|_| qat_stats);
     let (mut qat, qat_report) = qat_checkpoint(ckpt, &qcfg, &qdata, calib, &mut |p| {
@@ -280,6 +281,7 @@ mod tests {
             train: &toks,
             valid: &toks[..1024],
             bos: 1,
+            teacher: None,
         };
         let cfg: MixedStageConfig = toml::from_str(
             "[mixed]\nbudget = { bits_per_param = 16.0 }\ncalib_windows = 4\neval_ctx = 64\n\

@@ -246,6 +246,7 @@ fn main() {
                     train: &train,
                     valid: &valid,
                     bos: tok.bos_id(),
+                    teacher: None,
                 };
                 qat_checkpoint(&f32_ckpt, &qc, &data, Some(&cal), &mut |p| {
                     if p.step % 50 == 0 {

@@ -147,6 +147,11 @@ pub struct QatData<'a> {
     pub valid: &'a [u32],
     /// The BOS id.
     pub bos: u32,
+    /// The model QAT distils from: `None` = the input checkpoint itself (QAT only undoes the
+    /// quantization error); `Some` = another F32 checkpoint of the same family and vocabulary,
+    /// e.g. the unpruned baseline when the input is a pruned model, so that QAT also continues
+    /// its recovery (Minitron-style distillation from the original model).
+    pub teacher: Option<&'a Checkpoint>,
 }
 
 /// What the fine-tuning did (part of the [`QuantReport`]).
@@ -378,6 +383,53 @@ pub fn qat_net(ckpt: &Checkpoint, cfg: &QatConfig, calib: Option<&Calibration>) 
     family_net(ckpt, &w, plan, &cfg.backend.autodiff_device())
 }
 
+/// The plan that keeps every tensor of `teacher` in F32 (the distillation teacher's network).
+/// Errors when a tensor is already quantized.
+fn f32_plan(teacher: &Checkpoint, scales: &QatScales) -> Result<QatPlan> {
+    let entries = teacher
+        .weights
+        .iter()
+        .map(|(name, t)| match t.data {
+            TensorData::Quant(_) => Err(Error::tensor(
+                name,
+                "the QAT teacher must be an F32 checkpoint (this tensor is quantized)",
+            )),
+            _ => Ok(PlanEntry {
+                name: name.clone(),
+                shape: t.shape.clone(),
+                target: TensorTarget::F32,
+                importance: None,
+            }),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(QatPlan {
+        entries,
+        scales: scales.clone(),
+    })
+}
+
+/// Errors unless `teacher` can teach `student`: same family and vocabulary (distillation
+/// compares their logits token by token).
+pub fn check_teacher(student: &Checkpoint, teacher: &Checkpoint) -> Result<()> {
+    let same_family = matches!(
+        (&student.config, &teacher.config),
+        (ModelConfig::Llama(_), ModelConfig::Llama(_))
+            | (ModelConfig::SsmMoe(_), ModelConfig::SsmMoe(_))
+    );
+    if !same_family {
+        return Err(Error::invalid(
+            "the QAT teacher is of another model family than the checkpoint it teaches",
+        ));
+    }
+    let (s, t) = (student.config.vocab_size(), teacher.config.vocab_size());
+    if s != t {
+        return Err(Error::invalid(format!(
+            "the QAT teacher's vocabulary ({t}) differs from the student's ({s})"
+        )));
+    }
+    Ok(())
+}
+
 /// A [`QatNet`] of `ckpt`'s family with weights `w` on `device`.
 fn family_net(ckpt: &Checkpoint, w: &Weights, plan: QatPlan, device: &Device) -> Result<QatNet> {
     match &ckpt.config {
@@ -390,8 +442,8 @@ fn family_net(ckpt: &Checkpoint, w: &Weights, plan: QatPlan, device: &Device) ->
     }
 }
 
-/// QAT of `ckpt` under `cfg`: fake-quant fine-tuning with distillation from `ckpt` itself, then
-/// the packed export. `calib` is needed by `init = gptq` and weights the MSE scale search.
+/// QAT of `ckpt` under `cfg`: fake-quant fine-tuning with distillation from `data.teacher`
+/// (default: `ckpt` itself), then the packed export. `calib` is needed by `init = gptq` and weights the MSE scale search.
 /// `on_point` sees every training step. Returns the packed checkpoint (provenance stage
 /// `int4_native` / `int8` by the default format, method `qat`) and the report (table row to be
 /// filled by [`QuantReport::finish_row`] once written).
@@ -403,15 +455,19 @@ pub fn qat_checkpoint(
     on_point: &mut dyn FnMut(&TrainPoint),
 ) -> Result<(Checkpoint, QuantReport)> {
     cfg.train.validate()?;
+    if let Some(t) = data.teacher {
+        check_teacher(ckpt, t)?;
+    }
     let net = qat_net(ckpt, cfg, calib)?;
     let ad = cfg.backend.autodiff_device();
     let tdev = cfg.backend.device();
-    let mut all_f32 = net.plan.clone();
-    all_f32
-        .entries
-        .iter_mut()
-        .for_each(|e| e.target = TensorTarget::F32);
-    let teacher_model = family_net(ckpt, &ckpt.weights, all_f32, &tdev)?;
+    let teacher_ckpt = data.teacher.unwrap_or(ckpt);
+    let teacher_model = family_net(
+        teacher_ckpt,
+        &teacher_ckpt.weights,
+        f32_plan(teacher_ckpt, &net.plan.scales)?,
+        &tdev,
+    )?;
     let teacher = |tokens: &[Vec<u32>]| -> Result<Tensor<3>> {
         let (logits, _) = teacher_model.train_forward(tokens)?; // [batch, seq, vocab]
         Ok(Tensor::from_data(logits.into_data(), &ad))

@@ -220,6 +220,8 @@ pub struct StageInput<'a> {
     pub valid: &'a [u32],
     /// The BOS id.
     pub bos: u32,
+    /// QAT's distillation teacher ([`crate::QatData::teacher`]); `None` = the input itself.
+    pub teacher: Option<&'a Checkpoint>,
 }
 
 /// What the stage returns: the quantized checkpoint and its report (the report's table row is
@@ -288,6 +290,7 @@ pub fn run(
                 train: input.train,
                 valid: input.valid,
                 bos: input.bos,
+                teacher: input.teacher,
             };
             qat_checkpoint(input.ckpt, &cfg, &data, calib.as_ref(), &mut |p| {
                 on_event(&QuantEvent::Train(p.clone()))
@@ -409,6 +412,7 @@ seed = 1
             train: &toks,
             valid: &toks,
             bos: 1,
+            teacher: None,
         };
         let s: QuantSettings = toml::from_str("bits = 4\ngroup = 32\nmethod = \"gptq\"").unwrap();
         let mut events = Vec::new();
@@ -449,6 +453,7 @@ seed = 1
             train: &toks,
             valid: &toks[..512],
             bos: 1,
+            teacher: None,
         };
         let s: QuantSettings = toml::from_str(
             "group = 16\nmethod = \"qat\"\n[qat]\ninit = \"f32\"\nscales = { kind = \"minmax\" }\n\

@@ -258,6 +258,7 @@ fn qat_checkpoint_distills_and_respects_per_tensor_formats() {
         train: &tr,
         valid: &tr,
         bos: 1,
+        teacher: None,
     };
     let mut points = 0;
     let (q, report) = qat_checkpoint(&base, &cfg, &data, None, &mut |_| points += 1).unwrap();
@@ -291,6 +292,7 @@ fn unsupported_combinations_are_clear_errors() {
         train: &tr,
         valid: &tr,
         bos: 1,
+        teacher: None,
     };
     let err = |cfg: &QatConfig| {
         qat_checkpoint(&base, cfg, &data, None, &mut |_| {})
@@ -335,4 +337,48 @@ fn unsupported_combinations_are_clear_errors() {
 
 fn err_plan(q: &Checkpoint) -> String {
     build_plan(q, &config(1), None).unwrap_err().to_string()
+}
+
+/// `QatData::teacher`: naming the input itself is the default (same bytes); another model of
+/// the same family changes what QAT distils towards; another family or vocabulary is a clear
+/// error.
+#[test]
+fn qat_distils_from_the_named_teacher() {
+    let base = tiny_llama(3, 0.2);
+    let other = tiny_llama(9, 0.2);
+    let cfg = config(2);
+    let tr = stream(400, 5);
+    let run = |teacher: Option<&Checkpoint>| {
+        let data = QatData {
+            train: &tr,
+            valid: &tr,
+            bos: 1,
+            teacher,
+        };
+        let (q, _) = qat_checkpoint(&base, &cfg, &data, None, &mut |_| {}).unwrap();
+        squish_core::checkpoint::to_bytes(&q).unwrap()
+    };
+    let default = run(None);
+    assert_eq!(
+        default,
+        run(Some(&base)),
+        "teacher = input must be the default"
+    );
+    assert_ne!(
+        default,
+        run(Some(&other)),
+        "another teacher must change the result"
+    );
+
+    let ssm = tiny_ssm_moe();
+    let data = QatData {
+        train: &tr,
+        valid: &tr,
+        bos: 1,
+        teacher: Some(&ssm),
+    };
+    let err = qat_checkpoint(&base, &cfg, &data, None, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another model family"), "{err}");
 }

@@ -208,7 +208,11 @@ impl PipelineConfig {
             Some(Stage::Eval(e)) => vec![e.input.clone()],
             Some(Stage::Int4Native(q)) => vec![q.input.clone(), q.reference.clone()],
             Some(Stage::Pruned(q)) => vec![q.input.clone(), q.reference.clone()],
-            Some(Stage::MixedPrecision(q)) => vec![q.input.clone(), q.reference.clone()],
+            Some(Stage::MixedPrecision(q)) => {
+                let mut v = vec![q.input.clone(), q.reference.clone()];
+                v.extend(q.teacher.clone());
+                v
+            }
             Some(Stage::Kernels(k)) => in_order(&k.inputs),
             Some(Stage::FinalReport(f)) => {
                 let mut v = in_order(&f.stages);

@@ -60,7 +60,11 @@ pub fn fingerprint(ctx: &Ctx, stage: &str, code: &CodeTable) -> Result<Fingerpri
             json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?})
         }
         Stage::MixedPrecision(c) => {
-            json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?})
+            let mut v = json!({"settings": c, "input": input_fingerprint(ctx, &c.input)?, "corpus": corpus_fingerprint(ctx)?});
+            if let Some(t) = &c.teacher {
+                v["teacher"] = json!(input_fingerprint(ctx, t)?);
+            }
+            v
         }
         Stage::Kernels(c) => {
             let mut inputs = serde_json::Map::new();
