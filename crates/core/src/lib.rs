@@ -7,6 +7,7 @@
 //!   the `burn` feature, their burn modules and the CPU backend choice.
 //! - [`llama2c`]: import of llama2.c legacy v0 checkpoints.
 //! - [`quant`]: the packed INT4/INT8 byte layout.
+//! - [`codebook`]: the 2/3/4-bit codebook layout (per-tensor levels, group scales).
 //! - [`checkpoint`]: the safetensors checkpoint format and the framework-free [`checkpoint::Weights`].
 //! - [`eval`]: perplexity (protocol `llama-cpp`).
 //! - [`sample`] / [`generate`]: llama2.c-exact sampling and generation loop.
@@ -21,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod codebook;
 pub mod config;
 pub mod data;
 pub mod error;
