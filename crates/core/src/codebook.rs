@@ -133,7 +133,7 @@ impl CbTensor {
             ));
         }
         let rb = self.row_bytes();
-        let want_q = self.rows.checked_mul(rb).unwrap_or(usize::MAX);
+        let want_q = self.rows.saturating_mul(rb);
         if self.codes.len() != want_q {
             return Err(Error::tensor(
                 name,

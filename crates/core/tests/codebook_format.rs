@@ -128,7 +128,7 @@ fn forged_levels_are_clear_errors() {
     let bytes = checkpoint::to_bytes(&sample()).unwrap();
     // Shape: 8 levels for a 4-bit tensor.
     let f = edit_header(&bytes, |h| {
-        h["b.weight.levels"]["shape"] = serde_json::json!([8])
+        h["b.weight.levels"]["shape"] = serde_json::json!([2, 8])
     });
     let e = err_of(&f);
     assert!(e.contains("b.weight.levels") && e.contains("[16]"), "{e}");
@@ -183,9 +183,11 @@ fn forged_codes_and_parts_are_clear_errors() {
         e.contains("b.weight.levels") && e.contains("not described"),
         "{e}"
     );
-    // Missing levels.
+    // Missing levels (stored under another name, so the data section stays consistent).
     let f = edit_header(&bytes, |h| {
-        h.as_object_mut().unwrap().remove("d.weight.levels");
+        let o = h.as_object_mut().unwrap();
+        let v = o.remove("d.weight.levels").unwrap();
+        o.insert("d.weight.levelz".into(), v);
     });
     let e = err_of(&f);
     assert!(

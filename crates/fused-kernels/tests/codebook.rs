@@ -244,8 +244,9 @@ fn llama_on_codebook_weights_matches_its_dequantized_f32_twin() {
             for &t in &toks {
                 stepped.extend_from_slice(rt.step(t).unwrap());
             }
-            assert_eq!(stepped, out, "step == prefill");
-            (out, rt.format_summary())
+            let e = max_diff(&stepped, &out);
+            assert!(e <= 1e-4 * max_abs(&out).max(1.0), "step vs prefill: {e}");
+            (out, rt.format_summary().to_string())
         };
         let (want, _) = logits(&deq, 1);
         let (got, summary) = logits(&cbw, 1);

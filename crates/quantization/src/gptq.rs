@@ -210,6 +210,9 @@ pub(crate) fn prepare(
     })
 }
 
+/// Quantizes column `i` of the current weights `[cols, rows]` into `q [rows]` (see [`feedback`]).
+pub(crate) type ColumnQuant<'a> = dyn FnMut(usize, &[f64], &mut [f64]) -> Result<()> + 'a;
+
 /// Step 4, for any grid: column by column (processing order) in lazy blocks of `bs`,
 /// `quant(i, wp, q)` writes into `q [rows]` the quantized values of column `i` of the current
 /// (error-updated) weights `wp [cols, rows]`; its error `(w − q) / U_ii` is fed forward onto
@@ -219,7 +222,7 @@ pub(crate) fn feedback(
     u: &[f64],      // [cols, cols]
     rows: usize,
     bs: usize,
-    quant: &mut dyn FnMut(usize, &[f64], &mut [f64]) -> Result<()>,
+    quant: &mut ColumnQuant<'_>,
 ) -> Result<()> {
     let n = wp.len() / rows.max(1);
     let mut q = vec![0.0f64; rows]; // [rows]

@@ -10,6 +10,9 @@ use super::io::{Stored, f16_bytes, f32_bytes};
 use crate::codebook::{CbTensor, check_bits, row_bytes};
 use crate::{Error, Result};
 
+/// Reads one stored part `(name, dtype, shape)`, checking its dtype and shape.
+pub(super) type FetchPart<'a> = dyn FnMut(String, Dtype, &[usize]) -> Result<Vec<u8>> + 'a;
+
 /// Adds the parts of the codebook tensor `name` (logical `shape`) to `stored`, after validating it.
 pub(super) fn store(
     name: &str,
@@ -68,7 +71,7 @@ pub(super) fn load(
     bits: u32,
     shape: &[usize],
     group: usize,
-    fetch: &mut dyn FnMut(String, Dtype, &[usize]) -> Result<Vec<u8>>,
+    fetch: &mut FetchPart<'_>,
 ) -> Result<CbTensor> {
     check_bits(bits).map_err(|e| Error::tensor(name, e.to_string()))?;
     let [rows, cols] = shape[..] else {
