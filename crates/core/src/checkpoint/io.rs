@@ -524,7 +524,7 @@ fn derive_metas(st: &SafeTensors, quant: Option<&str>) -> Result<BTreeMap<String
             other => {
                 return Err(Error::tensor(
                     &name,
-                    format!("squish.quant width `{other}` (4, 8, cb2, cb3 or cb4)"),
+                    format!("{other} bits (4 or 8; codebooks cb2, cb3 or cb4)"),
                 ));
             }
         };
