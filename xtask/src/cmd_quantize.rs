@@ -419,6 +419,26 @@ mod tests {
         assert!(g.gptq.act_order);
         assert_eq!(g.gptq.percdamp, 0.05);
         assert!(settings(&args(&["--method", "awq"])).is_err());
+        let cb = settings(&args(&[
+            "--bits",
+            "3",
+            "--codebook",
+            "tensor",
+            "--method",
+            "gptq",
+        ]))
+        .unwrap()
+        .quant_config()
+        .unwrap()
+        .codebook
+        .unwrap();
+        assert_eq!((cb.bits, cb.learned), (3, true));
+        assert!(
+            settings(&args(&["--bits", "3"])).is_err(),
+            "3 bits needs a codebook"
+        );
+        assert!(settings(&args(&["--codebook", "bogus"])).is_err());
+        assert!(settings(&args(&["--bits", "2", "--codebook", "tensor", "--asym"])).is_err());
         assert!(settings(&args(&["--group", "0"])).is_err());
     }
 }
