@@ -27,6 +27,7 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         .map(|(name, t)| {
             let (group, asym) = match &t.data {
                 TensorData::Quant(q) => (Some(q.group), Some(q.is_asymmetric())),
+                TensorData::Codebook(c) => (Some(c.group), Some(false)),
                 _ => (None, None),
             };
             json!({"name": name, "format": t.format_name(), "shape": t.shape, "group": group, "asym": asym, "bytes": t.storage_bytes(), "params": t.numel()})

@@ -12,8 +12,8 @@ use squish_core::data::{
 use squish_core::tokenizer::Tokenizer;
 use squish_kernels::measure::{MeasureOptions, measure, native_perplexity};
 use squish_quant::{
-    AwqConfig, GptqConfig, MseConfig, QatConfig, QatInit, QatScales, QatSettings, QuantMethod,
-    QuantSettings, SmallFormat, StageInput, calibration_windows,
+    AwqConfig, CodebookMode, GptqConfig, MseConfig, QatConfig, QatInit, QatScales, QatSettings,
+    QuantMethod, QuantSettings, SmallFormat, StageInput, calibration_windows,
 };
 
 use crate::common::{load_checkpoint, save_with_tokenizer};
@@ -28,9 +28,13 @@ pub struct QuantizeArgs {
     /// Output checkpoint (its tokenizer is written beside it as `tokenizer-<sha8>.bin`).
     #[arg(long)]
     pub out: PathBuf,
-    /// Bits per code: 4 or 8.
+    /// Bits per code: 4 or 8 (uniform grid); 2, 3 or 4 with `--codebook tensor`.
     #[arg(long, default_value_t = 4)]
     pub bits: u32,
+    /// Levels: `none` = the integer grid (INT4/INT8); `tensor` = a learned codebook per tensor;
+    /// `uniform` = the codebook format holding the integer grid (methods rtn or gptq, symmetric).
+    #[arg(long, default_value = "none")]
+    pub codebook: String,
     /// Group size along the input dimension, or `row` for one group per row.
     #[arg(long, default_value = "32")]
     pub group: String,
@@ -154,6 +158,7 @@ fn settings(a: &QuantizeArgs) -> Result<QuantSettings> {
         qat: (method == QuantMethod::Qat)
             .then(|| qat_settings(a))
             .transpose()?,
+        codebook: CodebookMode::parse(&a.codebook)?,
     };
     s.quant_config()?;
     s.qat_settings()?;
@@ -415,6 +420,26 @@ mod tests {
         assert!(g.gptq.act_order);
         assert_eq!(g.gptq.percdamp, 0.05);
         assert!(settings(&args(&["--method", "awq"])).is_err());
+        let cb = settings(&args(&[
+            "--bits",
+            "3",
+            "--codebook",
+            "tensor",
+            "--method",
+            "gptq",
+        ]))
+        .unwrap()
+        .quant_config()
+        .unwrap()
+        .codebook
+        .unwrap();
+        assert_eq!((cb.bits, cb.learned), (3, true));
+        assert!(
+            settings(&args(&["--bits", "3"])).is_err(),
+            "3 bits needs a codebook"
+        );
+        assert!(settings(&args(&["--codebook", "bogus"])).is_err());
+        assert!(settings(&args(&["--bits", "2", "--codebook", "tensor", "--asym"])).is_err());
         assert!(settings(&args(&["--group", "0"])).is_err());
     }
 }

@@ -42,7 +42,7 @@ pub fn require_unquantized(loaded: &Loaded) -> Result<()> {
         .ckpt
         .weights
         .iter()
-        .filter(|(_, t)| matches!(t.data, squish_core::checkpoint::TensorData::Quant(_)))
+        .filter(|(_, t)| t.is_quantized())
         .map(|(n, _)| n.as_str())
         .collect();
     if let Some(first) = quantized.first() {

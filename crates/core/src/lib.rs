@@ -8,6 +8,7 @@
 //! - [`llama2c`]: import of llama2.c legacy v0 checkpoints.
 //! - [`quant`]: the packed INT4/INT8 byte layout.
 //! - `baseline` (feature `burn`): the `baseline` stage — tokenizer + SsmMoe trained on TinyStories.
+//! - [`codebook`]: the 2/3/4-bit codebook layout (per-tensor levels, group scales).
 //! - [`checkpoint`]: the safetensors checkpoint format and the framework-free [`checkpoint::Weights`].
 //! - [`eval`]: perplexity (protocol `llama-cpp`).
 //! - [`sample`] / [`generate`]: llama2.c-exact sampling and generation loop.
@@ -24,6 +25,7 @@
 #[cfg(feature = "burn")]
 pub mod baseline;
 pub mod checkpoint;
+pub mod codebook;
 pub mod config;
 pub mod data;
 pub mod error;

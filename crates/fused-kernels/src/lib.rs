@@ -5,6 +5,8 @@
 //!   kernels; [`PackedWeight::matvec`] / [`PackedWeight::matmul`] (float
 //!   activations) and `*_q8` (int8 activations) with dequantization fused into
 //!   the dot product.
+//! * [`PackedWeight::from_codebook`]: 2/3/4-bit codebook weights ([`CodebookParts`]), decoded
+//!   by an in-register table lookup on AVX2 / AVX-512 (float activations).
 //! * [`Ops`]: RMSNorm, softmax and SwiGLU (RoPE, the SSM kernels and attention
 //!   are the runtime's own, in `runtime/`).
 //! * [`SimdLevel`] (squish-hwdiag's type, re-exported): scalar / AVX2 / AVX-512 /
@@ -32,6 +34,7 @@
     clippy::int_plus_one
 )]
 
+mod codebook;
 pub mod dispatch;
 mod error;
 mod interleave;
@@ -49,6 +52,8 @@ pub mod speed;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_cb;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "x86_64")]
@@ -61,6 +66,7 @@ mod stage_avx2;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub use codebook::CodebookParts;
 pub use dispatch::SimdLevel;
 pub use error::{KernelError, Result};
 pub use matmul::{Activations, MatOpts};

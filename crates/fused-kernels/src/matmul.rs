@@ -292,6 +292,22 @@ pub(crate) fn run_rows(
             }
             scalar::q8_rows(q, xq, ld, a, b, n, r0, r1, y, ldy)
         }
+        (Repr::Codebook(q), Staged::F32 { x, ld }) => {
+            #[cfg(target_arch = "x86_64")]
+            match level {
+                // SAFETY: `level` comes from dispatch::resolve: AVX-512 F/BW/VL (+ AVX2, FMA,
+                // F16C) were detected.
+                SimdLevel::Avx512 | SimdLevel::Avx512Vnni => unsafe {
+                    return crate::avx512_cb::cb_rows(q, inp, x, ld, n, r0, r1, y, ldy);
+                },
+                // SAFETY: as above, AVX2+FMA+F16C were detected.
+                SimdLevel::Avx2 => unsafe {
+                    return crate::avx2::cb_rows(q, inp, x, ld, n, r0, r1, y, ldy);
+                },
+                _ => {}
+            }
+            crate::codebook::cb_rows(q, inp, x, ld, n, r0, r1, y, ldy)
+        }
         (_, Staged::Q8 { .. }) => {
             unreachable!("int8 activations are only staged for quantized weights")
         }

@@ -87,6 +87,19 @@ pub enum RawWeight {
         /// `[out, n_groups]` zero points (asymmetric formats only).
         zeros: Option<Vec<u8>>,
     },
+    /// Codebook parts (see [`crate::CodebookParts`]).
+    Codebook {
+        /// Bits per code (2, 3 or 4).
+        bits: u32,
+        /// Group size.
+        group: usize,
+        /// Densely packed codes in checkpoint layout.
+        codes: Vec<u8>,
+        /// `[out, n_groups]` scales.
+        scales: Vec<f16>,
+        /// The `2^bits` levels.
+        levels: Vec<f32>,
+    },
 }
 
 /// Repacked quantized weight (kernel layout).
@@ -143,6 +156,8 @@ pub(crate) enum Repr {
     /// `[out, inp]` f16 bit patterns.
     F16(Vec<u16>),
     Quant(Box<QuantRepr>),
+    /// Codebook weights (`crate::codebook`).
+    Codebook(Box<crate::codebook::CbRepr>),
 }
 
 /// A weight matrix `W [out, inp]` repacked for the kernels.
@@ -188,6 +203,11 @@ impl PackedWeight {
                 QuantFormat::Int8Asym => "int8-asym",
                 QuantFormat::Int4Sym => "int4-sym",
                 QuantFormat::Int4Asym => "int4-asym",
+            },
+            Repr::Codebook(c) => match c.bits {
+                2 => "cb2",
+                3 => "cb3",
+                _ => "cb4",
             },
         }
     }
@@ -354,6 +374,7 @@ impl PackedWeight {
                     zeros,
                 }
             }
+            Repr::Codebook(c) => c.to_raw(self.out, self.inp),
         }
     }
 
@@ -367,6 +388,7 @@ impl PackedWeight {
                 let i = r * q.n_groups + g;
                 q.scales[i] * (q.code(r, c) as f32 - q.zeros[i] as f32)
             }
+            Repr::Codebook(q) => q.get(r, c),
         }
     }
 
@@ -380,6 +402,7 @@ impl PackedWeight {
                 Repr::F32(w) => (w.as_ptr() as *const i8, w.len() * 4),
                 Repr::F16(w) => (w.as_ptr() as *const i8, w.len() * 2),
                 Repr::Quant(q) => (q.codes.as_ptr() as *const i8, q.codes.len()),
+                Repr::Codebook(q) => (q.codes.as_ptr() as *const i8, q.codes.len()),
             };
             for off in (0..bytes).step_by(64) {
                 // SAFETY: prefetch is only a hint and never faults; the address is

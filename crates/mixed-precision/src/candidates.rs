@@ -50,6 +50,16 @@ fn data_bytes(d: &TensorData) -> Vec<u8> {
             }
             b
         }
+        TensorData::Codebook(c) => {
+            let mut b = vec![c.bits as u8 | 0x80];
+            b.extend((c.rows as u64).to_le_bytes());
+            b.extend((c.cols as u64).to_le_bytes());
+            b.extend((c.group as u64).to_le_bytes());
+            b.extend(&c.codes);
+            b.extend(c.scales.iter().flat_map(|x| x.to_le_bytes()));
+            b.extend(c.levels.iter().flat_map(|x| x.to_le_bytes()));
+            b
+        }
     }
 }
 
@@ -99,7 +109,7 @@ pub fn make_variant(
     let w = match &t.data {
         TensorData::F32(v) => v.clone(),
         TensorData::F16(_) => t.to_f32(),
-        TensorData::Quant(_) => {
+        TensorData::Quant(_) | TensorData::Codebook(_) => {
             return Err(Error::tensor(
                 name,
                 "already quantized: mixed precision needs the unquantized checkpoint",

@@ -125,6 +125,143 @@ pub fn inverse_cholesky_upper(h: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(u)
 }
 
+/// A weight prepared for GPTQ's error feedback (steps 1–3 of the module docs).
+pub(crate) struct Prepared {
+    /// The weight transposed, dead columns zeroed: `[cols, rows]`, original column order.
+    pub wt: Vec<f64>,
+    /// The same in processing order: `[cols, rows]`, column `i` is original column `perm[i]`.
+    pub wp: Vec<f64>,
+    /// Processing order (identity without act-order).
+    pub perm: Vec<usize>,
+    /// `diag(H)` in original column order (importance weights).
+    pub diag: Vec<f64>,
+    /// Upper Cholesky factor of the dampened `H⁻¹` in processing order: `[cols, cols]`.
+    pub u: Vec<f64>,
+}
+
+/// Steps 1–3: Hessian, dead columns, (act-)order, dampened inverse Cholesky factor.
+pub(crate) fn prepare(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    stats: &TensorStats,
+    cfg: &GptqConfig,
+) -> Result<Prepared> {
+    if !(cfg.percdamp > 0.0 && cfg.percdamp.is_finite()) || cfg.block_size == 0 {
+        return Err(Error::invalid(format!(
+            "gptq: percdamp {} must be > 0 and block_size {} ≥ 1",
+            cfg.percdamp, cfg.block_size
+        )));
+    }
+    let n = cols;
+    let mut h = stats.hessian(); // [cols, cols]
+    // Work on the transpose so that a column of W is contiguous: wt [cols, rows].
+    let mut wt = vec![0.0f64; cols * rows];
+    for r in 0..rows {
+        for c in 0..cols {
+            wt[c * rows + r] = w[r * cols + c] as f64;
+        }
+    }
+    for i in 0..n {
+        if h[i * n + i] == 0.0 {
+            h[i * n + i] = 1.0;
+            wt[i * rows..(i + 1) * rows].fill(0.0);
+        }
+    }
+    let perm: Vec<usize> = if cfg.act_order {
+        let mut p: Vec<usize> = (0..n).collect();
+        p.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]).then(a.cmp(&b)));
+        p
+    } else {
+        (0..n).collect()
+    };
+    let diag: Vec<f64> = (0..n).map(|i| h[i * n + i]).collect(); // original order, for clip weights
+    // Permuted Hessian and weights.
+    let hp: Vec<f64> = (0..n * n)
+        .map(|k| h[perm[k / n] * n + perm[k % n]])
+        .collect(); // [cols, cols]
+    let wp: Vec<f64> = perm
+        .iter()
+        .flat_map(|&c| wt[c * rows..(c + 1) * rows].iter().copied())
+        .collect(); // [cols, rows]
+    let mean_diag = diag.iter().sum::<f64>() / n as f64;
+    let mut damp = cfg.percdamp * mean_diag;
+    let u = loop {
+        let mut hd = hp.clone();
+        for i in 0..n {
+            hd[i * n + i] += damp;
+        }
+        if let Some(u) = inverse_cholesky_upper(&hd, n) {
+            break u;
+        }
+        damp *= 10.0;
+        if damp > 1e6 * mean_diag.max(1e-30) {
+            return Err(Error::invalid(
+                "gptq: Hessian is not positive definite even after heavy dampening",
+            ));
+        }
+    };
+    Ok(Prepared {
+        wt,
+        wp,
+        perm,
+        diag,
+        u,
+    })
+}
+
+/// Quantizes column `i` of the current weights `[cols, rows]` into `q [rows]` (see [`feedback`]).
+pub(crate) type ColumnQuant<'a> = dyn FnMut(usize, &[f64], &mut [f64]) -> Result<()> + 'a;
+
+/// Step 4, for any grid: column by column (processing order) in lazy blocks of `bs`,
+/// `quant(i, wp, q)` writes into `q [rows]` the quantized values of column `i` of the current
+/// (error-updated) weights `wp [cols, rows]`; its error `(w − q) / U_ii` is fed forward onto
+/// the later columns.
+pub(crate) fn feedback(
+    wp: &mut [f64], // [cols, rows]
+    u: &[f64],      // [cols, cols]
+    rows: usize,
+    bs: usize,
+    quant: &mut ColumnQuant<'_>,
+) -> Result<()> {
+    let n = wp.len() / rows.max(1);
+    let mut q = vec![0.0f64; rows]; // [rows]
+    let mut i1 = 0;
+    while i1 < n {
+        let i2 = (i1 + bs).min(n);
+        let mut err = vec![0.0f64; (i2 - i1) * rows]; // [block, rows]
+        for i in i1..i2 {
+            quant(i, wp, &mut q)?;
+            let d = u[i * n + i];
+            for r in 0..rows {
+                err[(i - i1) * rows + r] = (wp[i * rows + r] - q[r]) / d;
+            }
+            let rest = &mut wp[(i + 1) * rows..];
+            let e = &err[(i - i1) * rows..(i - i1 + 1) * rows];
+            for j in i + 1..i2 {
+                let uij = u[i * n + j];
+                if uij != 0.0 {
+                    let col = &mut rest[(j - i - 1) * rows..(j - i) * rows];
+                    col.iter_mut().zip(e).for_each(|(w, &e)| *w -= e * uij);
+                }
+            }
+        }
+        // Lazy update of every later column.
+        for j in i2..n {
+            let col = &mut wp[j * rows..(j + 1) * rows];
+            for i in i1..i2 {
+                let uij = u[i * n + j];
+                if uij != 0.0 {
+                    let e = &err[(i - i1) * rows..(i - i1 + 1) * rows];
+                    col.iter_mut().zip(e).for_each(|(w, &e)| *w -= e * uij);
+                }
+            }
+        }
+        i1 = i2;
+    }
+    Ok(())
+}
+
 impl Quantizer for Gptq {
     fn name(&self) -> &'static str {
         "gptq"
@@ -144,61 +281,14 @@ impl Quantizer for Gptq {
             Error::invalid("gptq needs calibration statistics (XᵀX) for every tensor it quantizes")
         })?;
         let cfg = &self.0;
-        if !(cfg.percdamp > 0.0 && cfg.percdamp.is_finite()) || cfg.block_size == 0 {
-            return Err(Error::invalid(format!(
-                "gptq: percdamp {} must be > 0 and block_size {} ≥ 1",
-                cfg.percdamp, cfg.block_size
-            )));
-        }
         let group = format.group_for(cols)?;
-        let n = cols;
-        let mut h = stats.hessian(); // [cols, cols]
-        // Work on the transpose so that a column of W is contiguous: wt [cols, rows].
-        let mut wt = vec![0.0f64; cols * rows];
-        for r in 0..rows {
-            for c in 0..cols {
-                wt[c * rows + r] = w[r * cols + c] as f64;
-            }
-        }
-        for i in 0..n {
-            if h[i * n + i] == 0.0 {
-                h[i * n + i] = 1.0;
-                wt[i * rows..(i + 1) * rows].fill(0.0);
-            }
-        }
-        let perm: Vec<usize> = if cfg.act_order {
-            let mut p: Vec<usize> = (0..n).collect();
-            p.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]).then(a.cmp(&b)));
-            p
-        } else {
-            (0..n).collect()
-        };
-        let diag: Vec<f64> = (0..n).map(|i| h[i * n + i]).collect(); // original order, for clip weights
-        // Permuted Hessian and weights.
-        let hp: Vec<f64> = (0..n * n)
-            .map(|k| h[perm[k / n] * n + perm[k % n]])
-            .collect(); // [cols, cols]
-        let mut wp: Vec<f64> = perm
-            .iter()
-            .flat_map(|&c| wt[c * rows..(c + 1) * rows].iter().copied())
-            .collect(); // [cols, rows]
-        let mean_diag = diag.iter().sum::<f64>() / n as f64;
-        let mut damp = cfg.percdamp * mean_diag;
-        let u = loop {
-            let mut hd = hp.clone();
-            for i in 0..n {
-                hd[i * n + i] += damp;
-            }
-            if let Some(u) = inverse_cholesky_upper(&hd, n) {
-                break u;
-            }
-            damp *= 10.0;
-            if damp > 1e6 * mean_diag.max(1e-30) {
-                return Err(Error::invalid(
-                    "gptq: Hessian is not positive definite even after heavy dampening",
-                ));
-            }
-        };
+        let Prepared {
+            wt,
+            mut wp,
+            perm,
+            diag,
+            u,
+        } = prepare(w, rows, cols, stats, cfg)?;
 
         let ng = cols.div_ceil(group);
         let mut params = vec![
@@ -215,73 +305,39 @@ impl Quantizer for Gptq {
                 params_for(vals, format, 1.0, sym_div(format))
             }
         };
-        let col_params = |wsrc: &[f64],
-                          range: std::ops::Range<usize>,
-                          r: usize,
-                          map: &dyn Fn(usize) -> usize|
-         -> Result<GroupParams> {
-            let vals: Vec<f32> = range
-                .clone()
-                .map(|c| wsrc[map(c) * rows + r] as f32)
-                .collect();
-            let wts: Vec<f32> = range.map(|c| diag[c] as f32).collect();
-            choose(&vals, &wts)
-        };
+        let col_params =
+            |wsrc: &[f64], range: std::ops::Range<usize>, r: usize| -> Result<GroupParams> {
+                let vals: Vec<f32> = range.clone().map(|c| wsrc[c * rows + r] as f32).collect();
+                let wts: Vec<f32> = range.map(|c| diag[c] as f32).collect();
+                choose(&vals, &wts)
+            };
         if cfg.act_order {
             // Static groups from the original weights.
             for g in group_ranges(cols, group) {
                 for r in 0..rows {
-                    params[r * ng + g.start / group] = col_params(&wt, g.clone(), r, &|c| c)?;
+                    params[r * ng + g.start / group] = col_params(&wt, g.clone(), r)?;
                 }
             }
         }
         let mut levels = vec![0i32; rows * cols]; // [rows, cols] original order
-        let bs = cfg.block_size;
-        let mut i1 = 0;
-        while i1 < n {
-            let i2 = (i1 + bs).min(n);
-            let mut err = vec![0.0f64; (i2 - i1) * rows]; // [block, rows]
-            for i in i1..i2 {
-                let orig = perm[i];
-                if !cfg.act_order && orig.is_multiple_of(group) {
-                    // Group starts: scale from the current (error-updated) weights.
-                    let g = orig..(orig + group).min(cols);
-                    for r in 0..rows {
-                        params[r * ng + orig / group] = col_params(&wp, g.clone(), r, &|c| c)?;
-                    }
-                }
-                let d = u[i * n + i];
-                let gi = orig / group;
+        feedback(&mut wp, &u, rows, cfg.block_size, &mut |i, wp, q| {
+            let orig = perm[i];
+            if !cfg.act_order && orig.is_multiple_of(group) {
+                // Group starts: scale from the current (error-updated) weights.
+                let g = orig..(orig + group).min(cols);
                 for r in 0..rows {
-                    let x = wp[i * rows + r];
-                    let p = &params[r * ng + gi];
-                    let lv = level(x as f32, p, format);
-                    levels[r * cols + orig] = lv;
-                    err[(i - i1) * rows + r] = (x - value(lv, p) as f64) / d;
-                }
-                let rest = &mut wp[(i + 1) * rows..];
-                let e = &err[(i - i1) * rows..(i - i1 + 1) * rows];
-                for j in i + 1..i2 {
-                    let uij = u[i * n + j];
-                    if uij != 0.0 {
-                        let col = &mut rest[(j - i - 1) * rows..(j - i) * rows];
-                        col.iter_mut().zip(e).for_each(|(w, &e)| *w -= e * uij);
-                    }
+                    params[r * ng + orig / group] = col_params(wp, g.clone(), r)?;
                 }
             }
-            // Lazy update of every later column.
-            for j in i2..n {
-                let col = &mut wp[j * rows..(j + 1) * rows];
-                for i in i1..i2 {
-                    let uij = u[i * n + j];
-                    if uij != 0.0 {
-                        let e = &err[(i - i1) * rows..(i - i1 + 1) * rows];
-                        col.iter_mut().zip(e).for_each(|(w, &e)| *w -= e * uij);
-                    }
-                }
+            let gi = orig / group;
+            for r in 0..rows {
+                let p = &params[r * ng + gi];
+                let lv = level(wp[i * rows + r] as f32, p, format);
+                levels[r * cols + orig] = lv;
+                q[r] = value(lv, p) as f64;
             }
-            i1 = i2;
-        }
+            Ok(())
+        })?;
         pack(format, rows, cols, group, &levels, &params)
     }
 }

@@ -8,6 +8,8 @@
 //!   [`Quantizer`] trait (one impl per method: [`rtn::Rtn`], [`mse::MseClip`], [`gptq::Gptq`]).
 //! - [`grid`]: F16 scales (rounded *before* codes are chosen), zero points, levels, packing into
 //!   `squish_core::quant::QTensor` (any row width; the last group may be short).
+//! - [`codebook`]: learned per-tensor codebooks (weighted Lloyd-Max levels; nearest level or GPTQ
+//!   error feedback onto them), `squish_core::codebook::CbTensor`.
 //! - [`calibration`]: per-linear input statistics (`XᵀX`, `Σ|x|`) from `forward_captured`.
 //! - [`awq`]: activation-aware per-channel scaling, folded only where exact.
 //! - [`pipeline`]: [`quantize_checkpoint`]; [`report`]: [`QuantReport`].
@@ -18,6 +20,7 @@
 
 pub mod awq;
 pub mod calibration;
+pub mod codebook;
 pub mod gptq;
 pub mod grid;
 pub mod mse;
@@ -32,6 +35,7 @@ pub mod stage;
 
 pub use awq::AwqConfig;
 pub use calibration::{Calibration, TensorStats, calibration_windows};
+pub use codebook::{CodebookMode, CodebookSpec, quantize_codebook, uniform_levels};
 pub use gptq::GptqConfig;
 pub use mse::MseConfig;
 pub use pipeline::{QuantConfig, SmallFormat, quantize_checkpoint};

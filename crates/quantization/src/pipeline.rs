@@ -10,6 +10,7 @@ use squish_core::{Error, Result, fsutil};
 
 use crate::awq::{AwqConfig, apply_awq};
 use crate::calibration::Calibration;
+use crate::codebook::CodebookSpec;
 use crate::report::{KeptTensor, QuantReport, TableRow, TensorReport};
 use crate::spec::{Method, QuantFormat, QuantSpec};
 
@@ -44,6 +45,11 @@ pub struct QuantConfig {
     /// Names (substring match) of linear weights to leave unquantized.
     #[serde(default)]
     pub keep: Vec<String>,
+    /// A codebook per tensor ([`crate::codebook`], 2, 3 or 4 bits, learned or uniform levels)
+    /// with `format`'s group instead of `format`'s integer grid (`format.bits` and `asym` are then
+    /// unused); methods `rtn` (nearest level) or `gptq` (error feedback onto the levels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codebook: Option<CodebookSpec>,
 }
 
 fn default_true() -> bool {
@@ -60,6 +66,7 @@ impl QuantConfig {
             quantize_embedding: true,
             small: SmallFormat::F32,
             keep: Vec::new(),
+            codebook: None,
         }
     }
 }
@@ -94,15 +101,21 @@ pub fn quantize_checkpoint(
     cfg: &QuantConfig,
     calib: Option<&Calibration>,
 ) -> Result<(Checkpoint, QuantReport)> {
-    if let Some((name, _)) = ckpt
-        .weights
-        .iter()
-        .find(|(_, t)| matches!(t.data, TensorData::Quant(_)))
-    {
+    if let Some((name, _)) = ckpt.weights.iter().find(|(_, t)| t.is_quantized()) {
         return Err(Error::tensor(
             name,
             "already quantized: quantize the F32 checkpoint instead",
         ));
+    }
+    if let Some(cb) = cfg.codebook {
+        squish_core::codebook::check_bits(cb.bits)?;
+        if !matches!(cfg.method, Method::Rtn | Method::Gptq(_)) || cfg.awq.is_some() {
+            return Err(Error::invalid(format!(
+                "codebook quantization runs with method rtn or gptq and without AWQ, not {}{}",
+                cfg.method.name(),
+                if cfg.awq.is_some() { "+awq" } else { "" }
+            )));
+        }
     }
     let quantizer = cfg.method.quantizer();
     if (quantizer.needs_stats() || cfg.awq.is_some()) && calib.is_none() {
@@ -151,9 +164,31 @@ pub fn quantize_checkpoint(
             method: cfg.method.clone(),
         };
         let w = t.to_f32(); // [rows, cols]
-        let q = crate::quantize_tensor(&w, rows, cols, &spec, st)
-            .map_err(|e| Error::tensor(name, e.to_string()))?;
-        let deq = q.dequantize(); // [rows, cols]
+        let (data, format, group, bytes) = match cfg.codebook {
+            None => {
+                let q = crate::quantize_tensor(&w, rows, cols, &spec, st)
+                    .map_err(|e| Error::tensor(name, e.to_string()))?;
+                let f = if q.bits == QBits::Int4 { "q4" } else { "q8" };
+                let (g, b) = (q.group, q.storage_bytes());
+                (TensorData::Quant(q), f.to_string(), g, b)
+            }
+            Some(cb) => {
+                let group = spec.format.group_for(cols)?;
+                let gptq = match &cfg.method {
+                    Method::Gptq(g) => Some(g),
+                    _ => None,
+                };
+                let c = crate::codebook::quantize_codebook(&w, rows, cols, cb, group, st, gptq)
+                    .map_err(|e| Error::tensor(name, e.to_string()))?;
+                let b = c.storage_bytes();
+                (TensorData::Codebook(c), format!("cb{}", cb.bits), group, b)
+            }
+        };
+        let nt = WeightTensor {
+            shape: vec![rows, cols],
+            data,
+        };
+        let deq = nt.to_f32(); // [rows, cols]
         // Without AWQ `w` is the original weight. With AWQ it is `W·diag(s)` and `st` the statistics
         // of the rescaled inputs `X·diag(1/s)`, so the output error is exactly that of the
         // effective weight `Q·diag(1/s)` against the original; the weight error is in scaled space.
@@ -166,39 +201,35 @@ pub fn quantize_checkpoint(
         tensors.push(TensorReport {
             name: name.clone(),
             shape: vec![rows, cols],
-            format: if q.bits == QBits::Int4 {
-                "q4".into()
-            } else {
-                "q8".into()
-            },
-            group: q.group,
-            bytes: q.storage_bytes(),
+            format,
+            group,
+            bytes,
             rel_weight_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
             rel_output_error: st.map(|s| s.relative_output_error(&w, &deq, rows)),
         });
-        out.weights.insert(
-            name.clone(),
-            WeightTensor {
-                shape: vec![rows, cols],
-                data: TensorData::Quant(q),
-            },
-        );
+        out.weights.insert(name.clone(), nt);
     }
     let method = format!(
-        "{}{}",
+        "{}{}{}",
         cfg.method.name(),
-        if cfg.awq.is_some() { "+awq" } else { "" }
+        if cfg.awq.is_some() { "+awq" } else { "" },
+        match cfg.codebook {
+            Some(CodebookSpec { learned: true, .. }) => "+codebook",
+            Some(CodebookSpec { learned: false, .. }) => "+uniform-codebook",
+            None => "",
+        }
     );
-    let stage = if cfg.format.bits == QBits::Int4 {
-        "int4_native"
-    } else {
-        "int8"
+    let stage = match (cfg.codebook, cfg.format.bits) {
+        (Some(_), _) => "codebook",
+        (None, QBits::Int4) => "int4_native",
+        (None, QBits::Int8) => "int8",
     };
+    let bits = cfg.codebook.map_or(cfg.format.bits_u32(), |c| c.bits);
     // The full configuration is hashed, not stored: the header counts toward bits/param.
     let config_json = serde_json::to_vec(cfg).map_err(|e| Error::invalid(e.to_string()))?;
     let details = BTreeMap::from([
         ("method".to_string(), method.clone()),
-        ("bits".to_string(), cfg.format.bits_u32().to_string()),
+        ("bits".to_string(), bits.to_string()),
         (
             "group".to_string(),
             cfg.format
@@ -224,7 +255,7 @@ pub fn quantize_checkpoint(
     let kept_bytes: usize = kept.iter().map(|k| k.bytes).sum();
     let report = QuantReport {
         method,
-        bits: cfg.format.bits_u32(),
+        bits,
         group: cfg.format.group,
         asym: cfg.format.asym,
         parameters,

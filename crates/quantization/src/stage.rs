@@ -14,6 +14,7 @@ use squish_core::{Error, Result};
 
 use crate::awq::AwqConfig;
 use crate::calibration::Calibration;
+use crate::codebook::{CodebookMode, CodebookSpec};
 use crate::gptq::GptqConfig;
 use crate::mse::MseConfig;
 use crate::pipeline::{QuantConfig, SmallFormat, quantize_checkpoint};
@@ -96,6 +97,11 @@ pub struct QuantSettings {
     /// QAT fine-tuning (`[...quant.qat]`), required by `method = "qat"` and read by it only.
     #[serde(default)]
     pub qat: Option<QatSettings>,
+    /// `none` (the integer grid, default), `tensor` (a learned codebook of `2^bits` levels per
+    /// tensor) or `uniform` (the codebook format holding the integer grid); `bits` 2, 3 or 4,
+    /// symmetric, methods `rtn` or `gptq` ([`crate::codebook`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub codebook: CodebookMode,
 }
 
 /// Quantization-aware training: fake-quant + straight-through estimator, distillation from the
@@ -155,8 +161,28 @@ impl QatSettings {
 
 impl QuantSettings {
     /// The target format (`group = 0` = per row).
+    /// With a codebook the format only carries the group (its bits are 4, unused).
     pub fn format(&self) -> Result<QuantFormat> {
-        QuantFormat::new(self.bits, (self.group > 0).then_some(self.group), self.asym)
+        let group = (self.group > 0).then_some(self.group);
+        match self.codebook {
+            CodebookMode::None => QuantFormat::new(self.bits, group, self.asym),
+            CodebookMode::Tensor | CodebookMode::Uniform => {
+                squish_core::codebook::check_bits(self.bits)?;
+                if self.asym {
+                    return Err(Error::invalid(
+                        "codebook formats are symmetric: drop asym with codebook = \"tensor\"",
+                    ));
+                }
+                if !matches!(self.method, QuantMethod::Rtn | QuantMethod::Gptq) {
+                    return Err(Error::invalid(format!(
+                        "codebook = \"tensor\" runs with method rtn or gptq, not {} \
+                         (QAT of the levels is not implemented)",
+                        self.method.name()
+                    )));
+                }
+                QuantFormat::new(4, group, false)
+            }
+        }
     }
 
     /// The whole-checkpoint configuration these settings describe. For `qat` the method is
@@ -172,6 +198,13 @@ impl QuantSettings {
         c.awq = self.awq.clone(); // QAT refuses it (`qat::build_plan`)
         c.quantize_embedding = self.quantize_embedding;
         c.small = self.small;
+        c.codebook = match self.codebook {
+            CodebookMode::None => None,
+            mode => Some(CodebookSpec {
+                bits: self.bits,
+                learned: mode == CodebookMode::Tensor,
+            }),
+        };
         Ok(c)
     }
 
@@ -191,13 +224,14 @@ impl QuantSettings {
         }
     }
 
-    /// Whether the stage needs calibration statistics: GPTQ, weighted MSE, AWQ, or QAT per
+    /// Whether the stage needs calibration statistics: GPTQ, weighted MSE, AWQ, a codebook, or QAT per
     /// [`QatSettings::needs_calibration`].
     pub fn needs_calibration(&self) -> bool {
         match self.method {
             QuantMethod::Gptq => true,
             QuantMethod::Mse => self.mse.weighted || self.awq.is_some(),
-            QuantMethod::Rtn => self.awq.is_some(),
+            // A codebook's levels are fit weighted by the inputs' second moments.
+            QuantMethod::Rtn => self.awq.is_some() || self.codebook != CodebookMode::None,
             QuantMethod::Qat => self
                 .qat
                 .as_ref()

@@ -20,9 +20,10 @@ use crate::{Error, Result, fsutil};
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
 
 /// Suffixes of the stored parts of a quantized tensor.
-const QUANT_PARTS: [&str; 3] = [".qweight", ".scales", ".zeros"];
+const QUANT_PARTS: [&str; 4] = [".qweight", ".scales", ".zeros", ".levels"];
 
-/// One logical tensor: its format (`f32`, `f16`, `q4`, `q8`), logical shape, group and symmetry.
+/// One logical tensor: its format (`f32`, `f16`, `q4`, `q8`, `cb2`/`cb3`/`cb4`), logical shape,
+/// group and symmetry.
 /// Version 2 files derive it from the safetensors entries plus `squish.quant`; version 1 files
 /// stored it as JSON in `squish.tensors`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,16 +38,16 @@ struct TensorMeta {
 }
 
 /// A stored (physical) tensor: safetensors dtype, shape and little-endian bytes.
-struct Stored {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+pub(super) struct Stored {
+    pub(super) dtype: Dtype,
+    pub(super) shape: Vec<usize>,
+    pub(super) bytes: Vec<u8>,
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
+pub(super) fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
-fn f16_bytes(v: &[f16]) -> Vec<u8> {
+pub(super) fn f16_bytes(v: &[f16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -59,7 +60,7 @@ pub fn to_bytes(ckpt: &Checkpoint) -> Result<Vec<u8>> {
         if QUANT_PARTS.iter().any(|p| name.ends_with(p)) {
             return Err(Error::tensor(
                 name,
-                "names ending in .qweight/.scales/.zeros are reserved for quantized tensors",
+                "names ending in .qweight/.scales/.zeros/.levels are reserved for quantized tensors",
             ));
         }
         let mut meta = TensorMeta {
@@ -131,6 +132,10 @@ pub fn to_bytes(ckpt: &Checkpoint) -> Result<Vec<u8>> {
                     );
                 }
             }
+            TensorData::Codebook(c) => {
+                meta.group = Some(c.group);
+                super::cb_io::store(name, &t.shape, c, &mut stored)?;
+            }
         }
         metas.insert(name.clone(), meta);
     }
@@ -147,13 +152,14 @@ pub fn to_bytes(ckpt: &Checkpoint) -> Result<Vec<u8>> {
     );
     metadata.insert("squish.config".into(), Value::String(s(&ckpt.config)?));
     // Only what the safetensors entries cannot say: bits, logical width and group of each
-    // quantized tensor, in name order (`4/172/64,8/64/64,…`).
+    // quantized tensor, in name order (`4/172/64,8/64/64,cb3/64/64,…`).
     let quant: Vec<String> = metas
         .values()
         .filter_map(|m| {
             let bits = match m.format.as_str() {
-                "q4" => 4,
-                "q8" => 8,
+                "q4" => "4",
+                "q8" => "8",
+                f if f.starts_with("cb") => f,
                 _ => return None,
             };
             Some(format!("{bits}/{}/{}", m.shape[1], m.group.unwrap_or(0)))
@@ -413,10 +419,18 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
                 q.validate(name)?;
                 TensorData::Quant(q)
             }
+            "cb2" | "cb3" | "cb4" => {
+                let bits = u32::from(m.format.as_bytes()[2] - b'0');
+                let group = m
+                    .group
+                    .ok_or_else(|| Error::tensor(name, "codebook tensor without `group`"))?;
+                let c = super::cb_io::load(name, bits, &m.shape, group, &mut fetch)?;
+                TensorData::Codebook(c)
+            }
             other => {
                 return Err(Error::tensor(
                     name,
-                    format!("unknown format `{other}` (expected f32, f16, q4, q8)"),
+                    format!("unknown format `{other}` (expected f32, f16, q4, q8, cb2, cb3, cb4)"),
                 ));
             }
         };
@@ -493,21 +507,32 @@ fn derive_metas(st: &SafeTensors, quant: Option<&str>) -> Result<BTreeMap<String
         )));
     }
     for ((name, rows), entry) in qnames.into_iter().zip(entries) {
-        let nums: Vec<usize> = entry
-            .split('/')
-            .map(|x| x.parse::<usize>())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| Error::tensor(&name, format!("bad squish.quant entry `{entry}`")))?;
-        let [bits, cols, group] = nums[..] else {
+        // `bits/cols/group` (bits 4 or 8) or, for a codebook, `cbB/cols/group` (B = 2, 3, 4).
+        let fields: Vec<&str> = entry.split('/').collect();
+        let [kind, cols, group] = fields[..] else {
             return Err(Error::tensor(
                 &name,
                 format!("squish.quant entry `{entry}` is not bits/cols/group"),
             ));
         };
-        let format = match bits {
-            4 => "q4",
-            8 => "q8",
-            other => return Err(Error::tensor(&name, format!("{other} bits (4 or 8)"))),
+        let format = match kind {
+            "4" => "q4",
+            "8" => "q8",
+            "cb2" => "cb2",
+            "cb3" => "cb3",
+            "cb4" => "cb4",
+            other => {
+                return Err(Error::tensor(
+                    &name,
+                    format!("{other} bits (4 or 8; codebooks cb2, cb3 or cb4)"),
+                ));
+            }
+        };
+        let (Ok(cols), Ok(group)) = (cols.parse::<usize>(), group.parse::<usize>()) else {
+            return Err(Error::tensor(
+                &name,
+                format!("bad squish.quant entry `{entry}`"),
+            ));
         };
         if metas.contains_key(&name) {
             return Err(Error::tensor(

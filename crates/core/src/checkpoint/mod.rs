@@ -3,13 +3,15 @@
 //!
 //! Layout on disk (see `ARCHITECTURE.md`): tensors keep their module-path names; a quantized
 //! weight `W` is stored as `W.qweight` (U8), `W.scales` (F16) and `W.zeros` (U8, asymmetric only)
-//! in [`crate::quant`]'s layout. `__metadata__` holds `squish.format`, `squish.arch`,
+//! in [`crate::quant`]'s layout; a codebook weight as `W.qweight` (U8, [`crate::codebook`]'s
+//! layout), `W.scales` (F16) and `W.levels` (F32 `[2^bits]`). `__metadata__` holds `squish.format`, `squish.arch`,
 //! `squish.config`, `squish.quant` (`bits/cols/group` of each quantized tensor, in name order;
 //! absent when none is quantized), `squish.provenance`, and when present `squish.metrics` and
 //! `squish.tokenizer` (the content-named tokenizer file beside it, see [`write_tokenizer`]).
 //! Files are written deterministically (sorted keys, no timestamps), so the
 //! same inputs give the same bytes.
 
+mod cb_io;
 mod io;
 mod tokenizer_file;
 
@@ -18,6 +20,7 @@ use std::collections::BTreeMap;
 use half::f16;
 use serde::{Deserialize, Serialize};
 
+use crate::codebook::CbTensor;
 use crate::config::ModelConfig;
 use crate::quant::QTensor;
 use crate::{Error, Result};
@@ -43,6 +46,8 @@ pub enum TensorData {
     F16(Vec<f16>),
     /// Packed INT4/INT8 codes with group scales (2-D only).
     Quant(QTensor),
+    /// Packed 2/3/4-bit codes into a per-tensor codebook, with group scales (2-D only).
+    Codebook(CbTensor),
 }
 
 /// A named tensor's logical shape and its values.
@@ -75,7 +80,12 @@ impl WeightTensor {
         self.shape.iter().product()
     }
 
-    /// The format name: `f32`, `f16`, `q8` or `q4`.
+    /// True for the packed formats (INT4/INT8 and codebook).
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.data, TensorData::Quant(_) | TensorData::Codebook(_))
+    }
+
+    /// The format name: `f32`, `f16`, `q8`, `q4` or `cb2` / `cb3` / `cb4` (codebook).
     pub fn format_name(&self) -> &'static str {
         match &self.data {
             TensorData::F32(_) => "f32",
@@ -83,6 +93,11 @@ impl WeightTensor {
             TensorData::Quant(q) => match q.bits {
                 crate::quant::QBits::Int4 => "q4",
                 crate::quant::QBits::Int8 => "q8",
+            },
+            TensorData::Codebook(c) => match c.bits {
+                2 => "cb2",
+                3 => "cb3",
+                _ => "cb4",
             },
         }
     }
@@ -93,6 +108,7 @@ impl WeightTensor {
             TensorData::F32(v) => 4 * v.len(),
             TensorData::F16(v) => 2 * v.len(),
             TensorData::Quant(q) => q.storage_bytes(),
+            TensorData::Codebook(c) => c.storage_bytes(),
         }
     }
 
@@ -102,6 +118,7 @@ impl WeightTensor {
             TensorData::F32(v) => v.clone(),
             TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             TensorData::Quant(q) => q.dequantize(),
+            TensorData::Codebook(c) => c.dequantize(),
         }
     }
 }

@@ -13,9 +13,11 @@
 
 use std::arch::x86_64::*;
 
+mod cb;
 mod q4il;
 mod quant;
 pub(crate) mod ssm;
+pub(crate) use cb::cb_rows;
 pub(crate) use q4il::{q4il_rows, q4il_rows_vnni};
 pub(crate) use quant::{check_tile, finish_q8, q8_rows, qf_rows};
 

@@ -1,5 +1,5 @@
 //! Checkpoint tensors → kernel weights: shape checks, repacking of every storage
-//! format (F32 / F16 / INT8 / INT4, symmetric or asymmetric) and row-wise
+//! format (F32 / F16 / INT8 / INT4, symmetric or asymmetric, 2/3/4-bit codebook) and row-wise
 //! concatenation of matrices that share an input (Q/K/V).
 
 use squish_core::checkpoint::{TensorData, WeightTensor, Weights};
@@ -73,6 +73,23 @@ fn pack(t: &WeightTensor, rows: usize, cols: usize) -> crate::Result<PackedWeigh
                 qweight: &q.qweight,
                 scales: &q.scales,
                 zeros: q.zeros.as_deref(),
+            })
+        }
+        TensorData::Codebook(c) => {
+            if c.rows != rows || c.cols != cols {
+                return Err(crate::KernelError::Shape(format!(
+                    "packed [{}, {}] vs logical [{rows}, {cols}]",
+                    c.rows, c.cols
+                )));
+            }
+            PackedWeight::from_codebook(crate::CodebookParts {
+                bits: c.bits,
+                out: rows,
+                inp: cols,
+                group: c.group,
+                codes: &c.codes,
+                scales: &c.scales,
+                levels: &c.levels,
             })
         }
     }
