@@ -23,11 +23,13 @@ pub struct PruneArgs {
     /// Fraction of the non-embedding parameters to remove.
     #[arg(long, default_value_t = 0.4)]
     pub ratio: f32,
-    /// Importance: magnitude (= magnitude_l2), magnitude_l1, magnitude_l2, wanda, taylor.
+    /// Importance: magnitude (= magnitude_l2), magnitude_l1, magnitude_l2, wanda, taylor,
+    /// activation (mean |x| of the inputs a unit feeds, Minitron-style).
     #[arg(long, default_value = "wanda")]
     pub importance: String,
-    /// Group kinds, comma-separated: moe_channels, experts, ssm_channels, ffn_channels, heads.
-    /// Default: moe_channels,experts (SsmMoe) or ffn_channels,heads (Llama).
+    /// Group kinds, comma-separated: moe_channels, experts, ssm_channels, ffn_channels, heads,
+    /// d_model (residual width, both families). Default: moe_channels,experts (SsmMoe) or
+    /// ffn_channels,heads (Llama).
     #[arg(long)]
     pub targets: Option<String>,
     /// Allow pruning SSM channels (sets preserve_ssm = false).
@@ -48,6 +50,16 @@ pub struct PruneArgs {
     /// Recovery budget per round in training tokens (0 = no recovery).
     #[arg(long, default_value_t = 0)]
     pub recover_tokens: usize,
+    /// Recovery batch size (windows per step).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Recovery window length in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Width pruning: keep the RMSNorm gains and ε as they are instead of rescaling them to
+    /// what they computed with the removed channels present and zero.
+    #[arg(long)]
+    pub no_rescale_norms: bool,
     /// Recovery peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -71,7 +83,10 @@ fn parse_importance(s: &str) -> Result<Importance> {
         "magnitude_l1" | "l1" => Importance::MagnitudeL1,
         "wanda" => Importance::Wanda,
         "taylor" => Importance::Taylor,
-        other => bail!("--importance {other}: expected magnitude, magnitude_l1, wanda or taylor"),
+        "activation" => Importance::Activation,
+        other => bail!(
+            "--importance {other}: expected magnitude, magnitude_l1, wanda, taylor or activation"
+        ),
     })
 }
 
@@ -80,7 +95,7 @@ fn parse_targets(s: &str) -> Result<Vec<GroupKind>> {
         .map(|t| {
             serde_json::from_value(serde_json::Value::String(t.trim().to_string())).map_err(|_| {
                 anyhow::anyhow!(
-                    "--targets: unknown group kind `{t}` (moe_channels, experts, ssm_channels, ffn_channels, heads)"
+                    "--targets: unknown group kind `{t}` (moe_channels, experts, ssm_channels, ffn_channels, heads, d_model)"
                 )
             })
         })
@@ -105,7 +120,10 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         Some(t) => parse_targets(t)?,
         None => default_targets(&input.loaded.ckpt.config),
     };
-    let (batch, seq) = (16, 128);
+    let (batch, seq) = (a.batch_size, a.seq_len);
+    if batch == 0 || seq < 2 {
+        bail!("--batch-size must be ≥ 1 and --seq-len ≥ 2 (got {batch}, {seq})");
+    }
     let steps = a.recover_tokens / (batch * seq);
     let recover = (steps > 0).then(|| TrainConfig {
         steps,
@@ -138,6 +156,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         min_width: a.min_width,
         round_to: a.round_to,
         rounds: a.rounds,
+        rescale_norms: !a.no_rescale_norms,
         recover,
         seed: a.seed,
         ..PruneConfig::default()

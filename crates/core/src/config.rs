@@ -200,6 +200,20 @@ impl ModelConfig {
             ModelConfig::SsmMoe(c) => c.vocab_size,
         }
     }
+    /// RMSNorm epsilon.
+    pub fn norm_eps(&self) -> f32 {
+        match self {
+            ModelConfig::Llama(c) => c.norm_eps,
+            ModelConfig::SsmMoe(c) => c.norm_eps,
+        }
+    }
+    /// Sets the RMSNorm epsilon (width pruning rescales it, see `squish_prune::groups`).
+    pub fn set_norm_eps(&mut self, eps: f32) {
+        match self {
+            ModelConfig::Llama(c) => c.norm_eps = eps,
+            ModelConfig::SsmMoe(c) => c.norm_eps = eps,
+        }
+    }
     /// Validates the configuration.
     pub fn validate(&self) -> Result<()> {
         match self {

@@ -33,7 +33,7 @@ pub struct Problem<'a> {
 pub fn is_channel(kind: DimKind) -> bool {
     matches!(
         kind,
-        DimKind::ExpertChannels | DimKind::SsmChannels | DimKind::FfnChannels
+        DimKind::ExpertChannels | DimKind::SsmChannels | DimKind::FfnChannels | DimKind::Residual
     )
 }
 

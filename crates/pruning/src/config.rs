@@ -21,6 +21,13 @@ pub enum Importance {
     Wanda,
     /// First-order Taylor: Σ|w·∂L/∂w| over calibration batches.
     Taylor,
+    /// Activation (Minitron): a unit scores the mean |x| of the inputs it feeds, over the
+    /// calibration tokens, summed over its members that read it as an input column (inputs
+    /// shared by several members — wq/wk/wv, the router and every expert's w1/w3 — count once).
+    /// A residual channel thus scores Σ over every RMSNorm output of mean |x_j|; an FFN/expert
+    /// channel the mean |activation| entering w2. Dimensions no captured input reads (whole
+    /// experts) fall back to L1 magnitude.
+    Activation,
 }
 
 /// Which kind of dependency group to prune.
@@ -37,6 +44,9 @@ pub enum GroupKind {
     FfnChannels,
     /// Llama attention heads (a kv head with its query heads).
     Heads,
+    /// Residual-stream channels (`d_model`, both families): embedding/classifier columns, norm
+    /// gains and every projection column/row on the residual stream.
+    DModel,
 }
 
 impl GroupKind {
@@ -48,6 +58,7 @@ impl GroupKind {
             GroupKind::SsmChannels => DimKind::SsmChannels,
             GroupKind::FfnChannels => DimKind::FfnChannels,
             GroupKind::Heads => DimKind::KvHeads,
+            GroupKind::DModel => DimKind::Residual,
         }
     }
 }
@@ -102,6 +113,11 @@ pub struct PruneConfig {
     /// Weight expert scores by the expert's routing utilisation (not for Taylor, whose gradients
     /// already see the gates).
     pub expert_utilisation: bool,
+    /// After width (`d_model`) pruning, rescale every RMSNorm so it computes what it computed
+    /// with the removed channels present and zero (gains × √(d/d'), ε × d/d'; see
+    /// [`crate::groups::rescale_norms`]). Without it the kept channels are normalised by the
+    /// mean square over d' instead of d channels.
+    pub rescale_norms: bool,
     /// Context of the validation measurements (llama-cpp chunks).
     pub eval_ctx: usize,
     /// Validation chunks per measurement.
@@ -123,6 +139,7 @@ impl Default for PruneConfig {
             calib_windows: 32,
             seed: 0,
             expert_utilisation: true,
+            rescale_norms: true,
             eval_ctx: 256,
             eval_chunks: 16,
         }

@@ -1,16 +1,23 @@
 //! Applying a pruning plan to [`Weights`]: physically removing (or, for tests, zeroing) the units
 //! of the dependency groups that [`squish_core::model::structure`] describes.
+//!
+//! Removing residual (`d_model`) channels is not the same as zeroing them: every RMSNorm then
+//! averages the square over d' = d − removed channels instead of d, which scales every kept
+//! channel's normalised value by about √(d'/d) (exactly, when ε is negligible against the mean
+//! square). [`rescale_norms`] undoes that exactly: gains × √(d/d') and ε × d/d'.
 
 use std::collections::BTreeMap;
 
 use squish_core::checkpoint::{WeightTensor, Weights};
+use squish_core::config::ModelConfig;
 use squish_core::model::structure::{DimKind, ModelStructure, PrunableDim};
 use squish_core::{Error, Result};
 
-/// Parameters one unit of `d` removes through its members (not counting `unit_tensors`).
-pub fn member_unit_params(w: &Weights, d: &PrunableDim) -> Result<usize> {
+/// Parameters one unit of `d` removes through its members (not counting `unit_tensors`), except
+/// those in the tensors named in `exclude` (the embedding, for non-embedding budgets).
+pub fn member_unit_params(w: &Weights, d: &PrunableDim, exclude: &[String]) -> Result<usize> {
     let mut total = 0;
-    for m in &d.members {
+    for m in d.members.iter().filter(|m| !exclude.contains(&m.tensor)) {
         let t = w.get(&m.tensor)?;
         let len = t.shape.get(m.axis).copied().unwrap_or(0).max(1);
         total += t.numel() / len * m.block;
@@ -168,5 +175,45 @@ pub fn apply_plan(w: &mut Weights, s: &ModelStructure, drop: &[Vec<usize>]) -> R
             remove_units(w, d, units)?;
         }
     }
+    Ok(())
+}
+
+/// Makes the RMSNorms of a model whose residual width went from `from` to `to` channels compute
+/// what they computed with the removed channels present and zero: with `S = Σ x²` over the kept
+/// channels, `g·x/√(S/from + ε) = (g·√(from/to))·x/√(S/to + ε·from/to)`. The norm gains are the
+/// 1-D members of `s`'s residual dimension (names are unchanged by width pruning); `config`'s ε
+/// is rescaled. Identity when `from == to`.
+pub fn rescale_norms(
+    config: &mut ModelConfig,
+    w: &mut Weights,
+    s: &ModelStructure,
+    from: usize,
+    to: usize,
+) -> Result<()> {
+    if to == 0 || to > from {
+        return Err(Error::invalid(format!(
+            "rescale_norms: width {from} → {to} is not a reduction"
+        )));
+    }
+    if to == from {
+        return Ok(());
+    }
+    let resid = s
+        .dims
+        .iter()
+        .find(|d| d.kind == DimKind::Residual)
+        .ok_or_else(|| Error::invalid("rescale_norms: the structure has no residual dimension"))?;
+    let ratio = from as f64 / to as f64;
+    let gain = ratio.sqrt() as f32;
+    for m in &resid.members {
+        let t = w.get(&m.tensor)?;
+        if t.shape.len() != 1 {
+            continue;
+        }
+        let v: Vec<f32> = t.to_f32().iter().map(|x| x * gain).collect();
+        let shape = t.shape.clone();
+        w.insert(m.tensor.clone(), WeightTensor::f32(shape, v)?);
+    }
+    config.set_norm_eps((config.norm_eps() as f64 * ratio) as f32);
     Ok(())
 }

@@ -22,7 +22,7 @@ use squish_core::checkpoint::{self, Checkpoint, Provenance, Weights};
 use squish_core::config::ModelConfig;
 use squish_core::fsutil::sha256_hex;
 use squish_core::model::CpuBackend;
-use squish_core::model::structure::{DimKind, ModelStructure, describe};
+use squish_core::model::structure::{DimKind, ModelStructure, describe, residual_width};
 use squish_core::{Error, Result};
 
 pub use config::{
@@ -61,8 +61,9 @@ impl PruneConfig {
                 GroupKind::MoeChannels,
                 GroupKind::Experts,
                 GroupKind::SsmChannels,
+                GroupKind::DModel,
             ],
-            ModelConfig::Llama(_) => &[GroupKind::FfnChannels, GroupKind::Heads],
+            ModelConfig::Llama(_) => &[GroupKind::FfnChannels, GroupKind::Heads, GroupKind::DModel],
         };
         if let Some(t) = self.targets.iter().find(|t| !allowed.contains(t)) {
             return Err(Error::invalid(format!(
@@ -79,12 +80,14 @@ impl PruneConfig {
     }
 
     fn needs_calibration(&self) -> bool {
-        matches!(self.importance, Importance::Wanda | Importance::Taylor)
-            || (self.expert_utilisation
-                && self
-                    .targets
-                    .iter()
-                    .any(|t| matches!(t, GroupKind::MoeChannels | GroupKind::Experts)))
+        matches!(
+            self.importance,
+            Importance::Wanda | Importance::Taylor | Importance::Activation
+        ) || (self.expert_utilisation
+            && self
+                .targets
+                .iter()
+                .any(|t| matches!(t, GroupKind::MoeChannels | GroupKind::Experts)))
     }
 }
 
@@ -120,10 +123,12 @@ fn plan(
             m.min(d.units)
         })
         .collect();
+    // Costs count non-embedding parameters only, as the budget does (a residual channel also
+    // removes an embedding column, which the budget does not count).
     let member_cost = s
         .dims
         .iter()
-        .map(|d| groups::member_unit_params(w, d))
+        .map(|d| groups::member_unit_params(w, d, &s.embedding))
         .collect::<Result<Vec<_>>>()?;
     let unit_cost = s
         .dims
@@ -161,19 +166,22 @@ pub fn run(
     let (ckpt, data) = (input.ckpt, &input.data);
     let t0 = Instant::now();
     cfg.validate(&ckpt.config)?;
-    let config = &ckpt.config;
-    let s0 = describe(config, &ckpt.weights)?;
+    // Width pruning with `rescale_norms` changes the norm epsilon, so the config is mutable.
+    let mut config = ckpt.config.clone();
+    let s0 = describe(&config, &ckpt.weights)?;
     s0.check_coverage(&ckpt.weights)?;
     let emb = groups::embedding_params(&ckpt.weights, &s0)?;
     let params0 = ckpt.weights.param_count();
     let nonemb0 = params0 - emb;
-    let top_k = match config {
+    let top_k = match &config {
         ModelConfig::SsmMoe(c) => c.top_k,
         ModelConfig::Llama(_) => 0,
     };
     let windows: Vec<Vec<u32>> = data.calib.iter().take(cfg.calib_windows).cloned().collect();
-    if matches!(cfg.importance, Importance::Wanda | Importance::Taylor)
-        && windows.iter().all(|w| w.len() < 2)
+    if matches!(
+        cfg.importance,
+        Importance::Wanda | Importance::Taylor | Importance::Activation
+    ) && windows.iter().all(|w| w.len() < 2)
     {
         return Err(Error::invalid(format!(
             "prune: importance {:?} needs calibration windows (got none of ≥ 2 tokens)",
@@ -181,7 +189,7 @@ pub fn run(
         )));
     }
     let device = CpuBackend::from_env()?.device();
-    let teacher = Net::build(config, &ckpt.weights, &device)?;
+    let teacher = Net::build(&ckpt.config, &ckpt.weights, &device)?;
     let measure = |net: &Net| -> Result<Option<f64>> {
         if data.valid.len() < 2 * cfg.eval_ctx {
             return Ok(None);
@@ -209,27 +217,32 @@ pub fn run(
             rounds: cfg.rounds,
             target_removed: target_cum,
         });
-        let s = describe(config, &w)?;
+        let s = describe(&config, &w)?;
         let removed_so_far = nonemb0.saturating_sub(non_embedding_params(&w, &s)?);
         let need = target_cum.saturating_sub(removed_so_far);
         let mut calib = importance::Calib::default();
         if cfg.needs_calibration() && !windows.is_empty() {
-            let net = Net::build(config, &w, &device)?;
+            let net = Net::build(&config, &w, &device)?;
             calib = importance::collect(&net, &w, top_k, &windows)?;
         }
         if cfg.importance == Importance::Taylor {
-            let ad = Net::build(config, &w, &device.clone().autodiff())?;
+            let ad = Net::build(&config, &w, &device.clone().autodiff())?;
             calib.taylor = ad.taylor(&windows)?.into_iter().collect();
         }
         let scores =
             importance::unit_scores(&w, &s, cfg.importance, &calib, cfg.expert_utilisation)?;
         let drop = plan(&w, &s, cfg, &scores, need)?;
+        let width = residual_width(&w, config.vocab_size())?;
         groups::apply_plan(&mut w, &s, &drop)?;
+        let pruned_width = residual_width(&w, config.vocab_size())?;
+        if cfg.rescale_norms && pruned_width != width {
+            groups::rescale_norms(&mut config, &mut w, &s, width, pruned_width)?;
+        }
         on_event(&PruneEvent::Pruned {
             round,
             params: w.param_count(),
         });
-        let pruned = Net::build(config, &w, &device)?;
+        let pruned = Net::build(&config, &w, &device)?;
         let before = measure(&pruned)?;
         if let Some(n) = before {
             on_event(&PruneEvent::Valid {
@@ -245,7 +258,7 @@ pub fn run(
                 .seed
                 .wrapping_mul(0x9E37_79B9)
                 .wrapping_add(round as u64);
-            let student = Net::build(config, &w, &device.clone().autodiff())?;
+            let student = Net::build(&config, &w, &device.clone().autodiff())?;
             let teach = |b: &[Vec<u32>]| teacher.logits(b);
             let (net, l) = student.train((data.train, data.valid, data.bos), &rc, &teach, |p| {
                 on_event(&PruneEvent::Train {
@@ -255,7 +268,7 @@ pub fn run(
             })?;
             w = net.to_weights()?;
             log = l;
-            after = measure(&Net::build(config, &w, &device)?)?;
+            after = measure(&Net::build(&config, &w, &device)?)?;
             if let Some(n) = after {
                 on_event(&PruneEvent::Valid {
                     round,
@@ -264,7 +277,7 @@ pub fn run(
                 });
             }
         }
-        let s = describe(config, &w)?;
+        let s = describe(&config, &w)?;
         rounds.push(RoundReport {
             round,
             non_embedding_params: non_embedding_params(&w, &s)?,
@@ -274,9 +287,9 @@ pub fn run(
             seconds: tr.elapsed().as_secs_f64(),
         });
     }
-    let s1 = describe(config, &w)?;
+    let s1 = describe(&config, &w)?;
     s1.check_coverage(&w)?;
-    Net::build(config, &w, &device)?; // shapes are consistent
+    Net::build(&config, &w, &device)?; // shapes are consistent
     let nonemb1 = non_embedding_params(&w, &s1)?;
     let report = PruneReport {
         importance: cfg.importance,
@@ -297,13 +310,15 @@ pub fn run(
             .map_or(0, |r| r.steps * r.batch_size * r.seq_len),
         seconds: t0.elapsed().as_secs_f64(),
     };
-    let checkpoint = output_checkpoint(ckpt, cfg, w, &report)?;
+    let checkpoint = output_checkpoint(ckpt, config, cfg, w, &report)?;
     Ok(StageOutput { checkpoint, report })
 }
 
-/// The pruned checkpoint with provenance and metrics.
+/// The pruned checkpoint (with `config`, the parent's up to a rescaled norm epsilon) with
+/// provenance and metrics.
 fn output_checkpoint(
     parent: &Checkpoint,
+    config: ModelConfig,
     cfg: &PruneConfig,
     weights: Weights,
     report: &PruneReport,
@@ -329,7 +344,7 @@ fn output_checkpoint(
         metrics.insert("prune.valid_nats".to_string(), n);
     }
     Ok(Checkpoint {
-        config: parent.config.clone(),
+        config,
         weights,
         provenance: Provenance {
             stage: "prune".into(),

@@ -5,12 +5,19 @@ mod common;
 
 use common::*;
 use squish_core::checkpoint::Checkpoint;
-use squish_core::model::structure::{DimKind, describe};
-use squish_prune::groups::{apply_plan, zero_units};
+use squish_core::model::structure::{DimKind, describe, residual_width};
+use squish_prune::groups::{apply_plan, rescale_norms, zero_units};
 
-/// Drops units {1, 3, 4, ...every third} of every dim of `kinds`, and zeroes them in a copy;
-/// the two models must give the same logits.
+/// Drops units {1, 4, 7, ...every third} of every dim of `kinds`, and zeroes them in a copy;
+/// the two models must give the same logits (after width pruning, with the norms rescaled).
 fn check_equivalence(ck: &Checkpoint, kinds: &[DimKind]) {
+    let diff = pruned_vs_zeroed(ck, kinds, true);
+    assert!(diff < 1e-5, "{kinds:?}: pruned vs zeroed differ by {diff}");
+}
+
+/// `max |logits(pruned) − logits(zeroed)|` for the plan of [`check_equivalence`]; residual
+/// channels are followed by [`rescale_norms`] when `rescale`.
+fn pruned_vs_zeroed(ck: &Checkpoint, kinds: &[DimKind], rescale: bool) -> f32 {
     let s = describe(&ck.config, &ck.weights).unwrap();
     s.check_coverage(&ck.weights).unwrap();
     let mut drop = vec![Vec::new(); s.dims.len()];
@@ -26,18 +33,69 @@ fn check_equivalence(ck: &Checkpoint, kinds: &[DimKind]) {
     let mut pruned = ck.weights.clone();
     apply_plan(&mut pruned, &s, &drop).unwrap();
     assert!(pruned.param_count() < ck.weights.param_count());
-    let s2 = describe(&ck.config, &pruned).unwrap();
+    let mut config = ck.config.clone();
+    let vocab = config.vocab_size();
+    let (from, to) = (
+        residual_width(&ck.weights, vocab).unwrap(),
+        residual_width(&pruned, vocab).unwrap(),
+    );
+    if rescale && from != to {
+        rescale_norms(&mut config, &mut pruned, &s, from, to).unwrap();
+    }
+    let s2 = describe(&config, &pruned).unwrap();
     s2.check_coverage(&pruned).unwrap();
     let batch = windows(5, 2, 12);
-    let a = logits(&ck.config, &pruned, &batch);
+    let a = logits(&config, &pruned, &batch);
     let b = logits(&ck.config, &zeroed, &batch);
     let full = logits(&ck.config, &ck.weights, &batch);
-    let diff = max_abs_diff(&a, &b);
-    assert!(diff < 1e-5, "{kinds:?}: pruned vs zeroed differ by {diff}");
     assert!(
         max_abs_diff(&a, &full) > 1e-3,
         "{kinds:?}: removing units should change the model"
     );
+    max_abs_diff(&a, &b)
+}
+
+#[test]
+fn ssm_moe_residual_channels_equal_zeroing() {
+    check_equivalence(&tiny_ssm(5), &[DimKind::Residual]);
+    check_equivalence(
+        &tiny_ssm(6),
+        &[
+            DimKind::Residual,
+            DimKind::ExpertChannels,
+            DimKind::SsmChannels,
+        ],
+    );
+}
+
+#[test]
+fn llama_residual_channels_equal_zeroing_tied_and_untied() {
+    check_equivalence(&tiny_llama(5), &[DimKind::Residual]);
+    check_equivalence(&untied(tiny_llama(6)), &[DimKind::Residual]);
+    check_equivalence(
+        &untied(tiny_llama(7)),
+        &[DimKind::Residual, DimKind::FfnChannels, DimKind::KvHeads],
+    );
+}
+
+/// Without the norm rescaling, width pruning is not zeroing: every RMSNorm averages over fewer
+/// channels. The difference is the effect `rescale_norms` removes.
+#[test]
+fn residual_removal_without_rescaled_norms_differs_from_zeroing() {
+    for ck in [tiny_ssm(8), tiny_llama(8)] {
+        let diff = pruned_vs_zeroed(&ck, &[DimKind::Residual], false);
+        assert!(diff > 1e-3, "{:?}: {diff}", ck.config.arch());
+    }
+}
+
+#[test]
+fn rescale_norms_refuses_a_wider_model() {
+    let ck = tiny_ssm(1);
+    let s = describe(&ck.config, &ck.weights).unwrap();
+    let (mut config, mut w) = (ck.config.clone(), ck.weights.clone());
+    assert!(rescale_norms(&mut config, &mut w, &s, 16, 17).is_err());
+    rescale_norms(&mut config, &mut w, &s, 16, 16).unwrap();
+    assert_eq!((config, w), (ck.config.clone(), ck.weights.clone()));
 }
 
 #[test]
@@ -132,5 +190,12 @@ fn real_checkpoints_are_fully_covered() {
         let s = describe(&ck.config, &ck.weights).unwrap();
         s.check_coverage(&ck.weights).unwrap();
         assert!(s.dims.iter().all(|d| d.units > 0));
+        let resid: Vec<_> = s
+            .dims
+            .iter()
+            .filter(|d| d.kind == DimKind::Residual)
+            .collect();
+        assert_eq!(resid.len(), 1, "{rel}: one residual dimension");
+        assert_eq!(resid[0].units, 64, "{rel}: d_model");
     }
 }

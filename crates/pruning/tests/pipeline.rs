@@ -164,3 +164,73 @@ fn config_serde_defaults_and_names() {
     assert_eq!(cfg.allocation, Allocation::Uniform);
     assert!(serde_json::from_str::<PruneConfig>(r#"{"bogus":1}"#).is_err());
 }
+
+/// Width (`d_model`) pruning end to end in both families, by every calibrated importance:
+/// the residual width shrinks, the budget (non-embedding) is met, the norms are rescaled (ε ×
+/// d/d' in the output config) and the result loads and evaluates.
+#[test]
+fn width_pruning_in_both_families() {
+    for ck in [tiny_ssm(3), untied(tiny_llama(2))] {
+        for importance in [
+            Importance::Activation,
+            Importance::Taylor,
+            Importance::Wanda,
+        ] {
+            let cfg = PruneConfig {
+                importance,
+                recover: Some(recovery()),
+                ..base_cfg(vec![GroupKind::DModel])
+            };
+            let (out, rep) = run(&ck, &cfg).unwrap();
+            let d = rep.widths_after["d_model"];
+            assert_eq!(rep.widths_before["d_model"], 16);
+            assert!((2..16).contains(&d), "{importance:?}: d_model {d}");
+            assert!(
+                (rep.achieved_ratio - 0.3).abs() < 0.1,
+                "{importance:?}: achieved {}",
+                rep.achieved_ratio
+            );
+            let eps = out.config.norm_eps() as f64;
+            let want = ck.config.norm_eps() as f64 * 16.0 / d as f64;
+            assert!((eps - want).abs() < 1e-9 * want.max(1.0), "{eps} vs {want}");
+            assert_eq!(
+                out.weights.get("tok_embeddings.weight").unwrap().shape,
+                vec![64, d]
+            );
+            let nats = rep.rounds[0].valid_nats_after_recovery.unwrap();
+            assert!(nats.is_finite(), "{importance:?}: {nats}");
+        }
+    }
+}
+
+/// Ratio 0 with the width target is the identity: same weights, same config.
+#[test]
+fn width_pruning_at_ratio_zero_is_the_identity() {
+    for ck in [tiny_ssm(4), tiny_llama(4)] {
+        for importance in [Importance::Activation, Importance::MagnitudeL2] {
+            let cfg = PruneConfig {
+                ratio: 0.0,
+                importance,
+                ..base_cfg(vec![GroupKind::DModel])
+            };
+            let (out, rep) = run(&ck, &cfg).unwrap();
+            assert_eq!(out.weights, ck.weights, "{importance:?}");
+            assert_eq!(out.config, ck.config);
+            assert_eq!(rep.params_after, rep.params_before);
+        }
+    }
+}
+
+/// Without norm rescaling the config's ε is left alone.
+#[test]
+fn width_pruning_without_rescaled_norms_keeps_eps() {
+    let ck = tiny_ssm(5);
+    let cfg = PruneConfig {
+        rescale_norms: false,
+        importance: Importance::Activation,
+        ..base_cfg(vec![GroupKind::DModel])
+    };
+    let (out, rep) = run(&ck, &cfg).unwrap();
+    assert!(rep.widths_after["d_model"] < 16);
+    assert_eq!(out.config, ck.config);
+}

@@ -1,6 +1,6 @@
 //! The Llama family in burn (llama2.c conventions): RMSNorm, RoPE on interleaved pairs, GQA
-//! attention, SwiGLU FFN, tied or separate classifier. Per-layer FFN widths and head counts are
-//! read from the tensors, so pruned checkpoints load too.
+//! attention, SwiGLU FFN, tied or separate classifier. The residual width, per-layer FFN widths
+//! and head counts are read from the tensors, so pruned checkpoints load too.
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
@@ -9,6 +9,7 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 // The names are framework-free (`llama_names`); re-exported at their historical path.
 pub use super::llama_names::layer_tensor_names;
 use super::ops::{embed, linear, param1, param2, put_param, rms_norm};
+use super::structure::residual_width;
 use crate::checkpoint::Weights;
 use crate::config::LlamaConfig;
 use crate::{Error, Result};
@@ -56,7 +57,8 @@ impl Llama {
     /// Builds the model from checkpoint weights (quantized tensors are dequantized).
     pub fn from_weights(config: &LlamaConfig, w: &Weights, device: &Device) -> Result<Self> {
         config.validate()?;
-        let (d, hs) = (config.dim, config.head_size());
+        // The residual width comes from the embedding (width pruning); heads keep `head_size`.
+        let (d, hs) = (residual_width(w, config.vocab_size)?, config.head_size());
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let n = layer_tensor_names(i);

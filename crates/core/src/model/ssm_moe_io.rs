@@ -5,6 +5,7 @@ use burn::tensor::Device;
 use super::ops::{param1, param2, put_param};
 use super::ssm_moe::{Expert, Moe, ScanMode, Ssm, SsmMoe, SsmMoeBlock};
 use super::ssm_moe_weights::{expert_name, experts_in_layer, router_name, ssm_name};
+use super::structure::residual_width;
 use crate::checkpoint::Weights;
 use crate::config::SsmMoeConfig;
 use crate::{Error, Result};
@@ -18,8 +19,8 @@ fn dim0(w: &Weights, name: &str) -> Result<usize> {
 }
 
 impl SsmMoe {
-    /// Builds the model from weights; per-layer `d_inner`, expert count and expert widths are read
-    /// from the tensor shapes.
+    /// Builds the model from weights; the residual width (`d_model`), per-layer `d_inner`, expert
+    /// count and expert widths are read from the tensor shapes.
     pub fn from_weights(
         c: &SsmMoeConfig,
         w: &Weights,
@@ -27,7 +28,8 @@ impl SsmMoe {
         scan: ScanMode,
     ) -> Result<Self> {
         c.validate()?;
-        let (d, n, r, k) = (c.d_model, c.d_state, c.dt_rank, c.d_conv);
+        let d = residual_width(w, c.vocab_size)?;
+        let (n, r, k) = (c.d_state, c.dt_rank, c.d_conv);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let di = dim0(w, &ssm_name(i, "D"))?;

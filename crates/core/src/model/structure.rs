@@ -7,6 +7,10 @@
 //! `unit_tensors[u]` (later units' tensors are renamed down). Every tensor the model stores is
 //! either touched by some dimension or declared unprunable, which [`ModelStructure::check_coverage`]
 //! verifies. Structured pruning derives its dependency groups from this description alone.
+//!
+//! Every model has one [`DimKind::Residual`] dimension (its `d_model`), listed last; the
+//! residual width of a checkpoint is read from the embedding's shape ([`residual_width`]), not
+//! from the configuration.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -33,6 +37,10 @@ pub enum DimKind {
     FfnChannels,
     /// Llama kv heads of one layer, each with the query heads that read it (GQA).
     KvHeads,
+    /// Residual-stream channels (`d_model`) of the whole model: the embedding (and untied
+    /// classifier) column, every RMSNorm gain, every projection's input column reading the
+    /// residual stream and output row writing it. `layer` is 0.
+    Residual,
 }
 
 /// One tensor slice that moves with a prunable dimension.
@@ -84,7 +92,8 @@ pub struct PrunableDim {
 pub struct ModelStructure {
     /// Prunable dimensions.
     pub dims: Vec<PrunableDim>,
-    /// Tensors no dimension may change (embeddings, norms).
+    /// Tensors no dimension may change (none in the current families: embeddings and norms
+    /// belong to the residual dimension).
     pub unprunable: Vec<String>,
     /// The embedding/classifier tensors (excluded from "non-embedding" parameter counts).
     pub embedding: Vec<String>,
@@ -107,6 +116,35 @@ fn m(tensor: String, axis: usize, offset: usize, block: usize) -> Member {
     }
 }
 
+/// The residual width (`d_model`) of a checkpoint: the columns of `tok_embeddings.weight`,
+/// which must have `vocab` rows. Width pruning changes it; the configuration keeps the nominal
+/// width (as it keeps the nominal `d_inner` and expert widths).
+pub fn residual_width(w: &Weights, vocab: usize) -> Result<usize> {
+    let name = "tok_embeddings.weight";
+    match w.get(name)?.shape.as_slice() {
+        [v, d] if *v == vocab && *d > 0 => Ok(*d),
+        shape => Err(Error::tensor(
+            name,
+            format!("shape {shape:?}, expected [{vocab}, d_model > 0]"),
+        )),
+    }
+}
+
+/// The residual dimension over `members` (`(tensor, axis)`), `d` channels wide.
+fn residual_dim(members: Vec<(String, usize)>, d: usize) -> PrunableDim {
+    PrunableDim {
+        kind: DimKind::Residual,
+        layer: 0,
+        expert: None,
+        name: "d_model".into(),
+        units: d,
+        members: members.into_iter().map(|(t, a)| m(t, a, 0, 1)).collect(),
+        unit_tensors: Vec::new(),
+        min_units: 1,
+        parent: None,
+    }
+}
+
 /// Describes the prunable structure of a model with configuration `config` and weights `w`
 /// (current widths are read from the tensor shapes).
 pub fn describe(config: &ModelConfig, w: &Weights) -> Result<ModelStructure> {
@@ -118,10 +156,14 @@ pub fn describe(config: &ModelConfig, w: &Weights) -> Result<ModelStructure> {
 
 fn describe_ssm_moe(c: &SsmMoeConfig, w: &Weights) -> Result<ModelStructure> {
     let mut dims = Vec::new();
-    let mut unprunable = vec!["tok_embeddings.weight".to_string(), "norm.weight".into()];
+    let d_model = residual_width(w, c.vocab_size)?;
+    let mut resid = vec![("tok_embeddings.weight".to_string(), 1)];
     for i in 0..c.n_layers {
-        unprunable.push(format!("layers.{i}.ssm_norm.weight"));
-        unprunable.push(format!("layers.{i}.moe_norm.weight"));
+        resid.push((format!("layers.{i}.ssm_norm.weight"), 0));
+        resid.push((ssm_name(i, "in_proj.weight"), 1)); // reads the residual stream
+        resid.push((ssm_name(i, "out_proj.weight"), 0)); // writes it
+        resid.push((format!("layers.{i}.moe_norm.weight"), 0));
+        resid.push((router_name(i), 1));
         let di = rows(w, &ssm_name(i, "D"))?;
         let s = |p: &str| ssm_name(i, p);
         dims.push(PrunableDim {
@@ -147,6 +189,11 @@ fn describe_ssm_moe(c: &SsmMoeConfig, w: &Weights) -> Result<ModelStructure> {
             parent: None,
         });
         let n_exp = experts_in_layer(w, i);
+        for e in 0..n_exp {
+            resid.push((expert_name(i, e, "w1"), 1));
+            resid.push((expert_name(i, e, "w3"), 1));
+            resid.push((expert_name(i, e, "w2"), 0));
+        }
         let experts_idx = dims.len();
         dims.push(PrunableDim {
             kind: DimKind::Experts,
@@ -179,9 +226,11 @@ fn describe_ssm_moe(c: &SsmMoeConfig, w: &Weights) -> Result<ModelStructure> {
             });
         }
     }
+    resid.push(("norm.weight".into(), 0));
+    dims.push(residual_dim(resid, d_model));
     Ok(ModelStructure {
         dims,
-        unprunable,
+        unprunable: Vec::new(),
         embedding: vec!["tok_embeddings.weight".into()],
     })
 }
@@ -190,16 +239,29 @@ fn describe_llama(c: &LlamaConfig, w: &Weights) -> Result<ModelStructure> {
     let hs = c.head_size();
     let rep = c.n_heads / c.n_kv_heads;
     let mut dims = Vec::new();
-    let mut unprunable = vec!["tok_embeddings.weight".to_string(), "norm.weight".into()];
+    let d_model = residual_width(w, c.vocab_size)?;
+    let mut resid = vec![("tok_embeddings.weight".to_string(), 1)];
     let mut embedding = vec!["tok_embeddings.weight".to_string()];
     if !c.shared_classifier {
-        unprunable.push("output.weight".into());
+        resid.push(("output.weight".into(), 1));
         embedding.push("output.weight".into());
     }
     for i in 0..c.n_layers {
         let n = layer_tensor_names(i);
-        unprunable.push(n[0].clone());
-        unprunable.push(n[5].clone());
+        // Norm gains; wq/wk/wv and w1/w3 read the residual stream, wo and w2 write it.
+        for (t, axis) in [
+            (0, 0),
+            (1, 1),
+            (2, 1),
+            (3, 1),
+            (4, 0),
+            (5, 0),
+            (6, 1),
+            (8, 1),
+            (7, 0),
+        ] {
+            resid.push((n[t].clone(), axis));
+        }
         let kv_rows = rows(w, &n[2])?;
         if kv_rows % hs != 0 {
             return Err(Error::tensor(
@@ -239,9 +301,11 @@ fn describe_llama(c: &LlamaConfig, w: &Weights) -> Result<ModelStructure> {
             parent: None,
         });
     }
+    resid.push(("norm.weight".into(), 0));
+    dims.push(residual_dim(resid, d_model));
     Ok(ModelStructure {
         dims,
-        unprunable,
+        unprunable: Vec::new(),
         embedding,
     })
 }

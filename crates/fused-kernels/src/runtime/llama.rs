@@ -7,6 +7,7 @@
 use squish_core::checkpoint::Weights;
 use squish_core::config::LlamaConfig;
 use squish_core::model::llama_names::layer_tensor_names;
+use squish_core::model::structure::residual_width;
 use squish_core::{Error, Result};
 
 use super::load::{self, Stacked};
@@ -80,7 +81,9 @@ impl LlamaRt {
     /// counts from `wq`/`wk` (rows / `head_size`).
     /// `threads` sizes the per-thread attention scratch.
     pub fn load(c: &LlamaConfig, w: &Weights, cap: usize, threads: usize) -> Result<Self> {
-        let (d, hs, seq) = (c.dim, c.head_size(), c.seq_len);
+        // The residual width from the shapes (width pruning keeps `head_size`).
+        let d = residual_width(w, c.vocab_size)?;
+        let (hs, seq) = (c.head_size(), c.seq_len);
         let cap = cap.min(seq);
         let mut layers = Vec::with_capacity(c.n_layers);
         let (mut qd_max, mut kvd_max) = (0, 0);

@@ -14,6 +14,7 @@
 use squish_core::checkpoint::Weights;
 use squish_core::config::SsmMoeConfig;
 use squish_core::model::ssm_moe_weights::{expert_name, experts_in_layer, router_name, ssm_name};
+use squish_core::model::structure::residual_width;
 use squish_core::{Error, Result};
 
 use super::ssm_ops::{conv_silu, mul_silu, scan_t, softplus_bias};
@@ -166,7 +167,8 @@ impl SsmRt {
     /// per-expert widths are read from the shapes.
     /// `threads` is the number of channel parts per layer.
     pub fn load(c: &SsmMoeConfig, w: &Weights, cap: usize, threads: usize) -> Result<Self> {
-        let (d, ns, r, k) = (c.d_model, c.d_state, c.dt_rank, c.d_conv);
+        let d = residual_width(w, c.vocab_size)?; // d_model from the shapes (width pruning)
+        let (ns, r, k) = (c.d_state, c.dt_rank, c.d_conv);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let di = load::dim0(w, &ssm_name(i, "D"))?;

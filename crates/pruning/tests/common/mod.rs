@@ -108,6 +108,22 @@ pub fn tiny_llama(seed: u64) -> Checkpoint {
     ckpt(ModelConfig::Llama(c), w)
 }
 
+/// `ck` (a Llama) with a separate classifier: random `output.weight`, `shared_classifier = false`.
+pub fn untied(mut ck: Checkpoint) -> Checkpoint {
+    let ModelConfig::Llama(c) = &mut ck.config else {
+        panic!("untied: not a Llama checkpoint");
+    };
+    c.shared_classifier = false;
+    let d = ck.weights.get("tok_embeddings.weight").unwrap().shape[1];
+    let mut rng = Rng::new(99);
+    let v: Vec<f32> = (0..c.vocab_size * d).map(|_| rng.f32() - 0.5).collect();
+    ck.weights.insert(
+        "output.weight",
+        WeightTensor::f32(vec![c.vocab_size, d], v).unwrap(),
+    );
+    ck
+}
+
 pub fn tokens(seed: u64, n: usize, vocab: u32) -> Vec<u32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.below(vocab as usize) as u32).collect()
