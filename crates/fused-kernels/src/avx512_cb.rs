@@ -6,6 +6,9 @@
 //!
 //! Each token's sums are the same operations whatever the tile height, so prefill and decode give
 //! a token the same bits; they differ from the scalar reference only in summation order.
+//!
+//! The tile driver mirrors `avx2::cb` line for line on purpose (16 lanes instead of 8): the
+//! intrinsics differ per ISA, so a shared generic would hide the instruction choice.
 
 use crate::codebook::CbRepr;
 use std::arch::x86_64::*;

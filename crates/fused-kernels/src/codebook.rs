@@ -16,7 +16,7 @@ use half::f16;
 use squish_core::codebook::{check_levels, row_bytes, unpack_code};
 
 use crate::error::{KernelError, Result, check_len};
-use crate::pack::{PackedWeight, RawWeight, Repr};
+use crate::pack::{PackedWeight, RawWeight, Repr, check_dims};
 
 /// Borrowed codebook parts exactly as stored in a checkpoint.
 #[derive(Debug, Clone, Copy)]
@@ -83,11 +83,7 @@ impl PackedWeight {
             scales,
             levels,
         } = p;
-        if out == 0 || inp == 0 {
-            return Err(KernelError::Shape(format!(
-                "out and in must be >= 1 (out={out}, in={inp})"
-            )));
-        }
+        check_dims(out, inp)?;
         if group == 0 || group > inp {
             return Err(KernelError::Group(group));
         }

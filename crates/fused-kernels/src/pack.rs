@@ -168,7 +168,8 @@ pub struct PackedWeight {
     pub(crate) repr: Repr,
 }
 
-fn check_dims(out: usize, inp: usize) -> Result<()> {
+/// Refuses a matrix with no rows or no columns.
+pub(crate) fn check_dims(out: usize, inp: usize) -> Result<()> {
     if out == 0 || inp == 0 {
         return Err(KernelError::Shape(format!(
             "out and in must be >= 1 (out={out}, in={inp})"

@@ -6,6 +6,8 @@
 //!
 //! Each token's sums are the same operations whatever the tile height, so prefill and decode give a
 //! token the same bits; they differ from the scalar reference only in summation order.
+//!
+//! `avx512_cb` mirrors this driver line for line on purpose (per-ISA intrinsics; see there).
 
 use super::hsum;
 use crate::codebook::CbRepr;
