@@ -10,6 +10,7 @@ mod rt_common;
 use rt_common::*;
 use squish_core::checkpoint::Weights;
 use squish_core::config::{LlamaConfig, ModelConfig, SsmMoeConfig};
+use squish_core::model::depth::remove_block;
 use squish_core::model::ssm_moe_weights::init_weights;
 use squish_core::model::structure::{DimKind, describe, residual_width};
 use squish_kernels::runtime::{Runtime, RuntimeOptions};
@@ -147,6 +148,65 @@ fn width_pruned_llama_matches_burn_tied_and_untied() {
             &toks,
         );
     }
+}
+
+/// Depth pruning: a 3-block model with its middle block removed (later blocks renamed, config
+/// lowered) runs on the runtime as burn runs it, in both families.
+#[test]
+fn depth_pruned_models_match_burn() {
+    let c = SsmMoeConfig {
+        d_model: 24,
+        n_layers: 3,
+        vocab_size: 53,
+        seq_len: 48,
+        d_inner: 16,
+        d_state: 4,
+        d_conv: 4,
+        dt_rank: 2,
+        n_experts: 3,
+        top_k: 2,
+        expert_hidden: 12,
+        norm_eps: 1e-5,
+    };
+    let mut cfg = ModelConfig::SsmMoe(c.clone());
+    let mut w = init_weights(&c, 11).unwrap();
+    let names: Vec<String> = w.iter().map(|(n, _)| n.clone()).collect();
+    for n in names {
+        let (s, v) = f32s(&w, &n);
+        if s.len() == 2 && !n.contains("conv") {
+            put(&mut w, &n, s, v.iter().map(|x| x * 5.0).collect());
+        }
+    }
+    remove_block(&mut cfg, &mut w, 1).unwrap();
+    let ModelConfig::SsmMoe(c2) = &cfg else {
+        unreachable!()
+    };
+    assert_eq!(c2.n_layers, 2);
+    let toks = tokens(20, c.vocab_size, 3);
+    let want = burn_ssm(c2, &w, &toks);
+    check("ssm_moe 3 → 2 blocks", &cfg, &w, &want, &toks);
+
+    let c = LlamaConfig {
+        dim: 32,
+        hidden_dim: 40,
+        n_layers: 3,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: 61,
+        seq_len: 48,
+        shared_classifier: true,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+    };
+    let mut cfg = ModelConfig::Llama(c.clone());
+    let mut w = random_llama(&c, &[40, 17, 40], 5);
+    remove_block(&mut cfg, &mut w, 0).unwrap();
+    let ModelConfig::Llama(c2) = &cfg else {
+        unreachable!()
+    };
+    let toks = tokens(20, c.vocab_size, 4);
+    let want = burn_llama(c2, &w, &toks);
+    check("llama 3 → 2 blocks", &cfg, &w, &want, &toks);
 }
 
 /// An embedding whose rows disagree with the vocabulary is a clear error, not a panic.

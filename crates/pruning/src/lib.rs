@@ -7,11 +7,13 @@
 //! structural description ([`squish_core::model::structure`]); [`groups`] applies a plan to the
 //! tensors, [`importance`] scores units (L1/L2 magnitude, Wanda, Taylor, expert utilisation),
 //! [`allocate`] spreads the budget globally or uniformly, [`net`] runs the burn model for
-//! calibration and recovery by distillation from the unpruned teacher.
+//! calibration and recovery by distillation from the unpruned teacher; [`depth`] removes whole
+//! blocks ranked by the KL their removal causes.
 #![deny(missing_docs)]
 
 pub mod allocate;
 mod config;
+pub mod depth;
 pub mod groups;
 pub mod importance;
 pub mod net;

@@ -5,6 +5,7 @@
 //! turned back into one, so stages that need autodiff (training, QAT, recovery) and stages that do
 //! not (the native runtime, which needs no burn) share the same checkpoint format.
 
+pub mod depth;
 pub mod llama_names;
 pub mod ssm_moe_weights;
 pub mod structure;
