@@ -60,6 +60,10 @@ pub struct PruneArgs {
     /// what they computed with the removed channels present and zero.
     #[arg(long)]
     pub no_rescale_norms: bool,
+    /// Depth pruning: first remove this many whole blocks, those whose removal moves the output
+    /// least (KL on the calibration windows); `--ratio` counts them and channels remove the rest.
+    #[arg(long, default_value_t = 0)]
+    pub remove_blocks: usize,
     /// Recovery peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -157,6 +161,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         round_to: a.round_to,
         rounds: a.rounds,
         rescale_norms: !a.no_rescale_norms,
+        remove_blocks: a.remove_blocks,
         recover,
         seed: a.seed,
         ..PruneConfig::default()

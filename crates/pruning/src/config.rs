@@ -83,6 +83,10 @@ pub enum Allocation {
     Uniform,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// Configuration of the pruning stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,6 +122,12 @@ pub struct PruneConfig {
     /// [`crate::groups::rescale_norms`]). Without it the kept channels are normalised by the
     /// mean square over d' instead of d channels.
     pub rescale_norms: bool,
+    /// Depth pruning: before the first round, remove this many whole blocks — those whose
+    /// removal moves the output distribution least (KL on the calibration windows,
+    /// [`crate::depth::block_kl`]). 0 (default) keeps every block. The removed parameters count
+    /// toward `ratio`; the rounds' width/channel pruning removes the rest.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub remove_blocks: usize,
     /// Context of the validation measurements (llama-cpp chunks).
     pub eval_ctx: usize,
     /// Validation chunks per measurement.
@@ -140,6 +150,7 @@ impl Default for PruneConfig {
             seed: 0,
             expert_utilisation: true,
             rescale_norms: true,
+            remove_blocks: 0,
             eval_ctx: 256,
             eval_chunks: 16,
         }
@@ -260,6 +271,10 @@ pub struct PruneReport {
     pub valid_nats_unpruned: Option<f64>,
     /// Per-round details.
     pub rounds: Vec<RoundReport>,
+    /// Blocks removed by depth pruning (indices in the unpruned model) with their KL scores
+    /// (nats/token), in block order; empty without `remove_blocks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_blocks: Vec<(usize, f64)>,
     /// Recovery budget per round (steps × batch × seq tokens), 0 when none.
     pub recovery_tokens_per_round: usize,
     /// Wall seconds of the whole stage.

@@ -73,6 +73,13 @@ impl PruneConfig {
                 model.arch()
             )));
         }
+        let blocks = squish_core::model::depth::n_layers(model);
+        if self.remove_blocks >= blocks {
+            return Err(Error::invalid(format!(
+                "prune: remove_blocks {} would leave no block of the {blocks}",
+                self.remove_blocks
+            )));
+        }
         if let Some(r) = &self.recover
             && r.steps > 0
         {
@@ -209,6 +216,19 @@ pub fn run(
     }
     let recover = cfg.recover.clone().filter(|r| r.steps > 0);
     let mut w = ckpt.weights.clone();
+    // Depth first: the blocks whose removal moves the output least go before any round.
+    let mut removed_blocks = Vec::new();
+    if cfg.remove_blocks > 0 {
+        if windows.iter().all(|w| w.len() < 2) {
+            return Err(Error::invalid(
+                "prune: remove_blocks needs calibration windows (got none of ≥ 2 tokens)",
+            ));
+        }
+        let scores = depth::block_kl(&config, &w, &windows, &device)?;
+        let drop = depth::choose(&scores, cfg.remove_blocks);
+        depth::remove_blocks(&mut config, &mut w, &drop)?;
+        removed_blocks = drop.iter().map(|&b| (b, scores[b])).collect();
+    }
     let mut rounds = Vec::new();
     for round in 1..=cfg.rounds {
         let tr = Instant::now();
@@ -307,6 +327,7 @@ pub fn run(
         widths_after: widths(&s1),
         valid_nats_unpruned: valid_unpruned,
         rounds,
+        removed_blocks,
         recovery_tokens_per_round: recover
             .as_ref()
             .map_or(0, |r| r.steps * r.batch_size * r.seq_len),

@@ -234,3 +234,39 @@ fn width_pruning_without_rescaled_norms_keeps_eps() {
     assert!(rep.widths_after["d_model"] < 16);
     assert_eq!(out.config, ck.config);
 }
+
+#[test]
+fn depth_pruning_removes_the_lowest_kl_block_then_channels_and_recovers() {
+    let ck = tiny_ssm(6);
+    let cfg = PruneConfig {
+        ratio: 0.6,
+        remove_blocks: 1,
+        recover: Some(recovery()),
+        ..base_cfg(vec![GroupKind::MoeChannels])
+    };
+    let (out, rep) = run(&ck, &cfg).unwrap();
+    assert_eq!(
+        squish_core::model::depth::n_layers(&out.config),
+        1,
+        "one of two blocks removed"
+    );
+    assert_eq!(rep.removed_blocks.len(), 1);
+    assert!(rep.removed_blocks[0].1 > 0.0, "{:?}", rep.removed_blocks);
+    assert!(
+        rep.achieved_ratio > 0.5,
+        "channels removed the rest: {rep:?}"
+    );
+    assert_eq!(rep.rounds[0].recovery_log.len(), 2);
+    let (again, _) = run(&ck, &cfg).unwrap();
+    assert_eq!(
+        to_bytes(&out).unwrap(),
+        to_bytes(&again).unwrap(),
+        "deterministic"
+    );
+    let all = PruneConfig {
+        remove_blocks: 2,
+        ..cfg
+    };
+    let err = run(&ck, &all).unwrap_err().to_string();
+    assert!(err.contains("remove_blocks"), "{err}");
+}
