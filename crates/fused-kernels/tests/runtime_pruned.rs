@@ -15,24 +15,6 @@ use squish_core::model::ssm_moe_weights::{expert_name, init_weights, router_name
 use squish_kernels::SimdLevel;
 use squish_kernels::runtime::{Runtime, RuntimeOptions};
 
-/// Keeps columns `keep` of a 2-D tensor.
-fn keep_cols(w: &mut Weights, name: &str, keep: &[usize]) {
-    let (s, v) = f32s(w, name);
-    let nv: Vec<f32> = v
-        .chunks(s[1])
-        .flat_map(|r| keep.iter().map(|&c| r[c]).collect::<Vec<_>>())
-        .collect();
-    put(w, name, vec![s[0], keep.len()], nv);
-}
-
-/// Every other index first, then the rest: a non-prefix selection of `k` of `n`.
-fn pick(n: usize, k: usize) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).step_by(2).chain((1..n).step_by(2)).collect();
-    v.truncate(k);
-    v.sort_unstable();
-    v
-}
-
 /// Stores each matmul weight in a format / group chosen by its position in the
 /// sorted name list (`salt` rotates the assignment); small tensors become F16 on
 /// some salts.

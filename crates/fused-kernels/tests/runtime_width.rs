@@ -15,16 +15,6 @@ use squish_core::model::ssm_moe_weights::init_weights;
 use squish_core::model::structure::{DimKind, describe, residual_width};
 use squish_kernels::runtime::{Runtime, RuntimeOptions};
 
-/// Keeps columns `keep` of a 2-D tensor.
-fn keep_cols(w: &mut Weights, name: &str, keep: &[usize]) {
-    let (s, v) = f32s(w, name);
-    let nv: Vec<f32> = v
-        .chunks(s[1])
-        .flat_map(|r| keep.iter().map(|&c| r[c]).collect::<Vec<_>>())
-        .collect();
-    put(w, name, vec![s[0], keep.len()], nv);
-}
-
 /// Keeps the residual channels `keep` in every member of the model's residual dimension.
 fn keep_residual(cfg: &ModelConfig, w: &mut Weights, keep: &[usize]) {
     let s = describe(cfg, w).unwrap();
@@ -62,14 +52,6 @@ fn check(label: &str, cfg: &ModelConfig, w: &Weights, want: &[f32], toks: &[u32]
         max_abs(want)
     );
     assert!(da <= 1e-4 && ds <= 1e-4, "{label}: {da} / {ds}");
-}
-
-/// Every other channel first, then the rest: a non-prefix selection of `k` of `n`.
-fn pick(n: usize, k: usize) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).step_by(2).chain((1..n).step_by(2)).collect();
-    v.truncate(k);
-    v.sort_unstable();
-    v
 }
 
 #[test]

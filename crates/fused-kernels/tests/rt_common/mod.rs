@@ -202,6 +202,24 @@ pub fn put(w: &mut Weights, name: &str, shape: Vec<usize>, v: Vec<f32>) {
     w.insert(name, WeightTensor::f32(shape, v).unwrap());
 }
 
+/// Keeps columns `keep` of a 2-D tensor.
+pub fn keep_cols(w: &mut Weights, name: &str, keep: &[usize]) {
+    let (s, v) = f32s(w, name);
+    let nv: Vec<f32> = v
+        .chunks(s[1])
+        .flat_map(|r| keep.iter().map(|&c| r[c]).collect::<Vec<_>>())
+        .collect();
+    put(w, name, vec![s[0], keep.len()], nv);
+}
+
+/// Every other index first, then the rest: a non-prefix selection of `k` of `n`.
+pub fn pick(n: usize, k: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).step_by(2).chain((1..n).step_by(2)).collect();
+    v.truncate(k);
+    v.sort_unstable();
+    v
+}
+
 /// Keeps rows `keep` (index list) of a 1-D or 2-D tensor, as structured pruning does.
 pub fn keep_rows(w: &mut Weights, name: &str, keep: &[usize]) {
     let (s, v) = f32s(w, name);
