@@ -193,6 +193,13 @@ impl ModelConfig {
             ModelConfig::SsmMoe(_) => "ssm_moe",
         }
     }
+    /// Blocks (layers).
+    pub fn n_layers(&self) -> usize {
+        match self {
+            ModelConfig::Llama(c) => c.n_layers,
+            ModelConfig::SsmMoe(c) => c.n_layers,
+        }
+    }
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         match self {

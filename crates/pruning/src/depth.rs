@@ -7,7 +7,7 @@
 use burn::tensor::Device;
 use squish_core::checkpoint::Weights;
 use squish_core::config::ModelConfig;
-use squish_core::model::depth::{n_layers, remove_block};
+use squish_core::model::depth::remove_block;
 use squish_core::model::tensor_to_vec;
 use squish_core::train::distill_kl;
 use squish_core::{Error, Result};
@@ -33,7 +33,7 @@ pub fn block_kl(
         .map(|b| full.logits(b))
         .collect::<Result<Vec<_>>>()?; // per batch [batch, seq, vocab]
     let mut out = Vec::new();
-    for b in 0..n_layers(config) {
+    for b in 0..config.n_layers() {
         let (mut c, mut wb) = (config.clone(), w.clone());
         remove_block(&mut c, &mut wb, b)?;
         let net = Net::build(&c, &wb, device)?;

@@ -73,7 +73,7 @@ impl PruneConfig {
                 model.arch()
             )));
         }
-        let blocks = squish_core::model::depth::n_layers(model);
+        let blocks = model.n_layers();
         if self.remove_blocks >= blocks {
             return Err(Error::invalid(format!(
                 "prune: remove_blocks {} would leave no block of the {blocks}",
@@ -187,14 +187,20 @@ pub fn run(
         ModelConfig::Llama(_) => 0,
     };
     let windows: Vec<Vec<u32>> = data.calib.iter().take(cfg.calib_windows).cloned().collect();
-    if matches!(
-        cfg.importance,
-        Importance::Wanda | Importance::Taylor | Importance::Activation
-    ) && windows.iter().all(|w| w.len() < 2)
+    let needs_windows = if cfg.remove_blocks > 0 {
+        Some("remove_blocks".to_string())
+    } else {
+        matches!(
+            cfg.importance,
+            Importance::Wanda | Importance::Taylor | Importance::Activation
+        )
+        .then(|| format!("importance {:?}", cfg.importance))
+    };
+    if let Some(what) = needs_windows
+        && windows.iter().all(|w| w.len() < 2)
     {
         return Err(Error::invalid(format!(
-            "prune: importance {:?} needs calibration windows (got none of ≥ 2 tokens)",
-            cfg.importance
+            "prune: {what} needs calibration windows (got none of ≥ 2 tokens)"
         )));
     }
     let device = CpuBackend::from_env()?.device();
@@ -219,11 +225,6 @@ pub fn run(
     // Depth first: the blocks whose removal moves the output least go before any round.
     let mut removed_blocks = Vec::new();
     if cfg.remove_blocks > 0 {
-        if windows.iter().all(|w| w.len() < 2) {
-            return Err(Error::invalid(
-                "prune: remove_blocks needs calibration windows (got none of ≥ 2 tokens)",
-            ));
-        }
         let scores = depth::block_kl(&config, &w, &windows, &device)?;
         let drop = depth::choose(&scores, cfg.remove_blocks);
         depth::remove_blocks(&mut config, &mut w, &drop)?;

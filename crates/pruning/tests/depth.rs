@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use squish_core::checkpoint::Checkpoint;
-use squish_core::model::depth::{n_layers, remove_block, silence_block};
+use squish_core::model::depth::{remove_block, silence_block};
 use squish_core::model::structure::describe;
 use squish_prune::depth::{block_kl, choose, remove_blocks};
 
@@ -14,7 +14,7 @@ use squish_prune::depth::{block_kl, choose, remove_blocks};
 fn check_removal_equals_silencing(ck: &Checkpoint) {
     let batch = windows(11, 2, 12);
     let full = logits(&ck.config, &ck.weights, &batch);
-    for b in 0..n_layers(&ck.config) {
+    for b in 0..ck.config.n_layers() {
         let (mut cfg, mut removed) = (ck.config.clone(), ck.weights.clone());
         remove_block(&mut cfg, &mut removed, b).unwrap();
         describe(&cfg, &removed)
@@ -50,7 +50,7 @@ fn blocks_are_scored_and_the_least_important_removed() {
     let device = device();
     let calib = windows(2, 8, 16);
     let scores = block_kl(&ck.config, &ck.weights, &calib, &device).unwrap();
-    assert_eq!(scores.len(), n_layers(&ck.config));
+    assert_eq!(scores.len(), ck.config.n_layers());
     assert!(
         scores.iter().all(|s| s.is_finite() && *s > 0.0),
         "{scores:?}"
@@ -61,7 +61,7 @@ fn blocks_are_scored_and_the_least_important_removed() {
     assert!(scores[drop[0]] <= scores[keep]);
     let (mut cfg, mut w) = (ck.config.clone(), ck.weights.clone());
     remove_blocks(&mut cfg, &mut w, &drop).unwrap();
-    assert_eq!(n_layers(&cfg), n_layers(&ck.config) - 1);
+    assert_eq!(cfg.n_layers(), ck.config.n_layers() - 1);
     assert!(w.param_count() < ck.weights.param_count());
     assert!(block_kl(&ck.config, &ck.weights, &[], &device).is_err());
 }

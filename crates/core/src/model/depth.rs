@@ -17,14 +17,6 @@ fn block_of(name: &str) -> Option<(usize, &str)> {
     Some((idx.parse().ok()?, rest))
 }
 
-/// Blocks of the configuration.
-pub fn n_layers(config: &ModelConfig) -> usize {
-    match config {
-        ModelConfig::Llama(c) => c.n_layers,
-        ModelConfig::SsmMoe(c) => c.n_layers,
-    }
-}
-
 fn set_n_layers(config: &mut ModelConfig, n: usize) {
     match config {
         ModelConfig::Llama(c) => c.n_layers = n,
@@ -35,7 +27,7 @@ fn set_n_layers(config: &mut ModelConfig, n: usize) {
 /// Removes block `layer`: its tensors are deleted, later blocks' tensors renamed down by one,
 /// `n_layers` lowered. The last remaining block cannot be removed.
 pub fn remove_block(config: &mut ModelConfig, w: &mut Weights, layer: usize) -> Result<()> {
-    let n = n_layers(config);
+    let n = config.n_layers();
     if layer >= n || n < 2 {
         return Err(Error::invalid(format!(
             "remove_block: block {layer} of a {n}-block model (at least one block must remain)"
@@ -129,7 +121,7 @@ mod tests {
         let (mut c, mut w) = tiny();
         let before = w.clone();
         remove_block(&mut c, &mut w, 1).unwrap();
-        assert_eq!(n_layers(&c), 2);
+        assert_eq!(c.n_layers(), 2);
         assert!(!w.contains("layers.2.ssm.D"));
         let moved = "layers.1.ssm.out_proj.weight";
         assert_eq!(
