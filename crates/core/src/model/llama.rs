@@ -3,12 +3,13 @@
 //! and head counts are read from the tensors, so pruned checkpoints load too.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 // The names are framework-free (`llama_names`); re-exported at their historical path.
+use super::act_op::silu;
 pub use super::llama_names::layer_tensor_names;
 use super::ops::{embed, linear, param1, param2, put_param, rms_norm};
+use super::softmax_op::causal_softmax;
 use super::structure::residual_width;
 use crate::checkpoint::Weights;
 use crate::config::LlamaConfig;
@@ -154,14 +155,13 @@ impl Llama {
         }
         let mut x = embed(&self.tok_embeddings, tokens, &device)?; // [batch, seq, dim]
         let (cos, sin) = rope_tables(c, seq, &device); // [seq, head/2] each
-        let mask = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &device); // [seq, seq], true strictly above the diagonal (future)
         for (i, layer) in self.layers.iter().enumerate() {
             let names = layer_tensor_names(i);
             let h = rms_norm(x.clone(), &layer.attention_norm, c.norm_eps); // [batch, seq, dim]
             for n in &names[1..4] {
                 capture(n, &h);
             }
-            x = x + self.attention(layer, h, &cos, &sin, &mask, &mut |v| capture(&names[4], v)); // [batch, seq, dim]
+            x = x + self.attention(layer, h, &cos, &sin, &mut |v| capture(&names[4], v)); // [batch, seq, dim]
             let h = rms_norm(x.clone(), &layer.ffn_norm, c.norm_eps); // [batch, seq, dim]
             capture(&names[6], &h);
             capture(&names[8], &h);
@@ -190,7 +190,6 @@ impl Llama {
         h: Tensor<3>,
         cos: &Tensor<2>,
         sin: &Tensor<2>,
-        mask: &Tensor<2, Bool>,
         capture_wo: &mut dyn FnMut(&Tensor<3>),
     ) -> Tensor<3> {
         let c = &self.config;
@@ -217,11 +216,7 @@ impl Llama {
             .expand([b, nkv, rep, t, hs])
             .reshape([b, nh, t, hs]); // [batch, heads, seq, head]
         let scores = q.matmul(k.swap_dims(2, 3)) / (hs as f32).sqrt(); // [batch, heads, seq, seq]
-        let scores = scores.mask_fill(
-            mask.clone().reshape([1, 1, t, t]).expand([b, nh, t, t]),
-            f32::NEG_INFINITY,
-        );
-        let att = softmax(scores, 3).matmul(v); // [batch, heads, seq, head]
+        let att = causal_softmax(scores).matmul(v); // [batch, heads, seq, head]
         let att = att.swap_dims(1, 2).reshape([b, t, nh * hs]); // [batch, seq, heads·head]
         capture_wo(&att);
         linear(att, &l.wo) // [batch, seq, dim]

@@ -11,7 +11,13 @@ pub mod ssm_moe_weights;
 pub mod structure;
 
 #[cfg(feature = "burn")]
+pub mod act_kernel;
+#[cfg(feature = "burn")]
+pub mod act_op;
+#[cfg(feature = "burn")]
 mod backend;
+#[cfg(feature = "burn")]
+pub(crate) mod lanes;
 #[cfg(feature = "burn")]
 pub mod llama;
 #[cfg(feature = "burn")]
@@ -26,6 +32,10 @@ pub mod scan_kernel;
 pub mod scan_op;
 #[cfg(feature = "burn")]
 mod scan_rows;
+#[cfg(feature = "burn")]
+pub mod softmax_kernel;
+#[cfg(feature = "burn")]
+pub mod softmax_op;
 #[cfg(feature = "burn")]
 pub mod ssm_moe;
 #[cfg(feature = "burn")]

@@ -4,9 +4,10 @@
 //! they give the same outputs and gradients up to float rounding: an unchosen expert's gate is
 //! exactly 0 and the top-k mask is detached, so the dense form's extra terms contribute nothing.
 
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
+use super::act_op::silu;
 use super::ops::linear;
 use super::ssm_moe::Moe;
 use crate::Result;

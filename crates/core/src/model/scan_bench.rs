@@ -11,7 +11,7 @@ use super::ssm_moe::{ScanMode, SsmMoe};
 use super::ssm_scan::ScanInputs;
 use crate::Result;
 use crate::data::Rng;
-use crate::train::{TrainConfig, Trainable, cross_entropy, sample_batch};
+use crate::train::{TrainConfig, Trainable, sample_batch, token_loss};
 
 /// Seconds spent in each part of the timed training steps (summed over the steps).
 #[derive(Debug, Clone, Copy, Default)]
@@ -46,7 +46,7 @@ pub fn time_train_steps(
         let (inputs, targets) = sample_batch(stream, cfg.batch_size, cfg.seq_len, 1, &mut rng);
         let t0 = Instant::now();
         let (logits, aux) = model.train_forward(&inputs)?;
-        let mut loss = cross_entropy(logits, &targets);
+        let mut loss = token_loss(logits, &targets, None)?;
         if let Some(aux) = aux {
             loss = loss + aux * cfg.balance_coef;
         }

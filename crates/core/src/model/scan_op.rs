@@ -101,14 +101,14 @@ fn dims_of(s: &ScanInputs) -> ScanDims {
 }
 
 /// The values of `t` (reusing the read buffer where burn allows it).
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .try_into_vec_as::<f32>()
         .expect("reading a CPU tensor")
 }
 
 /// A value of an inner backend `B` as an f32 vector.
-fn primitive_values<B: Backend, const D: usize>(p: B::FloatTensorPrimitive) -> Vec<f32>
+pub(crate) fn primitive_values<B: Backend, const D: usize>(p: B::FloatTensorPrimitive) -> Vec<f32>
 where
     DispatchTensor: DispatchKindConversion<B>,
 {
@@ -116,7 +116,7 @@ where
 }
 
 /// An inner-backend primitive of `shape` from `v`, on `device`.
-fn primitive_from<B: Backend>(
+pub(crate) fn primitive_from<B: Backend>(
     v: Vec<f32>,
     shape: &[usize],
     device: &B::Device,

@@ -9,8 +9,8 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{silu, softplus};
 
+use super::act_op::{silu, softplus};
 pub use super::moe_routed::MoeMode;
 use super::ops::{embed, linear, rms_norm};
 use super::scan_op::scan_fused;
@@ -169,10 +169,7 @@ impl Ssm {
         let b = dbc.clone().narrow(2, r, n); // [batch, seq, n]
         let c = dbc.narrow(2, r + n, n); // [batch, seq, n]
         capture("dt_proj", &dt);
-        let delta = softplus(
-            linear(dt, &self.dt_proj) + self.dt_bias.val().reshape([1, 1, di]),
-            1.0,
-        ); // [batch, seq, d_inner]
+        let delta = softplus(linear(dt, &self.dt_proj) + self.dt_bias.val().reshape([1, 1, di])); // [batch, seq, d_inner]
         let a = self.a_log.val().exp().neg(); // [d_inner, n]
         let s = ScanInputs {
             x,

@@ -10,7 +10,12 @@
 //! [`crate::threads::threads`] threads ([`step`]); the same config and seed give the same weights,
 //! bit for bit, for any thread count.
 
+pub mod loss_kernel;
+mod loss_op;
 pub mod step;
+
+pub use loss_kernel::Distill;
+pub use loss_op::token_loss;
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, grad_clipping::GradientClippingConfig};

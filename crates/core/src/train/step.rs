@@ -13,7 +13,7 @@
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 
-use super::{Teacher, TrainConfig, Trainable, cross_entropy, distill_kl};
+use super::{Distill, Teacher, TrainConfig, Trainable, token_loss};
 use crate::{Error, Result};
 
 /// Row ranges of the `parts` micro-batches of a batch of `batch` rows (contiguous, sizes differ
@@ -38,12 +38,17 @@ fn micro_step<M: Trainable>(
     weight: f32,
 ) -> Result<(f64, GradientsParams)> {
     let (logits, aux) = replica.train_forward(inputs)?; // [rows, seq, vocab]
-    let mut loss: Tensor<1> = cross_entropy(logits.clone(), targets);
-    if let (Some(teach), true) = (teacher, cfg.distill_alpha > 0.0) {
-        let tl = teach(inputs)?.detach(); // [rows, seq, vocab]
-        loss = loss * (1.0 - cfg.distill_alpha)
-            + distill_kl(logits, tl, cfg.distill_temperature) * cfg.distill_alpha;
-    }
+    let teacher = match (teacher, cfg.distill_alpha > 0.0) {
+        (Some(teach), true) => Some((
+            teach(inputs)?.detach(), // [rows, seq, vocab]
+            Distill {
+                alpha: cfg.distill_alpha,
+                tau: cfg.distill_temperature,
+            },
+        )),
+        _ => None,
+    };
+    let mut loss: Tensor<1> = token_loss(logits, targets, teacher)?;
     if let Some(aux) = aux {
         loss = loss + aux * cfg.balance_coef;
     }

@@ -1,0 +1,100 @@
+//! Causal softmax of attention scores as one burn operation ([`causal_softmax`]): replaces
+//! `mask_fill(future, −∞)` + `softmax` (burn-flex: a scalar `exp` per element, and the mask as
+//! a separate pass) with one vectorized pass forward and one backward
+//! ([`super::softmax_kernel`]). Built like the fused scan's node ([`super::scan_op`]); backends
+//! it does not cover fall back to burn's masked softmax.
+
+use std::sync::Arc;
+
+#[allow(deprecated)] // NdArray: deprecated upstream in burn 0.22, kept selectable (see README)
+use burn::backend::NdArray;
+use burn::backend::TensorMetadata;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
+use burn::tensor::{Bool, Tensor, TensorData};
+
+use super::scan_kernel::ScanIsa;
+use super::scan_op::{primitive_from, primitive_values, values};
+use super::softmax_kernel;
+
+/// Softmax over the last dim of `scores [batch, heads, seq, seq]` where query `i` sees keys
+/// `0..=i` only (later keys get exactly 0): `softmax(mask_fill(scores, future, −∞), 3)`.
+pub fn causal_softmax(scores: Tensor<4>) -> Tensor<4> {
+    let [_, _, t, t2] = scores.dims();
+    assert_eq!(
+        t, t2,
+        "causal softmax: scores must be [batch, heads, seq, seq]"
+    );
+    if !scores.device().is_autodiff() {
+        let (shape, device) = (scores.dims(), scores.device());
+        let y = softmax_kernel::causal_softmax(&values(scores), t, ScanIsa::detect());
+        return Tensor::from_data(TensorData::new(y, shape), &device);
+    }
+    #[allow(deprecated)]
+    let y = autodiff::<Flex, NoCheckpointing>(&scores)
+        .or_else(|| autodiff::<Flex, BalancedCheckpointing>(&scores))
+        .or_else(|| autodiff::<NdArray, NoCheckpointing>(&scores))
+        .or_else(|| autodiff::<NdArray, BalancedCheckpointing>(&scores));
+    y.unwrap_or_else(|| masked_softmax(scores))
+}
+
+/// The op-by-op form: mask the future with −∞, then burn's softmax.
+pub fn masked_softmax(scores: Tensor<4>) -> Tensor<4> {
+    let [b, h, t, _] = scores.dims();
+    let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device()); // [seq, seq]
+    let masked = scores.mask_fill(
+        future.reshape([1, 1, t, t]).expand([b, h, t, t]),
+        f32::NEG_INFINITY,
+    );
+    burn::tensor::activation::softmax(masked, 3)
+}
+
+/// The graph step: its state is the output `y` and its shape.
+#[derive(Debug)]
+struct CausalSoftmaxBackward;
+
+impl<B: Backend> Backward<B, 1> for CausalSoftmaxBackward
+where
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    type State = Arc<(Vec<f32>, [usize; 4])>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node); // [batch, heads, seq, seq]
+        let device = dy.device();
+        let dy = primitive_values::<B, 4>(dy);
+        let (y, shape) = &*ops.state;
+        let dx = softmax_kernel::causal_softmax_backward(y, &dy, shape[3], ScanIsa::detect());
+        if let [Some(node)] = ops.parents {
+            grads.register::<B>(node.id, primitive_from::<B>(dx, shape, &device));
+        }
+    }
+}
+
+/// The fused softmax on `Autodiff<B, C>`, or `None` if the scores live elsewhere.
+fn autodiff<B: Backend, C: CheckpointStrategy>(scores: &Tensor<4>) -> Option<Tensor<4>>
+where
+    DispatchTensor: DispatchKindConversion<B> + DispatchKindConversion<Autodiff<B, C>>,
+{
+    let shape = scores.dims();
+    let p = scores.clone().try_into_primitive::<Autodiff<B, C>>().ok()?;
+    let (p, node) = p.into_parts();
+    let device = p.device();
+    let y =
+        softmax_kernel::causal_softmax(&primitive_values::<B, 4>(p), shape[3], ScanIsa::detect());
+    let out = primitive_from::<B>(y.clone(), &shape, &device);
+    let out = match CausalSoftmaxBackward
+        .prepare::<C>([node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(Arc::new((y, shape)), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Autodiff<B, C>>(out))
+}
