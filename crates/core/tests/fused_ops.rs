@@ -13,6 +13,9 @@ use squish_core::train::{Distill, cross_entropy, distill_kl, token_loss};
 
 const BOUND: f32 = 1e-5;
 
+/// An activation on rank-3 tensors.
+type Act3 = fn(Tensor<3>) -> Tensor<3>;
+
 fn devices() -> Vec<Device> {
     [CpuBackend::Flex, CpuBackend::Ndarray]
         .into_iter()
@@ -27,7 +30,10 @@ fn assert_close(what: &str, got: Vec<f32>, want: Vec<f32>) {
         .iter()
         .zip(&want)
         .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
-    assert!(err / scale <= BOUND, "{what}: max error {err} (scale {scale})");
+    assert!(
+        err / scale <= BOUND,
+        "{what}: max error {err} (scale {scale})"
+    );
 }
 
 /// `x` as a fresh leaf, tracked on an autodiff device.
@@ -62,7 +68,7 @@ fn activations_equal_burns() {
     for device in devices() {
         let x = Tensor::<3>::random([3, 17, 40], Distribution::Uniform(-30.0, 30.0), &device);
         let r = Tensor::<3>::random([3, 17, 40], Distribution::Normal(0.0, 1.0), &device);
-        let pairs: [(&str, fn(Tensor<3>) -> Tensor<3>, fn(Tensor<3>) -> Tensor<3>); 2] = [
+        let pairs: [(&str, Act3, Act3); 2] = [
             ("silu", silu, burn_silu),
             ("softplus", softplus, |t| burn_softplus(t, 1.0)),
         ];

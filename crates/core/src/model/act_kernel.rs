@@ -54,19 +54,29 @@ fn all_avx512(act: Act, x: &[f32], y: &mut [f32], d: &mut [f32]) {
     all(act, x, y, d)
 }
 
-/// Every element, in `W`-lane chunks (the tail zero-padded).
+/// Every element of `x`.
 #[inline(always)]
 fn all(act: Act, x: &[f32], y: &mut [f32], d: &mut [f32]) {
-    let lanes = match act {
-        Act::Silu => silu_lanes,
-        Act::Softplus => softplus_lanes,
-    };
+    match act {
+        Act::Silu => chunks::<true>(x, y, d),
+        Act::Softplus => chunks::<false>(x, y, d),
+    }
+}
+
+/// SiLU (`SILU`) or SoftPlus over `W`-lane chunks (the tail zero-padded); direct calls, so the
+/// lane functions inline into the caller's instruction set.
+#[inline(always)]
+fn chunks<const SILU: bool>(x: &[f32], y: &mut [f32], d: &mut [f32]) {
     let mut xs = x.chunks_exact(W);
     let mut ys = y.chunks_exact_mut(W);
     let mut ds = d.chunks_exact_mut(W);
     for ((xc, yc), dc) in (&mut xs).zip(&mut ys).zip(&mut ds) {
         let xa: &[f32; W] = xc.try_into().expect("a full chunk");
-        let (yv, dv) = lanes(xa);
+        let (yv, dv) = if SILU {
+            silu_lanes(xa)
+        } else {
+            softplus_lanes(xa)
+        };
         yc.copy_from_slice(&yv);
         dc.copy_from_slice(&dv);
     }
@@ -74,7 +84,11 @@ fn all(act: Act, x: &[f32], y: &mut [f32], d: &mut [f32]) {
     if !xr.is_empty() {
         let mut xa = [0.0; W];
         xa[..xr.len()].copy_from_slice(xr);
-        let (yv, dv) = lanes(&xa);
+        let (yv, dv) = if SILU {
+            silu_lanes(&xa)
+        } else {
+            softplus_lanes(&xa)
+        };
         yr.copy_from_slice(&yv[..xr.len()]);
         dr.copy_from_slice(&dv[..xr.len()]);
     }
