@@ -4,8 +4,8 @@
 //! the layer's input — llama.cpp's importance-matrix idea.
 
 use serde::{Deserialize, Serialize};
-use squish_core::Result;
 use squish_core::quant::{QBits, QTensor};
+use squish_core::{Error, Result};
 
 use crate::calibration::TensorStats;
 use crate::grid::{GroupParams, group_ranges, level, pack, params_for, sym_div};
@@ -58,6 +58,15 @@ pub fn best_params(
     fmt: &QuantFormat,
     cfg: &MseConfig,
 ) -> Result<GroupParams> {
+    if let Some(w) = weights
+        && w.len() != v.len()
+    {
+        return Err(Error::invalid(format!(
+            "{} error weights for a group of {} values",
+            w.len(),
+            v.len()
+        )));
+    }
     let steps = cfg.steps.max(1);
     let divs: &[f32] = if !fmt.asym && fmt.bits == QBits::Int4 {
         &[7.0, 8.0]
@@ -85,9 +94,10 @@ pub fn best_params(
 
 /// `Σ_c w_c (fake_quant(v_c) − v_c)²` of one group on the grid `p` (`w_c = 1` without
 /// weights): the search's objective, on the widest SIMD path the CPU has. Exactly
-/// [`fake_quant`] per element; the sum runs in 8 f64 lanes reduced in a fixed order, so every
-/// path gives the same bits.
-pub fn sq_error(v: &[f32], weights: Option<&[f32]>, p: &GroupParams, fmt: &QuantFormat) -> f64 {
+/// [`crate::grid::fake_quant`] per element; the sum runs in 8 f64 lanes reduced in a fixed order, so every
+/// path gives the same bits. `weights`, when given, has one entry per value (checked by
+/// [`best_params`]).
+fn sq_error(v: &[f32], weights: Option<&[f32]>, p: &GroupParams, fmt: &QuantFormat) -> f64 {
     let (lo, hi) = fmt.level_range();
     let grid = Grid {
         s: p.s(),
@@ -95,9 +105,7 @@ pub fn sq_error(v: &[f32], weights: Option<&[f32]>, p: &GroupParams, fmt: &Quant
         lo,
         hi,
     };
-    if let Some(w) = weights {
-        assert_eq!(w.len(), v.len(), "one weight per value");
-    }
+    debug_assert!(weights.is_none_or(|w| w.len() == v.len()));
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {

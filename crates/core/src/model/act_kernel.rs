@@ -7,7 +7,7 @@
 //!   `x ≥ 0`, `e/(1 + e)` below); `ln(1 + e)` for `e ∈ (0, 1]` is `2·atanh(e/(2 + e))`, an odd
 //!   series in `u = e/(2 + e) ≤ ⅓` that reaches f32 precision in 8 terms.
 
-use super::scan_kernel::{ScanIsa, W, exp_lanes};
+use super::scan_kernel::{ScanIsa, W, clamp_isa, exp_lanes};
 
 /// Which activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,17 +23,12 @@ pub enum Act {
 pub fn act_forward(act: Act, x: &[f32], isa: ScanIsa) -> (Vec<f32>, Vec<f32>) {
     let mut y = vec![0.0; x.len()];
     let mut d = vec![0.0; x.len()];
-    let isa = if isa.supported() {
-        isa
-    } else {
-        ScanIsa::detect()
-    };
-    match isa {
+    match clamp_isa(isa) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `supported()` checked that this CPU has AVX-512F.
+        // SAFETY: `clamp_isa` checked that this CPU has AVX-512F.
         ScanIsa::Avx512 => unsafe { all_avx512(act, x, &mut y, &mut d) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `supported()` checked that this CPU has AVX2.
+        // SAFETY: `clamp_isa` checked that this CPU has AVX2.
         ScanIsa::Avx2 => unsafe { all_avx2(act, x, &mut y, &mut d) },
         _ => all(act, x, &mut y, &mut d),
     }
@@ -104,7 +99,12 @@ fn silu_lanes(x: &[f32; W]) -> ([f32; W], [f32; W]) {
     let e = exp_lanes(&neg);
     let (mut y, mut d) = ([0.0; W], [0.0; W]);
     for k in 0..W {
-        let s = 1.0 / (1.0 + e[k]);
+        // Below −87.3 `exp` saturates (see `exp_lanes`); σ is 0 there to f32 precision.
+        let s = if x[k] < -87.3 {
+            0.0
+        } else {
+            1.0 / (1.0 + e[k])
+        };
         y[k] = x[k] * s;
         d[k] = s * (1.0 + x[k] * (1.0 - s));
     }
@@ -162,7 +162,8 @@ mod tests {
 
     #[test]
     fn matches_f64_formulas_on_every_path_and_tail() {
-        let xs: Vec<f32> = (0..=4003).map(|i| -100.0 + i as f32 * 0.05).collect();
+        let mut xs: Vec<f32> = (0..=4003).map(|i| -100.0 + i as f32 * 0.05).collect();
+        xs.extend([-1e30, -3.0e38, f32::MIN, -87.4, 87.4, 1e30]);
         for act in [Act::Silu, Act::Softplus] {
             let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
             for isa in ScanIsa::available() {

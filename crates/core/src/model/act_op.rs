@@ -31,26 +31,39 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `ln(1 + eˣ)`, elementwise; equal to burn's `activation::softplus(x, 1.0)` up to float
-/// rounding.
+/// rounding (burn returns `x` itself above 20, where `ln(1 + eˣ)` rounds to `x` in f32 too).
 pub fn softplus<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     apply(Act::Softplus, x)
 }
 
+/// `act` as the fused node; on a backend the node does not cover it warns (once) and runs
+/// burn's activation.
 fn apply<const D: usize>(act: Act, x: Tensor<D>) -> Tensor<D> {
+    try_act(act, x.clone()).unwrap_or_else(|| {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("fused activations: backend not covered, running burn's");
+        });
+        match act {
+            Act::Silu => burn::tensor::activation::silu(x),
+            Act::Softplus => burn::tensor::activation::softplus(x, 1.0),
+        }
+    })
+}
+
+/// `act` as the fused node, or `None` if `x`'s backend is not covered.
+pub fn try_act<const D: usize>(act: Act, x: Tensor<D>) -> Option<Tensor<D>> {
     if !x.device().is_autodiff() {
         let (shape, device) = (x.dims(), x.device());
         let (y, _) = act_forward(act, &values(x), ScanIsa::detect());
-        return Tensor::from_data(TensorData::new(y, shape), &device);
+        return Some(Tensor::from_data(TensorData::new(y, shape), &device));
     }
     #[allow(deprecated)]
     let y = autodiff::<Flex, NoCheckpointing, D>(act, &x)
         .or_else(|| autodiff::<Flex, BalancedCheckpointing, D>(act, &x))
         .or_else(|| autodiff::<NdArray, NoCheckpointing, D>(act, &x))
         .or_else(|| autodiff::<NdArray, BalancedCheckpointing, D>(act, &x));
-    y.unwrap_or_else(|| match act {
-        Act::Silu => burn::tensor::activation::silu(x),
-        Act::Softplus => burn::tensor::activation::softplus(x, 1.0),
-    })
+    y
 }
 
 /// The graph step of a rank-`D` activation: its state is `∂y/∂x` and the shape.

@@ -4,7 +4,8 @@
 
 use super::scan_kernel::{W, exp_lanes};
 
-/// `dst = exp(src·scale − shift)` (`exp` as [`exp_lanes`]); returns `Σ dst`.
+/// `dst = exp(src·scale − shift)` (`exp` as [`exp_lanes`], but exactly 0 below −87.3, where
+/// `exp_lanes` saturates at ~1e-38 — so −∞ inputs get weight 0); returns `Σ dst`.
 #[inline(always)]
 pub(crate) fn exp_into(src: &[f32], scale: f32, shift: f32, dst: &mut [f32]) -> f32 {
     debug_assert_eq!(src.len(), dst.len());
@@ -16,7 +17,7 @@ pub(crate) fn exp_into(src: &[f32], scale: f32, shift: f32, dst: &mut [f32]) -> 
         for k in 0..W {
             arg[k] = sc[k] * scale - shift;
         }
-        let e = exp_lanes(&arg);
+        let e = flush(&arg, exp_lanes(&arg));
         dc.copy_from_slice(&e);
         for k in 0..W {
             acc[k] += e[k];
@@ -28,13 +29,22 @@ pub(crate) fn exp_into(src: &[f32], scale: f32, shift: f32, dst: &mut [f32]) -> 
         for (a, &v) in arg.iter_mut().zip(sr) {
             *a = v * scale - shift;
         }
-        let e = exp_lanes(&arg);
+        let e = flush(&arg, exp_lanes(&arg));
         dr.copy_from_slice(&e[..sr.len()]);
         for k in 0..sr.len() {
             acc[k] += e[k];
         }
     }
     reduce(acc, |a, b| a + b)
+}
+
+/// `e` with lanes whose argument is below −87.3 (−∞ included) set to 0.
+#[inline(always)]
+fn flush(arg: &[f32; W], mut e: [f32; W]) -> [f32; W] {
+    for k in 0..W {
+        e[k] = if arg[k] < -87.3 { 0.0 } else { e[k] };
+    }
+    e
 }
 
 /// Maximum of `x` (lane maxima, then a fixed pairwise reduction); −∞ for an empty slice.
@@ -103,5 +113,12 @@ mod tests {
             }
             assert!((s - e.iter().sum::<f32>()).abs() <= 1e-5 * s.max(1.0));
         }
+        let mut e = [1.0; 3];
+        let s = exp_into(&[f32::NEG_INFINITY, -200.0, 0.0], 1.0, 0.0, &mut e);
+        assert_eq!(
+            (e, s),
+            ([0.0, 0.0, 1.0], 1.0),
+            "−∞ and deep negatives weigh exactly 0"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! `∂x = y ⊙ (∂y − Σ ∂y ⊙ y)`.
 
 use super::lanes::{dot, exp_into, max};
-use super::scan_kernel::ScanIsa;
+use super::scan_kernel::{ScanIsa, clamp_isa};
 
 /// Causal softmax of `x [rows, seq]`, row `r` attending to `0..=(r mod seq)`.
 pub fn causal_softmax(x: &[f32], seq: usize, isa: ScanIsa) -> Vec<f32> {
@@ -17,12 +17,12 @@ pub fn causal_softmax(x: &[f32], seq: usize, isa: ScanIsa) -> Vec<f32> {
         "scores are [rows, seq]"
     );
     let mut y = vec![0.0; x.len()];
-    match clamp(isa) {
+    match clamp_isa(isa) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `clamp` checked that this CPU has AVX-512F.
+        // SAFETY: `clamp_isa` checked that this CPU has AVX-512F.
         ScanIsa::Avx512 => unsafe { forward_avx512(x, seq, &mut y) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `clamp` checked that this CPU has AVX2.
+        // SAFETY: `clamp_isa` checked that this CPU has AVX2.
         ScanIsa::Avx2 => unsafe { forward_avx2(x, seq, &mut y) },
         _ => forward(x, seq, &mut y),
     }
@@ -30,56 +30,59 @@ pub fn causal_softmax(x: &[f32], seq: usize, isa: ScanIsa) -> Vec<f32> {
 }
 
 /// Gradient of [`causal_softmax`] from its output `y` and the upstream `dy` (both `[rows, seq]`).
+///
+/// # Panics
+/// If the lengths differ or are not a multiple of `seq`.
 pub fn causal_softmax_backward(y: &[f32], dy: &[f32], seq: usize, isa: ScanIsa) -> Vec<f32> {
+    if y.is_empty() && dy.is_empty() {
+        return Vec::new();
+    }
     assert!(
         seq > 0 && y.len().is_multiple_of(seq) && dy.len() == y.len(),
         "y and dy are [rows, seq]"
     );
     let mut dx = vec![0.0; y.len()];
-    match clamp(isa) {
+    match clamp_isa(isa) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `clamp` checked that this CPU has AVX-512F.
+        // SAFETY: `clamp_isa` checked that this CPU has AVX-512F.
         ScanIsa::Avx512 => unsafe { backward_avx512(y, dy, seq, &mut dx) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `clamp` checked that this CPU has AVX2.
+        // SAFETY: `clamp_isa` checked that this CPU has AVX2.
         ScanIsa::Avx2 => unsafe { backward_avx2(y, dy, seq, &mut dx) },
         _ => backward(y, dy, seq, &mut dx),
     }
     dx
 }
 
-fn clamp(isa: ScanIsa) -> ScanIsa {
-    if isa.supported() {
-        isa
-    } else {
-        ScanIsa::detect()
-    }
-}
-
+/// [`forward`] compiled for AVX2 (call only where the CPU has it).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn forward_avx2(x: &[f32], seq: usize, y: &mut [f32]) {
     forward(x, seq, y)
 }
 
+/// [`forward`] compiled for AVX-512F (call only where the CPU has it).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn forward_avx512(x: &[f32], seq: usize, y: &mut [f32]) {
     forward(x, seq, y)
 }
 
+/// [`backward`] compiled for AVX2 (call only where the CPU has it).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn backward_avx2(y: &[f32], dy: &[f32], seq: usize, dx: &mut [f32]) {
     backward(y, dy, seq, dx)
 }
 
+/// [`backward`] compiled for AVX-512F (call only where the CPU has it).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn backward_avx512(y: &[f32], dy: &[f32], seq: usize, dx: &mut [f32]) {
     backward(y, dy, seq, dx)
 }
 
+/// Every row: softmax over its causal prefix; the rest stays 0.
 #[inline(always)]
 fn forward(x: &[f32], seq: usize, y: &mut [f32]) {
     for (r, (xr, yr)) in x.chunks_exact(seq).zip(y.chunks_exact_mut(seq)).enumerate() {
@@ -93,6 +96,7 @@ fn forward(x: &[f32], seq: usize, y: &mut [f32]) {
     }
 }
 
+/// Every row: `∂x = y ⊙ (∂y − Σ ∂y ⊙ y)` over its causal prefix; the rest stays 0.
 #[inline(always)]
 fn backward(y: &[f32], dy: &[f32], seq: usize, dx: &mut [f32]) {
     let rows = y.chunks_exact(seq).zip(dy.chunks_exact(seq));

@@ -4,8 +4,6 @@
 //! ([`super::softmax_kernel`]). Built like the fused scan's node ([`super::scan_op`]); backends
 //! it does not cover fall back to burn's masked softmax.
 
-use std::sync::Arc;
-
 #[allow(deprecated)] // NdArray: deprecated upstream in burn 0.22, kept selectable (see README)
 use burn::backend::NdArray;
 use burn::backend::TensorMetadata;
@@ -23,8 +21,26 @@ use super::scan_op::{primitive_from, primitive_values, values};
 use super::softmax_kernel;
 
 /// Softmax over the last dim of `scores [batch, heads, seq, seq]` where query `i` sees keys
-/// `0..=i` only (later keys get exactly 0): `softmax(mask_fill(scores, future, −∞), 3)`.
+/// `0..=i` only (later keys get exactly 0): `softmax(mask_fill(scores, future, −∞), 3)`. On a
+/// backend the fused node does not cover it warns (once) and runs [`masked_softmax`].
+///
+/// # Panics
+/// If the last two dims differ (the scores of a self-attention are square).
 pub fn causal_softmax(scores: Tensor<4>) -> Tensor<4> {
+    try_causal_softmax(scores.clone()).unwrap_or_else(|| {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("causal softmax: backend not covered, running the masked softmax");
+        });
+        masked_softmax(scores)
+    })
+}
+
+/// [`causal_softmax`] as the fused node, or `None` if the scores' backend is not covered.
+///
+/// # Panics
+/// As [`causal_softmax`].
+pub fn try_causal_softmax(scores: Tensor<4>) -> Option<Tensor<4>> {
     let [_, _, t, t2] = scores.dims();
     assert_eq!(
         t, t2,
@@ -33,14 +49,14 @@ pub fn causal_softmax(scores: Tensor<4>) -> Tensor<4> {
     if !scores.device().is_autodiff() {
         let (shape, device) = (scores.dims(), scores.device());
         let y = softmax_kernel::causal_softmax(&values(scores), t, ScanIsa::detect());
-        return Tensor::from_data(TensorData::new(y, shape), &device);
+        return Some(Tensor::from_data(TensorData::new(y, shape), &device));
     }
     #[allow(deprecated)]
     let y = autodiff::<Flex, NoCheckpointing>(&scores)
         .or_else(|| autodiff::<Flex, BalancedCheckpointing>(&scores))
         .or_else(|| autodiff::<NdArray, NoCheckpointing>(&scores))
         .or_else(|| autodiff::<NdArray, BalancedCheckpointing>(&scores));
-    y.unwrap_or_else(|| masked_softmax(scores))
+    y
 }
 
 /// The op-by-op form: mask the future with −∞, then burn's softmax.
@@ -54,7 +70,8 @@ pub fn masked_softmax(scores: Tensor<4>) -> Tensor<4> {
     burn::tensor::activation::softmax(masked, 3)
 }
 
-/// The graph step: its state is the output `y` and its shape.
+/// The graph step: its state is the output `y` (the inner backend's tensor, shared with the
+/// forward's result rather than copied) and its shape.
 #[derive(Debug)]
 struct CausalSoftmaxBackward;
 
@@ -62,16 +79,17 @@ impl<B: Backend> Backward<B, 1> for CausalSoftmaxBackward
 where
     DispatchTensor: DispatchKindConversion<B>,
 {
-    type State = Arc<(Vec<f32>, [usize; 4])>;
+    type State = (B::FloatTensorPrimitive, [usize; 4]);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<B>(&ops.node); // [batch, heads, seq, seq]
         let device = dy.device();
         let dy = primitive_values::<B, 4>(dy);
-        let (y, shape) = &*ops.state;
-        let dx = softmax_kernel::causal_softmax_backward(y, &dy, shape[3], ScanIsa::detect());
+        let (y, shape) = ops.state;
+        let y = primitive_values::<B, 4>(y);
+        let dx = softmax_kernel::causal_softmax_backward(&y, &dy, shape[3], ScanIsa::detect());
         if let [Some(node)] = ops.parents {
-            grads.register::<B>(node.id, primitive_from::<B>(dx, shape, &device));
+            grads.register::<B>(node.id, primitive_from::<B>(dx, &shape, &device));
         }
     }
 }
@@ -87,13 +105,13 @@ where
     let device = p.device();
     let y =
         softmax_kernel::causal_softmax(&primitive_values::<B, 4>(p), shape[3], ScanIsa::detect());
-    let out = primitive_from::<B>(y.clone(), &shape, &device);
+    let out = primitive_from::<B>(y, &shape, &device); // [batch, heads, seq, seq]
     let out = match CausalSoftmaxBackward
         .prepare::<C>([node])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(Arc::new((y, shape)), out),
+        OpsKind::Tracked(prep) => prep.finish((out.clone(), shape), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Some(Tensor::from_primitive::<Autodiff<B, C>>(out))

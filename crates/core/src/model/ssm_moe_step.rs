@@ -2,8 +2,8 @@
 //! and `h [d_inner, N]`), one token at a time. Equal to the full-sequence forward (tested).
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::{silu, softplus};
 
+use super::act_op::{silu, softplus};
 use super::ops::{embed, linear, rms_norm};
 use super::ssm_moe::{Ssm, SsmMoe};
 use crate::Result;
@@ -35,11 +35,8 @@ impl Ssm {
         let dt = dbc.clone().narrow(2, 0, r); // [1, 1, r]
         let b = dbc.clone().narrow(2, r, n).reshape([1, n]); // [1, n]
         let c = dbc.narrow(2, r + n, n).reshape([1, n]); // [1, n]
-        let delta = softplus(
-            linear(dt, &self.dt_proj) + self.dt_bias.val().reshape([1, 1, di]),
-            1.0,
-        )
-        .reshape([di, 1]); // [d_inner, 1]
+        let delta = softplus(linear(dt, &self.dt_proj) + self.dt_bias.val().reshape([1, 1, di]))
+            .reshape([di, 1]); // [d_inner, 1]
         let a = self.a_log.val().exp().neg(); // [d_inner, n]
         let xv = x.reshape([di, 1]); // [d_inner, 1]
         st.h = (delta.clone() * a).exp() * st.h.clone() + (delta * xv.clone()) * b; // [d_inner, n]

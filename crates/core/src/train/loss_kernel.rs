@@ -12,7 +12,7 @@
 //! the same bits.
 
 use crate::model::lanes::{dot, exp_into, max};
-use crate::model::scan_kernel::ScanIsa;
+use crate::model::scan_kernel::{ScanIsa, clamp_isa};
 use crate::{Error, Result};
 
 /// How the teacher term is mixed in.
@@ -45,7 +45,7 @@ pub fn token_loss(
     isa: ScanIsa,
 ) -> Result<LossGrad> {
     let rows = targets.len();
-    if vocab == 0 || rows == 0 || logits.len() != rows * vocab {
+    if vocab == 0 || rows == 0 || rows.checked_mul(vocab) != Some(logits.len()) {
         return Err(Error::invalid(format!(
             "token loss: {} logits for {rows} targets over a vocabulary of {vocab}",
             logits.len()
@@ -64,7 +64,8 @@ pub fn token_loss(
                 logits.len()
             )));
         }
-        if !(mix.tau > 0.0 && mix.tau.is_finite() && mix.alpha.is_finite()) {
+        let ok_tau = mix.tau > 0.0 && mix.tau.is_finite() && (1.0 / mix.tau).is_finite();
+        if !(ok_tau && mix.alpha.is_finite()) {
             return Err(Error::invalid(format!(
                 "token loss: distillation needs a finite temperature > 0 and a finite weight, got τ = {} and α = {}",
                 mix.tau, mix.alpha
@@ -78,17 +79,12 @@ pub fn token_loss(
         targets,
         teacher,
     };
-    let isa = if isa.supported() {
-        isa
-    } else {
-        ScanIsa::detect()
-    };
-    let (ce, kl) = match isa {
+    let (ce, kl) = match clamp_isa(isa) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `supported()` checked that this CPU has AVX-512F.
+        // SAFETY: `clamp_isa` checked that this CPU has AVX-512F.
         ScanIsa::Avx512 => unsafe { rows_avx512(&args, &mut grad) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `supported()` checked that this CPU has AVX2.
+        // SAFETY: `clamp_isa` checked that this CPU has AVX2.
         ScanIsa::Avx2 => unsafe { rows_avx2(&args, &mut grad) },
         _ => all_rows(&args, &mut grad),
     };
@@ -130,13 +126,16 @@ fn all_rows(args: &Args, grad: &mut [f32]) -> (f64, f64) {
     for (r, (g, &y)) in grad.chunks_exact_mut(v).zip(args.targets).enumerate() {
         let z = &args.logits[r * v..(r + 1) * v];
         let alpha = args.teacher.map_or(0.0, |(_, m)| m.alpha);
-        // Cross-entropy: g = exp(z − max) first, then scaled to (1 − α)(p − onehot)/rows.
         let m = max(z);
-        let s = exp_into(z, 1.0, m, g);
-        let lse = m + s.ln();
-        ce += (lse - z[y as usize]) as f64;
-        scale(g, (1.0 - alpha) * inv_rows / s);
-        g[y as usize] -= (1.0 - alpha) * inv_rows;
+        if alpha != 1.0 {
+            // Cross-entropy: g = exp(z − max) first, then scaled to (1 − α)(p − onehot)/rows.
+            // (Pure distillation, α = 1, skips it: its weight is 0 and `g` starts at 0.)
+            let s = exp_into(z, 1.0, m, g);
+            let lse = m + s.ln();
+            ce += (lse - z[y as usize]) as f64;
+            scale(g, (1.0 - alpha) * inv_rows / s);
+            g[y as usize] -= (1.0 - alpha) * inv_rows;
+        }
         if let Some((teacher, mix)) = args.teacher {
             let t = &teacher[r * v..(r + 1) * v];
             let inv_tau = 1.0 / mix.tau;
@@ -148,7 +147,7 @@ fn all_rows(args: &Args, grad: &mut [f32]) -> (f64, f64) {
             scale(q, 1.0 / st);
             // Σ q (log q − log p_τ) = Σ q (t − z)/τ + lse_τ(z) − lse_τ(t), with Σ q = 1.
             let cross = (dot(q, t) - dot(q, z)) * inv_tau;
-            kl += (cross + (ms + ss.ln()) - (mt + st.ln())) as f64;
+            kl += (cross + (ms - mt) + (ss / st).ln()) as f64;
             let k = alpha * mix.tau * inv_rows;
             axpy_softmax_diff(g, ps, 1.0 / ss, q, k);
         }
@@ -238,7 +237,11 @@ mod tests {
                 alpha: 0.7,
                 tau: 2.0,
             };
-            for teacher in [None, Some((&t[..], mix))] {
+            let pure = Distill {
+                alpha: 1.0,
+                tau: 1.0,
+            };
+            for teacher in [None, Some((&t[..], mix)), Some((&t[..], pure))] {
                 let (want_loss, want_grad) = reference(&z, v, &y, teacher);
                 let mut first: Option<LossGrad> = None;
                 for isa in ScanIsa::available() {
@@ -272,6 +275,16 @@ mod tests {
             tau: 0.0,
         };
         assert!(token_loss(&z, 4, &[0, 1], Some((&z, bad)), ScanIsa::Baseline).is_err());
-        assert!(token_loss(&z, 4, &[0, 1], Some((&z[..4], bad)), ScanIsa::Baseline).is_err());
+        let good = Distill {
+            alpha: 0.5,
+            tau: 1.0,
+        };
+        assert!(token_loss(&z, 4, &[0, 1], Some((&z, good)), ScanIsa::Baseline).is_ok());
+        assert!(token_loss(&z, 4, &[0, 1], Some((&z[..4], good)), ScanIsa::Baseline).is_err());
+        let tiny = Distill {
+            alpha: 0.5,
+            tau: 1e-45,
+        };
+        assert!(token_loss(&z, 4, &[0, 1], Some((&z, tiny)), ScanIsa::Baseline).is_err());
     }
 }

@@ -32,14 +32,34 @@ use crate::{Error, Result};
 /// `(1 − α)·cross_entropy(logits, targets) + α·distill_kl(logits, teacher, τ)` as one graph node
 /// (plain cross-entropy without a teacher), a scalar `[1]`. `logits [batch, seq, vocab]`; the
 /// teacher's logits, same shape, are treated as constants. Equal to the op-by-op form up to float
-/// rounding; errors on a target outside the vocabulary or mismatched shapes.
+/// rounding. Errors on a target outside the vocabulary, targets that are not `[batch, seq]`,
+/// mismatched teacher logits, empty logits, or a temperature that is not finite and > 0. On a
+/// backend the fused node does not cover it warns (once) and runs the op-by-op form.
 pub fn token_loss(
     logits: Tensor<3>,
     targets: &[Vec<u32>],
     teacher: Option<(Tensor<3>, Distill)>,
 ) -> Result<Tensor<1>> {
+    match try_token_loss(logits.clone(), targets, teacher.clone())? {
+        Some(loss) => Ok(loss),
+        None => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("token loss: backend not covered, running the op-by-op form");
+            });
+            Ok(reference(logits, targets, teacher))
+        }
+    }
+}
+
+/// [`token_loss`] as the fused node, `Ok(None)` if the logits' backend is not covered (the
+/// inputs are checked either way).
+pub fn try_token_loss(
+    logits: Tensor<3>,
+    targets: &[Vec<u32>],
+    teacher: Option<(Tensor<3>, Distill)>,
+) -> Result<Option<Tensor<1>>> {
     let [b, t, v] = logits.dims();
-    let flat: Vec<u32> = targets.iter().flatten().copied().collect();
     if targets.len() != b || targets.iter().any(|r| r.len() != t) {
         return Err(Error::invalid(format!(
             "token loss: targets are {} rows of {} tokens, logits [{b}, {t}, {v}]",
@@ -55,38 +75,34 @@ pub fn token_loss(
             tl.dims()
         )));
     }
-    let teacher = teacher.map(|(tl, mix)| (values(tl), mix));
     let inputs = Inputs {
         vocab: v,
-        targets: flat,
-        teacher,
+        targets: targets.iter().flatten().copied().collect(),
+        teacher: teacher.map(|(tl, mix)| (values(tl), mix)),
     };
     if !logits.device().is_autodiff() {
         let device = logits.device();
         let out = inputs.run(values(logits))?;
-        return Ok(scalar(out.loss, &device));
+        return Ok(Some(scalar(out.loss, &device)));
     }
     #[allow(deprecated)]
     let fused = autodiff::<Flex, NoCheckpointing>(&logits, &inputs)
         .or_else(|| autodiff::<Flex, BalancedCheckpointing>(&logits, &inputs))
         .or_else(|| autodiff::<NdArray, NoCheckpointing>(&logits, &inputs))
         .or_else(|| autodiff::<NdArray, BalancedCheckpointing>(&logits, &inputs));
-    match fused {
-        Some(r) => r,
-        None => Ok(reference(logits, targets, &inputs)),
-    }
+    fused.transpose()
 }
 
 /// The op-by-op form, for backends the fused node does not cover.
-fn reference(logits: Tensor<3>, targets: &[Vec<u32>], inputs: &Inputs) -> Tensor<1> {
+fn reference(
+    logits: Tensor<3>,
+    targets: &[Vec<u32>],
+    teacher: Option<(Tensor<3>, Distill)>,
+) -> Tensor<1> {
     let ce = cross_entropy(logits.clone(), targets);
-    match &inputs.teacher {
+    match teacher {
         None => ce,
-        Some((t, mix)) => {
-            let tl =
-                Tensor::<3>::from_data(TensorData::new(t.clone(), logits.dims()), &logits.device());
-            ce * (1.0 - mix.alpha) + distill_kl(logits, tl, mix.tau) * mix.alpha
-        }
+        Some((tl, mix)) => ce * (1.0 - mix.alpha) + distill_kl(logits, tl, mix.tau) * mix.alpha,
     }
 }
 

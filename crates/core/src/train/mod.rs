@@ -15,7 +15,7 @@ mod loss_op;
 pub mod step;
 
 pub use loss_kernel::Distill;
-pub use loss_op::token_loss;
+pub use loss_op::{token_loss, try_token_loss};
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, grad_clipping::GradientClippingConfig};
