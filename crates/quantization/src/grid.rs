@@ -50,9 +50,23 @@ pub fn f16_at_least(s: f32) -> Result<f16> {
 /// Symmetric: `scale = clip · max|v| / div` (`div` = 7 or 8 for INT4, 127 for INT8).
 /// Asymmetric: the range `[min(v, 0), max(v, 0)] · clip` mapped onto `[0, qmax]`.
 pub fn params_for(v: &[f32], fmt: &QuantFormat, clip: f32, div: f32) -> Result<GroupParams> {
-    let (lo, hi) = v
-        .iter()
-        .fold((0.0f32, 0.0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    params_for_range(group_range(v), fmt, clip, div)
+}
+
+/// `(min(v, 0), max(v, 0))` of a group: the range [`params_for`] starts from.
+pub fn group_range(v: &[f32]) -> (f32, f32) {
+    v.iter()
+        .fold((0.0f32, 0.0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// [`params_for`] from a group's [`group_range`] (searches that try many clips compute the range
+/// once).
+pub fn params_for_range(
+    (lo, hi): (f32, f32),
+    fmt: &QuantFormat,
+    clip: f32,
+    div: f32,
+) -> Result<GroupParams> {
     if fmt.asym {
         let qmax = fmt.level_range().1 as f32;
         let (lo, hi) = (lo * clip, hi * clip);

@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod qat;
 pub mod qat_export;
 pub mod qat_net;
+pub mod qat_share;
 pub mod report;
 pub mod rtn;
 pub mod spec;

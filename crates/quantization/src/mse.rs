@@ -8,7 +8,7 @@ use squish_core::quant::{QBits, QTensor};
 use squish_core::{Error, Result};
 
 use crate::calibration::TensorStats;
-use crate::grid::{GroupParams, group_ranges, level, pack, params_for, sym_div};
+use crate::grid::{GroupParams, group_range, group_ranges, level, pack, params_for_range, sym_div};
 use crate::spec::{QuantFormat, Quantizer};
 
 /// Parameters of the clipping search.
@@ -68,6 +68,7 @@ pub fn best_params(
         )));
     }
     let steps = cfg.steps.max(1);
+    let range = group_range(v);
     let divs: &[f32] = if !fmt.asym && fmt.bits == QBits::Int4 {
         &[7.0, 8.0]
     } else {
@@ -82,7 +83,7 @@ pub fn best_params(
         };
         for &d in divs {
             let div = if d == 0.0 { sym_div(fmt) } else { d };
-            let p = params_for(v, fmt, ratio, div)?;
+            let p = params_for_range(range, fmt, ratio, div)?;
             let err = sq_error(v, weights, &p, fmt);
             if best.as_ref().is_none_or(|(b, _)| err < *b) {
                 best = Some((err, p));
@@ -222,7 +223,7 @@ impl Quantizer for MseClip {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grid::fake_quant;
+    use crate::grid::{fake_quant, params_for};
 
     #[test]
     fn sq_error_is_the_fake_quant_error_on_every_format_and_width() {

@@ -6,6 +6,8 @@
 //! `Q` is [`TensorTarget::apply`]: packed INT4/INT8 ([`crate::qat::qat_quantize`], the same
 //! function the export uses, so the exported checkpoint *is* the fake-quant model) or F16 rounding.
 
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, TensorData};
 use half::f16;
@@ -20,6 +22,7 @@ use squish_core::{Error, Result};
 
 use crate::grid::GroupParams;
 use crate::qat::{QatScales, learned_scale, qat_quantize};
+use crate::qat_share::SharedDeltas;
 use crate::spec::QuantFormat;
 
 /// Storage of one tensor after QAT.
@@ -101,6 +104,10 @@ pub struct QatNet {
     /// Per plan entry, its index in `log_scales` (learned scales only).
     #[module(skip)]
     slots: Vec<Option<usize>>,
+    /// The current step's fake-quant deltas, shared by this network's clones (the micro-batch
+    /// replicas of one step).
+    #[module(skip)]
+    shared: Arc<SharedDeltas>,
 }
 
 /// A mutable handle on one parameter of a model.
@@ -176,17 +183,17 @@ fn ssm_moe_params(m: &mut SsmMoe) -> Vec<(String, ParamMut<'_>)> {
     v
 }
 
-/// Replaces `p` by `p + sg(Q(p) − p)`, keeping the autodiff graph to the latent leaf.
-fn straight_through<const D: usize>(
-    p: &mut Param<Tensor<D>>,
-    entry: &PlanEntry,
-    scales: &QatScales,
-) -> Result<()> {
+/// Replaces `p` by `p + sg(Q(p) − p)` given the constant `delta = Q(p) − p`, keeping the
+/// autodiff graph to the latent leaf.
+fn straight_through<const D: usize>(p: &mut Param<Tensor<D>>, delta: Vec<f32>) -> Result<()> {
     let latent = p.val(); // [shape]
     let shape: [usize; D] = latent.dims();
-    let w = tensor_to_vec(latent.clone().detach())?;
-    let q = entry.apply(&w, scales)?;
-    let delta: Vec<f32> = q.iter().zip(&w).map(|(a, b)| a - b).collect();
+    if delta.len() != shape.iter().product::<usize>() {
+        return Err(Error::invalid(format!(
+            "fake-quant delta of {} values for a tensor of shape {shape:?}",
+            delta.len()
+        )));
+    }
     let delta = Tensor::<D>::from_data(TensorData::new(delta, shape), &latent.device()); // [shape], constant
     *p = Param::initialized(p.id, latent + delta);
     Ok(())
@@ -234,6 +241,7 @@ impl QatNet {
             log_scales: Vec::new(),
             plan,
             slots: Vec::new(),
+            shared: Arc::default(),
         };
         let names: Vec<String> = net.params_mut().into_iter().map(|(n, _)| n).collect();
         let planned: Vec<&String> = net.plan.entries.iter().map(|e| &e.name).collect();
@@ -309,17 +317,23 @@ impl QatNet {
         }
     }
 
-    /// A copy whose parameters are the fake-quantized latents (straight-through estimator).
+    /// A copy whose parameters are the fake-quantized latents (straight-through estimator). The
+    /// deltas `Q(w) − w` of grid-mapped tensors are computed once per set of latent values and
+    /// shared by this network's clones ([`SharedDeltas`]).
     pub fn fake_quant(&self) -> Result<QatNet> {
         let mut net = self.clone();
         let plan = net.plan.clone();
         let slots = net.slots.clone();
+        let shared = Arc::clone(&net.shared);
         let log_scales: Vec<Tensor<2>> = net.log_scales.iter().map(|p| p.val()).collect();
-        for (name, p) in net.params_mut() {
+        let mut params = net.params_mut();
+        // Learned scales map through burn ops here; the other grid-mapped tensors become jobs.
+        let mut jobs: Vec<(usize, usize)> = Vec::new(); // (param index, plan entry)
+        for (k, (name, p)) in params.iter_mut().enumerate() {
             let i = plan
                 .entries
-                .binary_search_by(|e| e.name.as_str().cmp(&name))
-                .map_err(|_| Error::tensor(&name, "not in the QAT plan"))?;
+                .binary_search_by(|e| e.name.as_str().cmp(name.as_str()))
+                .map_err(|_| Error::tensor(name.as_str(), "not in the QAT plan"))?;
             let entry = &plan.entries[i];
             if entry.target == TensorTarget::F32 {
                 continue;
@@ -328,17 +342,33 @@ impl QatNet {
                 (slots.get(i).copied().flatten(), &entry.target)
             {
                 let ParamMut::Two(p) = p else {
-                    return Err(Error::tensor(&name, "only 2-D tensors can be quantized"));
+                    return Err(Error::tensor(name.as_str(), "only 2-D tensors can be quantized"));
                 };
                 learned_straight_through(p, &log_scales[slot], fmt)
-                    .map_err(|e| Error::tensor(&name, e.to_string()))?;
+                    .map_err(|e| Error::tensor(name.as_str(), e.to_string()))?;
                 continue;
             }
-            match p {
-                ParamMut::One(p) => straight_through(p, entry, &plan.scales)?,
-                ParamMut::Two(p) => straight_through(p, entry, &plan.scales)?,
+            jobs.push((k, i));
+        }
+        let latents: Vec<Vec<f32>> = jobs
+            .iter()
+            .map(|&(k, _)| match &params[k].1 {
+                ParamMut::One(p) => tensor_to_vec(p.val().detach()),
+                ParamMut::Two(p) => tensor_to_vec(p.val().detach()),
+            })
+            .collect::<Result<_>>()?;
+        let deltas = shared.deltas(latents, |j, w| {
+            let entry = &plan.entries[jobs[j].1];
+            let q = entry.apply(w, &plan.scales)?;
+            Ok(q.iter().zip(w).map(|(a, b)| a - b).collect())
+        })?;
+        for (&(k, _), delta) in jobs.iter().zip(deltas) {
+            match &mut params[k].1 {
+                ParamMut::One(p) => straight_through(p, delta)?,
+                ParamMut::Two(p) => straight_through(p, delta)?,
             }
         }
+        drop(params);
         Ok(net)
     }
 }
