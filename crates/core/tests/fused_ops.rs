@@ -7,6 +7,7 @@
 
 use burn::tensor::activation::{silu as burn_silu, softplus as burn_softplus};
 use burn::tensor::{Device, Tensor, TensorData};
+use squish_core::data::Rng;
 use squish_core::model::CpuBackend;
 use squish_core::model::act_kernel::Act;
 use squish_core::model::act_op::try_act;
@@ -26,15 +27,8 @@ fn devices() -> Vec<Device> {
 /// A seeded tensor of values in `[-spread/2, spread/2)`.
 fn data<const D: usize>(shape: [usize; D], seed: u32, spread: f32, device: &Device) -> Tensor<D> {
     let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32 - 0.5) * spread
-        })
-        .collect();
+    let mut rng = Rng::new(seed as u64);
+    let v: Vec<f32> = (0..n).map(|_| (rng.f32() - 0.5) * spread).collect();
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 

@@ -342,7 +342,10 @@ impl QatNet {
                 (slots.get(i).copied().flatten(), &entry.target)
             {
                 let ParamMut::Two(p) = p else {
-                    return Err(Error::tensor(name.as_str(), "only 2-D tensors can be quantized"));
+                    return Err(Error::tensor(
+                        name.as_str(),
+                        "only 2-D tensors can be quantized",
+                    ));
                 };
                 learned_straight_through(p, &log_scales[slot], fmt)
                     .map_err(|e| Error::tensor(name.as_str(), e.to_string()))?;

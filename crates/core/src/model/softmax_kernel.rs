@@ -115,15 +115,8 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32 - 0.5) * 10.0
-            })
-            .collect()
+        let mut rng = crate::data::Rng::new(seed as u64);
+        (0..n).map(|_| (rng.f32() - 0.5) * 10.0).collect()
     }
 
     #[test]
