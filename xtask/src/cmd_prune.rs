@@ -108,6 +108,29 @@ fn parse_targets(s: &str) -> Result<Vec<GroupKind>> {
 
 /// Entry point of `prune`.
 pub fn run(a: &PruneArgs) -> Result<()> {
+    let (report, m) = prune_once(a)?;
+    println!(
+        "wrote {} ({} bytes): {} → {} parameters ({:.1} % of non-embedding removed, requested {:.1} %); PPL {:.4} (llama-cpp, ctx {}, native runtime)",
+        a.out.display(),
+        m.file_bytes,
+        report.params_before,
+        report.params_after,
+        100.0 * report.achieved_ratio,
+        100.0 * report.requested_ratio,
+        m.ppl.ppl,
+        m.ppl.ctx
+    );
+    Ok(())
+}
+
+/// One pruning run as `prune` does it (written to `a.out`, its JSON report to `a.report` when
+/// given): the stage's report and the native measurement.
+pub fn prune_once(
+    a: &PruneArgs,
+) -> Result<(
+    squish_prune::PruneReport,
+    squish_kernels::measure::Measurement,
+)> {
     let d = DataConfig {
         data_dir: a.data_dir.clone(),
         ..DataConfig::default()
@@ -185,16 +208,5 @@ pub fn run(a: &PruneArgs) -> Result<()> {
                 .as_bytes(),
         )?;
     }
-    println!(
-        "wrote {} ({} bytes): {} → {} parameters ({:.1} % of non-embedding removed, requested {:.1} %); PPL {:.4} (llama-cpp, ctx {}, native runtime)",
-        a.out.display(),
-        m.file_bytes,
-        report.params_before,
-        report.params_after,
-        100.0 * report.achieved_ratio,
-        100.0 * report.requested_ratio,
-        m.ppl.ppl,
-        m.ppl.ctx
-    );
-    Ok(())
+    Ok((report, m))
 }

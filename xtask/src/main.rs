@@ -5,6 +5,7 @@ mod cmd_bench;
 mod cmd_bench_train;
 mod cmd_diagnose;
 mod cmd_eval;
+mod cmd_frontier;
 mod cmd_generate;
 mod cmd_import;
 mod cmd_inspect;
@@ -52,6 +53,10 @@ enum Cmd {
     Quantize(cmd_quantize::QuantizeArgs),
     /// Structured pruning (experts, channels, heads) with recovery by distillation.
     Prune(cmd_prune::PruneArgs),
+    /// The pruning frontier: parameters vs PPL for width, depth and channel pruning at equal
+    /// recovery tokens, and PPL vs recovery tokens (Markdown + SVG).
+    #[command(name = "prune-frontier")]
+    PruneFrontier(cmd_frontier::FrontierArgs),
     /// Per-tensor F16/INT8/INT4 from measured sensitivity under a size or ΔPPL budget.
     Mixed(cmd_mixed::MixedArgs),
     /// Training tokens/s: the SsmMoe baseline per scan formulation and burn backend, or with
@@ -116,6 +121,7 @@ fn main() {
         Cmd::Quantize(a) => cmd_quantize::run(a),
         Cmd::Mixed(a) => cmd_mixed::run(a),
         Cmd::Prune(a) => cmd_prune::run(a),
+        Cmd::PruneFrontier(a) => cmd_frontier::run(a),
         Cmd::Pipeline(a) => pipeline::run(a),
         Cmd::BenchTrain(a) => cmd_bench_train::run(a),
         Cmd::Diagnose(a) => cmd_diagnose::run(a),

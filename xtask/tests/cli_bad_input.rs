@@ -270,6 +270,32 @@ const TABLE: &[(&str, &str, &str)] = &[
         "prune --checkpoint {ssm} --out {unw}",
         "{unw}",
     ),
+    // prune-frontier
+    (
+        "prune-frontier: missing",
+        "prune-frontier --checkpoint {missing} --out-dir {out} --token-curve",
+        "{missing}",
+    ),
+    (
+        "prune-frontier: quantized input",
+        "prune-frontier --checkpoint {q4} --out-dir {out} --token-curve",
+        "{q4}",
+    ),
+    (
+        "prune-frontier: unknown method",
+        "prune-frontier --checkpoint {ssm} --out-dir {out} --methods magic",
+        "methods",
+    ),
+    (
+        "prune-frontier: ratio 1.5",
+        "prune-frontier --checkpoint {ssm} --out-dir {out} --ratios 1.5 --token-curve",
+        "ratio",
+    ),
+    (
+        "prune-frontier: unwritable out",
+        "prune-frontier --checkpoint {ssm} --out-dir {unw} --token-curve",
+        "{unw}",
+    ),
     // mixed
     (
         "mixed: missing",
