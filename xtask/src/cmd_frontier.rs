@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::cmd_prune::{PruneArgs, prune_once};
-use crate::svg::{Series, plot};
+use crate::svg::{Series, human_count, plot_with};
 
 /// Arguments of `prune-frontier`.
 #[derive(clap::Args, Debug, Clone)]
@@ -184,8 +184,8 @@ pub fn run(a: &FrontierArgs) -> Result<()> {
         })
         .collect();
     let title = format!("Pruning frontier at {} recovery tokens", a.recover_tokens);
-    let svg1 = plot(&title, "parameters", "PPL", &by_method, None);
-    let svg2 = plot(
+    let svg1 = plot_with(&title, "parameters", "PPL", &by_method, None, human_count);
+    let svg2 = plot_with(
         &format!(
             "PPL vs recovery tokens ({} at ratio {})",
             a.curve_method, a.curve_ratio
@@ -202,6 +202,7 @@ pub fn run(a: &FrontierArgs) -> Result<()> {
             line: true,
         }],
         None,
+        human_count,
     );
     let write = |name: &str, text: &str| -> Result<()> {
         squish_core::fsutil::atomic_write(&a.out_dir.join(name), text.as_bytes())

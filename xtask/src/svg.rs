@@ -19,13 +19,26 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Renders a plot of `series` with a log10 x axis; `hline` draws a dashed horizontal reference.
+/// Renders a plot of `series` with a log10 x axis labelled in bytes; `hline` draws a dashed
+/// horizontal reference.
 pub fn plot(
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series],
     hline: Option<(f64, &str)>,
+) -> String {
+    plot_with(title, x_label, y_label, series, hline, human_bytes)
+}
+
+/// [`plot`] with the x ticks labelled by `x_tick` (e.g. [`human_count`]).
+pub fn plot_with(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    hline: Option<(f64, &str)>,
+    x_tick: fn(f64) -> String,
 ) -> String {
     let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 20.0, 40.0, 60.0);
     let pts: Vec<(f64, f64)> = series
@@ -80,7 +93,7 @@ pub fn plot(
                     top,
                     h - bottom,
                     h - bottom + 14.0,
-                    human_bytes(v)
+                    x_tick(v)
                 ));
             }
         }
@@ -163,6 +176,17 @@ pub fn plot(
     svg
 }
 
+/// `50000` → `50K`, `2048000` → `2.0M`: labels for count axes (parameters, tokens).
+pub fn human_count(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}K", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
 /// `123456` → `121 KiB`-style labels for byte axes.
 pub fn human_bytes(v: f64) -> String {
     if v >= 1024.0 * 1024.0 {
@@ -201,5 +225,13 @@ mod tests {
     #[test]
     fn empty_plot_says_so() {
         assert!(plot("t", "x", "y", &[], None).contains("no data"));
+        assert_eq!(
+            (
+                human_count(50_000.0),
+                human_count(2_048_000.0),
+                human_count(12.0)
+            ),
+            ("50K".to_string(), "2.0M".to_string(), "12".to_string())
+        );
     }
 }
