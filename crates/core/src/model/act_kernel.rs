@@ -7,6 +7,7 @@
 //!   `x ≥ 0`, `e/(1 + e)` below); `ln(1 + e)` for `e ∈ (0, 1]` is `2·atanh(e/(2 + e))`, an odd
 //!   series in `u = e/(2 + e) ≤ ⅓` that reaches f32 precision in 8 terms.
 
+use super::lanes::isa_variants;
 use super::scan_kernel::{ScanIsa, W, clamp_isa, exp_lanes};
 
 /// Which activation.
@@ -35,19 +36,7 @@ pub fn act_forward(act: Act, x: &[f32], isa: ScanIsa) -> (Vec<f32>, Vec<f32>) {
     (y, d)
 }
 
-/// The generic kernel compiled for AVX2 (call only where the CPU has it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn all_avx2(act: Act, x: &[f32], y: &mut [f32], d: &mut [f32]) {
-    all(act, x, y, d)
-}
-
-/// The generic kernel compiled for AVX-512F (call only where the CPU has it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn all_avx512(act: Act, x: &[f32], y: &mut [f32], d: &mut [f32]) {
-    all(act, x, y, d)
-}
+isa_variants!(all, all_avx2, all_avx512, (act: Act, x: &[f32], y: &mut [f32], d: &mut [f32]));
 
 /// Every element of `x`.
 #[inline(always)]

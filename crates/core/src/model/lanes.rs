@@ -4,6 +4,27 @@
 
 use super::scan_kernel::{W, exp_lanes};
 
+/// Per-ISA builds of a generic kernel: `$avx2` and `$avx512` call `$generic` compiled with AVX2
+/// and AVX-512F enabled, so its `#[inline(always)]` lane loops vectorize for that path (call them
+/// only where the CPU has the feature).
+macro_rules! isa_variants {
+    ($vis:vis $generic:ident, $avx2:ident, $avx512:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        /// The generic kernel compiled for AVX2 (call only where the CPU has it).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        $vis fn $avx2($($arg: $ty),*) $(-> $ret)? {
+            $generic($($arg),*)
+        }
+        /// The generic kernel compiled for AVX-512F (call only where the CPU has it).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        $vis fn $avx512($($arg: $ty),*) $(-> $ret)? {
+            $generic($($arg),*)
+        }
+    };
+}
+pub(crate) use isa_variants;
+
 /// `dst = exp(src·scale − shift)` (`exp` as [`exp_lanes`], but exactly 0 below −87.3, where
 /// `exp_lanes` saturates at ~1e-38 — so −∞ inputs get weight 0); returns `Σ dst`.
 #[inline(always)]

@@ -1,6 +1,7 @@
 //! The per-row kernels of the fused selective scan ([`super::scan_kernel`]): one batch row's
 //! forward and backward over channel blocks of [`W`] lanes, and the vectorizable `exp`.
 
+use super::lanes::isa_variants;
 use super::scan_kernel::{ScanBufs, ScanDims, W};
 
 /// One block of channel lanes, aligned to a cache line (one AVX-512 register never straddles
@@ -368,24 +369,7 @@ pub(crate) fn backward_rows(
     }
 }
 
-macro_rules! isa_variants {
-    ($generic:ident, $avx2:ident, $avx512:ident, ($($arg:ident: $ty:ty),*)) => {
-        /// The generic kernel compiled for AVX2 (call only where the CPU has it).
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        pub(crate) fn $avx2($($arg: $ty),*) {
-            $generic($($arg),*)
-        }
-        /// The generic kernel compiled for AVX-512F (call only where the CPU has it).
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        pub(crate) fn $avx512($($arg: $ty),*) {
-            $generic($($arg),*)
-        }
-    };
-}
-
-isa_variants!(forward_rows, forward_rows_avx2, forward_rows_avx512,
+isa_variants!(pub(crate) forward_rows, forward_rows_avx2, forward_rows_avx512,
     (dims: ScanDims, blocked: &Blocked, inp: &ScanBufs, row0: usize, y: &mut [f32]));
-isa_variants!(backward_rows, backward_rows_avx2, backward_rows_avx512,
+isa_variants!(pub(crate) backward_rows, backward_rows_avx2, backward_rows_avx512,
     (dims: ScanDims, blocked: &Blocked, inp: &ScanBufs, dy: &[f32], ch: Chunk));

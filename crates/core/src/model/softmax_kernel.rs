@@ -7,7 +7,7 @@
 //! Forward: `y = exp(x − max) / Σ exp(x − max)` over the row's prefix. Backward:
 //! `∂x = y ⊙ (∂y − Σ ∂y ⊙ y)`.
 
-use super::lanes::{dot, exp_into, max};
+use super::lanes::{dot, exp_into, isa_variants, max};
 use super::scan_kernel::{ScanIsa, clamp_isa};
 
 /// Causal softmax of `x [rows, seq]`, row `r` attending to `0..=(r mod seq)`.
@@ -54,33 +54,9 @@ pub fn causal_softmax_backward(y: &[f32], dy: &[f32], seq: usize, isa: ScanIsa) 
     dx
 }
 
-/// [`forward`] compiled for AVX2 (call only where the CPU has it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn forward_avx2(x: &[f32], seq: usize, y: &mut [f32]) {
-    forward(x, seq, y)
-}
-
-/// [`forward`] compiled for AVX-512F (call only where the CPU has it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn forward_avx512(x: &[f32], seq: usize, y: &mut [f32]) {
-    forward(x, seq, y)
-}
-
-/// [`backward`] compiled for AVX2 (call only where the CPU has it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn backward_avx2(y: &[f32], dy: &[f32], seq: usize, dx: &mut [f32]) {
-    backward(y, dy, seq, dx)
-}
-
-/// [`backward`] compiled for AVX-512F (call only where the CPU has it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn backward_avx512(y: &[f32], dy: &[f32], seq: usize, dx: &mut [f32]) {
-    backward(y, dy, seq, dx)
-}
+isa_variants!(forward, forward_avx2, forward_avx512, (x: &[f32], seq: usize, y: &mut [f32]));
+isa_variants!(backward, backward_avx2, backward_avx512,
+    (y: &[f32], dy: &[f32], seq: usize, dx: &mut [f32]));
 
 /// Every row: softmax over its causal prefix; the rest stays 0.
 #[inline(always)]

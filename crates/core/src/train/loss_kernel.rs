@@ -11,7 +11,7 @@
 //! vectorize; lane sums are reduced in a fixed pairwise order, and every [`ScanIsa`] path gives
 //! the same bits.
 
-use crate::model::lanes::{dot, exp_into, max};
+use crate::model::lanes::{dot, exp_into, isa_variants, max};
 use crate::model::scan_kernel::{ScanIsa, clamp_isa};
 use crate::{Error, Result};
 
@@ -102,19 +102,7 @@ struct Args<'a> {
     teacher: Option<(&'a [f32], Distill)>,
 }
 
-/// The generic kernel compiled for AVX2 (call only where the CPU has it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn rows_avx2(args: &Args, grad: &mut [f32]) -> (f64, f64) {
-    all_rows(args, grad)
-}
-
-/// The generic kernel compiled for AVX-512F (call only where the CPU has it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn rows_avx512(args: &Args, grad: &mut [f32]) -> (f64, f64) {
-    all_rows(args, grad)
-}
+isa_variants!(all_rows, rows_avx2, rows_avx512, (args: &Args, grad: &mut [f32]) -> (f64, f64));
 
 /// Every row: `(Σ ce, Σ kl)`, writing each row's gradient.
 #[inline(always)]
