@@ -9,21 +9,17 @@
 
 use std::sync::Arc;
 
-#[allow(deprecated)] // NdArray: deprecated upstream in burn 0.22, kept selectable (see README)
-use burn::backend::NdArray;
 use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
+use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor};
 use burn::tensor::{Tensor, TensorData};
 
 use super::act_kernel::{Act, act_forward};
 use super::scan_kernel::ScanIsa;
-use super::scan_op::{primitive_from, primitive_values, values};
+use super::scan_op::{on_autodiff_backends, primitive_from, primitive_values, values};
 
 /// `x·σ(x)`, elementwise; equal to burn's `activation::silu` up to float rounding.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -58,12 +54,7 @@ pub fn try_act<const D: usize>(act: Act, x: Tensor<D>) -> Option<Tensor<D>> {
         let (y, _) = act_forward(act, &values(x), ScanIsa::detect());
         return Some(Tensor::from_data(TensorData::new(y, shape), &device));
     }
-    #[allow(deprecated)]
-    let y = autodiff::<Flex, NoCheckpointing, D>(act, &x)
-        .or_else(|| autodiff::<Flex, BalancedCheckpointing, D>(act, &x))
-        .or_else(|| autodiff::<NdArray, NoCheckpointing, D>(act, &x))
-        .or_else(|| autodiff::<NdArray, BalancedCheckpointing, D>(act, &x));
-    y
+    on_autodiff_backends!(autodiff, D; (act, &x))
 }
 
 /// The graph step of a rank-`D` activation: its state is `∂y/∂x` and the shape.

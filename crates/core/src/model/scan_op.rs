@@ -16,22 +16,34 @@
 
 use std::sync::Arc;
 
-#[allow(deprecated)] // NdArray: deprecated upstream in burn 0.22, kept selectable (see README)
-use burn::backend::NdArray;
 use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
+use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor};
 use burn::tensor::{Tensor, TensorData};
 
 use super::scan_kernel::{
     ScanBufs, ScanDims, ScanIsa, default_threads, scan_backward, scan_forward,
 };
 use super::ssm_scan::{ScanInputs, scan_sequential};
+
+/// `$f::<B, C, …>(args)` on each autodiff backend the custom nodes cover — flex and ndarray, each
+/// with either gradient-checkpointing strategy — in turn: the first `Some`, else `None`. The one
+/// list of covered backends for every custom node (scan, activations, softmax, loss).
+macro_rules! on_autodiff_backends {
+    ($f:ident $(, $g:tt)* ; ($($arg:expr),*)) => {{
+        use ::burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+        #[allow(deprecated)] // NdArray: deprecated upstream in burn 0.22, kept selectable (see README)
+        let r = $f::<::burn::backend::Flex, NoCheckpointing $(, $g)*>($($arg),*)
+            .or_else(|| $f::<::burn::backend::Flex, BalancedCheckpointing $(, $g)*>($($arg),*))
+            .or_else(|| $f::<::burn::backend::NdArray, NoCheckpointing $(, $g)*>($($arg),*))
+            .or_else(|| $f::<::burn::backend::NdArray, BalancedCheckpointing $(, $g)*>($($arg),*));
+        r
+    }};
+}
+pub(crate) use on_autodiff_backends;
 
 /// The fused scan: same result as [`scan_sequential`] up to float rounding, one graph node.
 /// Returns `y [batch, seq, d_inner]`. On a backend it does not cover it warns (once) and runs
@@ -51,12 +63,7 @@ pub fn try_scan_fused(s: &ScanInputs) -> Option<Tensor<3>> {
     if !s.x.device().is_autodiff() {
         return Some(forward_only(s));
     }
-    #[allow(deprecated)]
-    let y = autodiff::<Flex, NoCheckpointing>(s)
-        .or_else(|| autodiff::<Flex, BalancedCheckpointing>(s))
-        .or_else(|| autodiff::<NdArray, NoCheckpointing>(s))
-        .or_else(|| autodiff::<NdArray, BalancedCheckpointing>(s));
-    y
+    on_autodiff_backends!(autodiff; (s))
 }
 
 /// The values of a scan's inputs, kept from the forward for the backward.

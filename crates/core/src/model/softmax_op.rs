@@ -4,20 +4,16 @@
 //! ([`super::softmax_kernel`]). Built like the fused scan's node ([`super::scan_op`]); backends
 //! it does not cover fall back to burn's masked softmax.
 
-#[allow(deprecated)] // NdArray: deprecated upstream in burn 0.22, kept selectable (see README)
-use burn::backend::NdArray;
 use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
+use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor};
 use burn::tensor::{Bool, Tensor, TensorData};
 
 use super::scan_kernel::ScanIsa;
-use super::scan_op::{primitive_from, primitive_values, values};
+use super::scan_op::{on_autodiff_backends, primitive_from, primitive_values, values};
 use super::softmax_kernel;
 
 /// Softmax over the last dim of `scores [batch, heads, seq, seq]` where query `i` sees keys
@@ -51,12 +47,7 @@ pub fn try_causal_softmax(scores: Tensor<4>) -> Option<Tensor<4>> {
         let y = softmax_kernel::causal_softmax(&values(scores), t, ScanIsa::detect());
         return Some(Tensor::from_data(TensorData::new(y, shape), &device));
     }
-    #[allow(deprecated)]
-    let y = autodiff::<Flex, NoCheckpointing>(&scores)
-        .or_else(|| autodiff::<Flex, BalancedCheckpointing>(&scores))
-        .or_else(|| autodiff::<NdArray, NoCheckpointing>(&scores))
-        .or_else(|| autodiff::<NdArray, BalancedCheckpointing>(&scores));
-    y
+    on_autodiff_backends!(autodiff; (&scores))
 }
 
 /// The op-by-op form: mask the future with −∞, then burn's softmax.

@@ -11,22 +11,18 @@
 
 use std::sync::Arc;
 
-#[allow(deprecated)] // NdArray: deprecated upstream in burn 0.22, kept selectable (see README)
-use burn::backend::NdArray;
 use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
+use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor};
 use burn::tensor::{Tensor, TensorData};
 
 use super::loss_kernel::{self, Distill};
 use super::{cross_entropy, distill_kl};
 use crate::model::scan_kernel::ScanIsa;
-use crate::model::scan_op::{primitive_from, primitive_values, values};
+use crate::model::scan_op::{on_autodiff_backends, primitive_from, primitive_values, values};
 use crate::{Error, Result};
 
 /// `(1 − α)·cross_entropy(logits, targets) + α·distill_kl(logits, teacher, τ)` as one graph node
@@ -85,12 +81,7 @@ pub fn try_token_loss(
         let out = inputs.run(values(logits))?;
         return Ok(Some(scalar(out.loss, &device)));
     }
-    #[allow(deprecated)]
-    let fused = autodiff::<Flex, NoCheckpointing>(&logits, &inputs)
-        .or_else(|| autodiff::<Flex, BalancedCheckpointing>(&logits, &inputs))
-        .or_else(|| autodiff::<NdArray, NoCheckpointing>(&logits, &inputs))
-        .or_else(|| autodiff::<NdArray, BalancedCheckpointing>(&logits, &inputs));
-    fused.transpose()
+    on_autodiff_backends!(autodiff; (&logits, &inputs)).transpose()
 }
 
 /// The op-by-op form, for backends the fused node does not cover.
