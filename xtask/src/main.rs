@@ -89,6 +89,7 @@ fn pipeline_log(a: &pipeline::PipelineArgs) -> Option<std::fs::File> {
 fn main() {
     use tracing_subscriber::prelude::*;
     let cli = Cli::parse();
+    squish_core::heap::keep_freed_memory();
     squish_core::threads::set_threads(match cli.threads {
         0 => squish_core::threads::physical_cores(),
         n => n,

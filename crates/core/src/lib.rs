@@ -13,6 +13,7 @@
 //! - [`eval`]: perplexity (protocol `llama-cpp`).
 //! - [`sample`] / [`generate`]: llama2.c-exact sampling and generation loop.
 //! - [`threads`]: the process-wide thread budget of squish's parallel code.
+//! - [`heap`]: glibc heap thresholds that keep a training step's freed buffers for the next step.
 //! - [`fsutil`]: atomic writes and hashing; [`shared`]: where the real data lives.
 //! - `train` (feature `burn`): AdamW training of the burn models.
 //!
@@ -32,6 +33,7 @@ pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod generate;
+pub mod heap;
 pub mod llama2c;
 pub mod model;
 pub mod quant;
