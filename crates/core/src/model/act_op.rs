@@ -19,7 +19,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::act_kernel::{Act, act_forward};
 use super::scan_kernel::ScanIsa;
-use super::scan_op::{on_autodiff_backends, primitive_from, primitive_values, values};
+use super::scan_op::{on_autodiff_backends, primitive_from, primitive_slice, tensor_values};
 
 /// `x·σ(x)`, elementwise; equal to burn's `activation::silu` up to float rounding.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -51,7 +51,7 @@ fn apply<const D: usize>(act: Act, x: Tensor<D>) -> Tensor<D> {
 pub fn try_act<const D: usize>(act: Act, x: Tensor<D>) -> Option<Tensor<D>> {
     if !x.device().is_autodiff() {
         let (shape, device) = (x.dims(), x.device());
-        let (y, _) = act_forward(act, &values(x), ScanIsa::detect());
+        let (y, _) = act_forward(act, &tensor_values(x), ScanIsa::detect());
         return Some(Tensor::from_data(TensorData::new(y, shape), &device));
     }
     on_autodiff_backends!(autodiff, D; (act, &x))
@@ -70,11 +70,9 @@ where
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<B>(&ops.node);
         let device = dy.device();
-        let mut g = primitive_values::<B, D>(dy);
+        let dy = primitive_slice::<B, D>(&dy);
         let (d, shape) = &*ops.state;
-        for (g, d) in g.iter_mut().zip(d) {
-            *g *= d;
-        }
+        let g: Vec<f32> = dy.iter().zip(d).map(|(g, d)| g * d).collect();
         if let [Some(node)] = ops.parents {
             grads.register::<B>(node.id, primitive_from::<B>(g, shape, &device));
         }
@@ -93,7 +91,7 @@ where
     let p = x.clone().try_into_primitive::<Autodiff<B, C>>().ok()?;
     let (p, node) = p.into_parts();
     let device = p.device();
-    let (y, d) = act_forward(act, &primitive_values::<B, D>(p), ScanIsa::detect());
+    let (y, d) = act_forward(act, &primitive_slice::<B, D>(&p), ScanIsa::detect());
     let y = primitive_from::<B>(y, &shape, &device);
     let out = match ActBackward::<D>
         .prepare::<C>([node])

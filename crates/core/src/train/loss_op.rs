@@ -16,13 +16,15 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor};
+use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
 use burn::tensor::{Tensor, TensorData};
 
 use super::loss_kernel::{self, Distill};
 use super::{cross_entropy, distill_kl};
 use crate::model::scan_kernel::ScanIsa;
-use crate::model::scan_op::{on_autodiff_backends, primitive_from, primitive_values, values};
+use crate::model::scan_op::{
+    Kept, on_autodiff_backends, primitive_from, primitive_slice, tensor_values,
+};
 use crate::{Error, Result};
 
 /// `(1 − α)·cross_entropy(logits, targets) + α·distill_kl(logits, teacher, τ)` as one graph node
@@ -74,11 +76,11 @@ pub fn try_token_loss(
     let inputs = Inputs {
         vocab: v,
         targets: targets.iter().flatten().copied().collect(),
-        teacher: teacher.map(|(tl, mix)| (values(tl), mix)),
+        teacher: teacher.map(|(tl, mix)| (tensor_values(tl), mix)),
     };
     if !logits.device().is_autodiff() {
         let device = logits.device();
-        let out = inputs.run(values(logits))?;
+        let out = inputs.run(&tensor_values(logits))?;
         return Ok(Some(scalar(out.loss, &device)));
     }
     on_autodiff_backends!(autodiff; (&logits, &inputs)).transpose()
@@ -101,14 +103,14 @@ fn reference(
 struct Inputs {
     vocab: usize,
     targets: Vec<u32>,
-    teacher: Option<(Vec<f32>, Distill)>,
+    teacher: Option<(Kept<Flex>, Distill)>,
 }
 
 impl Inputs {
-    fn run(&self, logits: Vec<f32>) -> Result<loss_kernel::LossGrad> {
+    fn run(&self, logits: &[f32]) -> Result<loss_kernel::LossGrad> {
         let teacher = self.teacher.as_ref().map(|(t, m)| (&t[..], *m));
         loss_kernel::token_loss(
-            &logits,
+            logits,
             self.vocab,
             &self.targets,
             teacher,
@@ -135,7 +137,7 @@ where
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let up = grads.consume::<B>(&ops.node); // [1]
         let device = up.device();
-        let up = primitive_values::<B, 1>(up)[0];
+        let up = primitive_slice::<B, 1>(&up)[0];
         let (mut g, shape) = Arc::try_unwrap(ops.state).unwrap_or_else(|s| (*s).clone());
         for x in &mut g {
             *x *= up;
@@ -158,7 +160,7 @@ where
     let z = logits.clone().try_into_primitive::<Autodiff<B, C>>().ok()?;
     let (z, node) = z.into_parts();
     let device = z.device();
-    let out = match inputs.run(primitive_values::<B, 3>(z)) {
+    let out = match inputs.run(&primitive_slice::<B, 3>(&z)) {
         Ok(out) => out,
         Err(e) => return Some(Err(e)),
     };
