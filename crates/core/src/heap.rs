@@ -8,8 +8,9 @@
 //! default SsmMoe step (2 threads, 4 × 512 tokens) `perf` puts ~15 % of the time in
 //! `smp_call_function_many_cond`, `exc_page_fault` and the zeroing of new pages.
 //!
-//! [`keep_freed_memory`] tells glibc to serve blocks up to 32 MiB from its arenas and keep up to
-//! 1 GiB of freed memory per arena, so the next step reuses the same pages. Peak memory does not
+//! [`keep_freed_memory`] tells glibc to serve blocks up to 32 MiB from its arenas, keep up to
+//! 1 GiB of freed memory per arena, and grow an arena 256 MiB at a time, so the next step reuses
+//! the same pages. Peak memory does not
 //! change (the blocks were live at the peak anyway); resident memory between steps stays at the
 //! peak instead of falling back. It changes no result, only where freed memory goes.
 
@@ -22,8 +23,14 @@ pub const MMAP_THRESHOLD_BYTES: usize = 32 << 20;
 /// Freed memory kept at the top of an arena before glibc returns it to the kernel.
 pub const TRIM_THRESHOLD_BYTES: usize = 1 << 30;
 
-/// Set glibc's mmap and trim thresholds ([`MMAP_THRESHOLD_BYTES`], [`TRIM_THRESHOLD_BYTES`]) for
-/// the whole process, once; later calls return the first call's answer. Returns whether the
+/// Extra memory glibc asks for whenever an arena grows, and keeps when it shrinks. With the
+/// default (128 KiB) the per-thread arenas of the micro-batch threads grow and shrink in small
+/// steps every training step: `perf stat` counts 434K page faults in 25 steps of stories260K QAT
+/// with it, 58K with this pad (task clock 16.1 s → 11.5 s).
+pub const TOP_PAD_BYTES: usize = 256 << 20;
+
+/// Set glibc's mmap and trim thresholds and top pad ([`MMAP_THRESHOLD_BYTES`],
+/// [`TRIM_THRESHOLD_BYTES`], [`TOP_PAD_BYTES`]) for the whole process, once; later calls return the first call's answer. Returns whether the
 /// settings took effect: `false` on targets other than Linux with glibc (musl, macOS, Windows),
 /// where it does nothing. `cargo xtask` calls it at start; a program that trains through
 /// `squish_core::train` from its own `main` can call it too.
@@ -41,10 +48,12 @@ fn apply() -> bool {
     // SAFETY: as above.
     let trim =
         unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES as libc::c_int) };
-    let applied = mmap == 1 && trim == 1;
+    // SAFETY: as above.
+    let pad = unsafe { libc::mallopt(libc::M_TOP_PAD, TOP_PAD_BYTES as libc::c_int) };
+    let applied = mmap == 1 && trim == 1 && pad == 1;
     if !applied {
         tracing::warn!(
-            "glibc rejected the heap thresholds (mallopt returned {mmap}, {trim}); training runs with its defaults"
+            "glibc rejected the heap settings (mallopt returned {mmap}, {trim}, {pad}); training runs with its defaults"
         );
     }
     applied
