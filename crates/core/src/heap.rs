@@ -10,9 +10,9 @@
 //!
 //! [`keep_freed_memory`] tells glibc to serve blocks up to 32 MiB from its arenas, keep up to
 //! 1 GiB of freed memory per arena, and grow an arena 256 MiB at a time, so the next step reuses
-//! the same pages. Peak memory does not
-//! change (the blocks were live at the peak anyway); resident memory between steps stays at the
-//! peak instead of falling back. It changes no result, only where freed memory goes.
+//! the same pages. Peak memory barely changes (the blocks were live at the peak anyway; an arena
+//! may hold up to the pad beyond its use); resident memory between steps stays at the peak
+//! instead of falling back. It changes no result, only where freed memory goes.
 
 use std::sync::OnceLock;
 
@@ -30,9 +30,9 @@ pub const TRIM_THRESHOLD_BYTES: usize = 1 << 30;
 pub const TOP_PAD_BYTES: usize = 256 << 20;
 
 /// Set glibc's mmap and trim thresholds and top pad ([`MMAP_THRESHOLD_BYTES`],
-/// [`TRIM_THRESHOLD_BYTES`], [`TOP_PAD_BYTES`]) for the whole process, once; later calls return the first call's answer. Returns whether the
-/// settings took effect: `false` on targets other than Linux with glibc (musl, macOS, Windows),
-/// where it does nothing. `cargo xtask` calls it at start; a program that trains through
+/// [`TRIM_THRESHOLD_BYTES`], [`TOP_PAD_BYTES`]) for the whole process, once; later calls return
+/// the first call's answer. Returns whether the settings took effect: `false` on targets other
+/// than Linux with glibc (musl, macOS, Windows), where it does nothing. `cargo xtask` calls it at start; a program that trains through
 /// `squish_core::train` from its own `main` can call it too.
 pub fn keep_freed_memory() -> bool {
     static APPLIED: OnceLock<bool> = OnceLock::new();
@@ -41,8 +41,8 @@ pub fn keep_freed_memory() -> bool {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn apply() -> bool {
-    // SAFETY: mallopt only changes allocator parameters; both values fit in a C int and are within
-    // the ranges glibc accepts (it returns 0, and changes nothing, for a value it rejects).
+    // SAFETY: mallopt only changes allocator parameters; each value fits in a C int and is within
+    // the range glibc accepts (it returns 0, and changes nothing, for a value it rejects).
     let mmap =
         unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES as libc::c_int) };
     // SAFETY: as above.
