@@ -95,8 +95,8 @@ pub fn best_params(
 
 /// `Σ_c w_c (fake_quant(v_c) − v_c)²` of one group on the grid `p` (`w_c = 1` without
 /// weights): the search's objective, on the widest SIMD path the CPU has. Exactly
-/// [`crate::grid::fake_quant`] per element; the sum runs in 8 f64 lanes reduced in a fixed order, so every
-/// path gives the same bits. `weights`, when given, has one entry per value (checked by
+/// [`crate::grid::fake_quant`] per element; the sum runs in 8 f64 lanes reduced in a fixed
+/// order, so every path gives the same bits. `weights`, when given, has one entry per value (checked by
 /// [`best_params`]).
 fn sq_error(v: &[f32], weights: Option<&[f32]>, p: &GroupParams, fmt: &QuantFormat) -> f64 {
     let (lo, hi) = fmt.level_range();

@@ -19,7 +19,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::act_kernel::{Act, act_forward};
 use super::scan_kernel::ScanIsa;
-use super::scan_op::{on_autodiff_backends, primitive_from, primitive_slice, tensor_values};
+use super::scan_op::{Kept, on_autodiff_backends, primitive_from, tensor_values};
 
 /// `x·σ(x)`, elementwise; equal to burn's `activation::silu` up to float rounding.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -70,7 +70,7 @@ where
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<B>(&ops.node);
         let device = dy.device();
-        let dy = primitive_slice::<B, D>(&dy);
+        let dy = Kept::<B>::new::<D>(dy);
         let (d, shape) = &*ops.state;
         let g: Vec<f32> = dy.iter().zip(d).map(|(g, d)| g * d).collect();
         if let [Some(node)] = ops.parents {
@@ -91,7 +91,7 @@ where
     let p = x.clone().try_into_primitive::<Autodiff<B, C>>().ok()?;
     let (p, node) = p.into_parts();
     let device = p.device();
-    let (y, d) = act_forward(act, &primitive_slice::<B, D>(&p), ScanIsa::detect());
+    let (y, d) = act_forward(act, &Kept::<B>::new::<D>(p), ScanIsa::detect());
     let y = primitive_from::<B>(y, &shape, &device);
     let out = match ActBackward::<D>
         .prepare::<C>([node])

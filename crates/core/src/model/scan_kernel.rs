@@ -279,7 +279,6 @@ pub fn scan_backward(
 }
 
 /// `isa` if this CPU supports it, else the widest path it does.
-/// `isa` if this CPU supports it, else the widest path it does.
 pub(crate) fn clamp_isa(isa: ScanIsa) -> ScanIsa {
     if isa.supported() {
         isa

@@ -15,7 +15,6 @@
 //! [`scan_sequential`].
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -141,23 +140,9 @@ fn flex_f32<P: 'static>(p: &P) -> Option<&[f32]> {
         .and_then(|t| t.as_slice::<f32>())
 }
 
-/// The values of an inner-backend primitive: borrowed from burn-flex's buffer when it is a
-/// contiguous f32 tensor, else copied out ([`primitive_values`]). The custom nodes read their
-/// inputs and upstream gradients this way; copying them cost ~10 % of a stories260K QAT step.
-pub(crate) fn primitive_slice<B: Backend, const D: usize>(
-    p: &B::FloatTensorPrimitive,
-) -> Cow<'_, [f32]>
-where
-    DispatchTensor: DispatchKindConversion<B>,
-{
-    match flex_f32(p) {
-        Some(v) => Cow::Borrowed(v),
-        None => Cow::Owned(primitive_values::<B, D>(p.clone())),
-    }
-}
-
-/// An inner-backend tensor's values kept for a backward: burn-flex's buffer shared with the
-/// graph (no copy), or a copy on other backends.
+/// An inner-backend tensor's values, as the custom nodes read their inputs, upstream gradients
+/// and saved state: burn-flex's buffer shared with the graph (no copy), or a copy on other
+/// backends. Copying them cost ~10 % of a stories260K QAT step.
 pub(crate) enum Kept<B: Backend> {
     /// A contiguous f32 burn-flex tensor, read in place.
     Shared(B::FloatTensorPrimitive),
@@ -243,7 +228,7 @@ where
         } = saved.dims;
         let dy = grads.consume::<B>(&ops.node); // [batch, seq, d_inner]
         let device = dy.device();
-        let dy = primitive_slice::<B, 3>(&dy);
+        let dy = Kept::<B>::new::<3>(dy);
         let g = scan_backward(
             saved.dims,
             &saved.bufs(),

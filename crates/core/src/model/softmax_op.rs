@@ -13,7 +13,7 @@ use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor};
 use burn::tensor::{Bool, Tensor, TensorData};
 
 use super::scan_kernel::ScanIsa;
-use super::scan_op::{on_autodiff_backends, primitive_from, primitive_slice, tensor_values};
+use super::scan_op::{Kept, on_autodiff_backends, primitive_from, tensor_values};
 use super::softmax_kernel;
 
 /// Softmax over the last dim of `scores [batch, heads, seq, seq]` where query `i` sees keys
@@ -75,9 +75,9 @@ where
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<B>(&ops.node); // [batch, heads, seq, seq]
         let device = dy.device();
-        let dy = primitive_slice::<B, 4>(&dy);
+        let dy = Kept::<B>::new::<4>(dy);
         let (y, shape) = ops.state;
-        let y = primitive_slice::<B, 4>(&y);
+        let y = Kept::<B>::new::<4>(y);
         let dx = softmax_kernel::causal_softmax_backward(&y, &dy, shape[3], ScanIsa::detect());
         if let [Some(node)] = ops.parents {
             grads.register::<B>(node.id, primitive_from::<B>(dx, &shape, &device));
@@ -94,8 +94,7 @@ where
     let p = scores.clone().try_into_primitive::<Autodiff<B, C>>().ok()?;
     let (p, node) = p.into_parts();
     let device = p.device();
-    let y =
-        softmax_kernel::causal_softmax(&primitive_slice::<B, 4>(&p), shape[3], ScanIsa::detect());
+    let y = softmax_kernel::causal_softmax(&Kept::<B>::new::<4>(p), shape[3], ScanIsa::detect());
     let out = primitive_from::<B>(y, &shape, &device); // [batch, heads, seq, seq]
     let out = match CausalSoftmaxBackward
         .prepare::<C>([node])

@@ -22,9 +22,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::loss_kernel::{self, Distill};
 use super::{cross_entropy, distill_kl};
 use crate::model::scan_kernel::ScanIsa;
-use crate::model::scan_op::{
-    Kept, on_autodiff_backends, primitive_from, primitive_slice, tensor_values,
-};
+use crate::model::scan_op::{Kept, on_autodiff_backends, primitive_from, tensor_values};
 use crate::{Error, Result};
 
 /// `(1 − α)·cross_entropy(logits, targets) + α·distill_kl(logits, teacher, τ)` as one graph node
@@ -137,7 +135,7 @@ where
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let up = grads.consume::<B>(&ops.node); // [1]
         let device = up.device();
-        let up = primitive_slice::<B, 1>(&up)[0];
+        let up = Kept::<B>::new::<1>(up)[0];
         let (mut g, shape) = Arc::try_unwrap(ops.state).unwrap_or_else(|s| (*s).clone());
         for x in &mut g {
             *x *= up;
@@ -160,7 +158,7 @@ where
     let z = logits.clone().try_into_primitive::<Autodiff<B, C>>().ok()?;
     let (z, node) = z.into_parts();
     let device = z.device();
-    let out = match inputs.run(&primitive_slice::<B, 3>(&z)) {
+    let out = match inputs.run(&Kept::<B>::new::<3>(z)) {
         Ok(out) => out,
         Err(e) => return Some(Err(e)),
     };
