@@ -32,7 +32,8 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 4)]
     pub bits: u32,
     /// Levels: `none` = the integer grid (INT4/INT8); `tensor` = a learned codebook per tensor;
-    /// `uniform` = the codebook format holding the integer grid (methods rtn or gptq, symmetric).
+    /// `uniform` = the codebook format holding the integer grid (symmetric; methods rtn, gptq,
+    /// and qat with `tensor`, which trains the levels and scales with the weights).
     #[arg(long, default_value = "none")]
     pub codebook: String,
     /// Group size along the input dimension, or `row` for one group per row.

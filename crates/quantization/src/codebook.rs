@@ -9,6 +9,7 @@
 //! 3. Codes: the nearest level (`Rtn`), or GPTQ's error feedback onto the nearest level with the
 //!    scales and levels fixed (`Gptq`, the shared loop of [`crate::gptq::feedback`]).
 
+use half::f16;
 use serde::{Deserialize, Serialize};
 use squish_core::codebook::{CbTensor, check_bits, nearest_level};
 use squish_core::{Error, Result};
@@ -155,6 +156,49 @@ pub fn quantize_codebook(
             s.cols
         )));
     }
+    let col_w: Vec<f64> = match stats {
+        Some(s) => s.col_sq_mean(),
+        None => vec![1.0; cols],
+    };
+    let (scales, levels) = fit_scales_and_levels(w, rows, cols, spec, group, &col_w)?;
+    let ng = cols.div_ceil(group);
+    let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect(); // [rows, n_groups]
+    let u = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x / sf[(i / cols) * ng + (i % cols) / group]);
+    let codes = match gptq {
+        None => u.map(|x| nearest_level(&levels, x)).collect(),
+        Some(cfg) => {
+            let stats = stats.ok_or_else(|| {
+                Error::invalid("gptq needs calibration statistics for every tensor it quantizes")
+            })?;
+            gptq_codes(w, rows, cols, group, &sf, &levels, stats, cfg)?
+        }
+    };
+    CbTensor::from_codes(bits, rows, cols, group, &codes, scales, levels)
+}
+
+/// The group scales and levels of `w [rows, cols]` (steps 1 and 2 of the module docs): F16
+/// absmax scales `[rows, n_groups]`, and levels learned by the weighted Lloyd-Max fit (or
+/// [`uniform_levels`] when `spec.learned` is false). `col_w [cols]` weighs each input column
+/// (the calibration inputs' second moments; all equal without calibration). Inputs are checked
+/// by the caller ([`quantize_codebook`]) or come from a checked plan (QAT's initial codebook).
+pub fn fit_scales_and_levels(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    spec: CodebookSpec,
+    group: usize,
+    col_w: &[f64],
+) -> Result<(Vec<f16>, Vec<f32>)> {
+    if col_w.len() != cols || w.len() != rows * cols || group == 0 {
+        return Err(Error::invalid(format!(
+            "codebook fit: {} values, {} column weights, group {group} for [{rows}, {cols}]",
+            w.len(),
+            col_w.len()
+        )));
+    }
     let ng = cols.div_ceil(group);
     let mut scales = Vec::with_capacity(rows * ng); // [rows, n_groups]
     for row in w.chunks_exact(cols) {
@@ -162,11 +206,10 @@ pub fn quantize_codebook(
             scales.push(f16_at_least(g.iter().fold(0f32, |m, x| m.max(x.abs())))?);
         }
     }
+    if !spec.learned {
+        return Ok((scales, uniform_levels(spec.bits)));
+    }
     let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
-    let col_w: Vec<f64> = match stats {
-        Some(s) => s.col_sq_mean(),
-        None => vec![1.0; cols],
-    };
     // A column no calibration input reached still counts a little, so its weights get levels.
     let floor = col_w.iter().cloned().fold(0.0f64, f64::max) * 1e-6 + f64::MIN_POSITIVE;
     let (mut u, mut uw) = (Vec::with_capacity(w.len()), Vec::with_capacity(w.len()));
@@ -181,21 +224,8 @@ pub fn quantize_codebook(
     if wmax > 0.0 {
         uw.iter_mut().for_each(|x| *x /= wmax);
     }
-    let levels = if spec.learned {
-        fit_levels(&u, &uw, 1 << bits, LLOYD_ITERS)?
-    } else {
-        uniform_levels(bits)
-    };
-    let codes = match gptq {
-        None => u.iter().map(|&x| nearest_level(&levels, x)).collect(),
-        Some(cfg) => {
-            let stats = stats.ok_or_else(|| {
-                Error::invalid("gptq needs calibration statistics for every tensor it quantizes")
-            })?;
-            gptq_codes(w, rows, cols, group, &sf, &levels, stats, cfg)?
-        }
-    };
-    CbTensor::from_codes(bits, rows, cols, group, &codes, scales, levels)
+    let levels = fit_levels(&u, &uw, 1 << spec.bits, LLOYD_ITERS)?;
+    Ok((scales, levels))
 }
 
 /// GPTQ onto the codebook: column by column, each weight takes the level nearest to its

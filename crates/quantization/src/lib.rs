@@ -14,7 +14,8 @@
 //! - [`awq`]: activation-aware per-channel scaling, folded only where exact.
 //! - [`pipeline`]: [`quantize_checkpoint`]; [`report`]: [`QuantReport`].
 //! - [`qat`]: [`qat_checkpoint`] — fake-quant fine-tuning with distillation ([`qat_net`]: the
-//!   straight-through network; [`qat_export`]: the packed export on the same grid).
+//!   straight-through network; [`qat_codebook`]: trained levels and scales of codebook tensors;
+//!   [`qat_export`]: the packed export on the same grid).
 
 #![deny(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod grid;
 pub mod mse;
 pub mod pipeline;
 pub mod qat;
+pub mod qat_codebook;
 pub mod qat_export;
 pub mod qat_net;
 pub mod qat_share;

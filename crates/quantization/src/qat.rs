@@ -23,6 +23,7 @@ use squish_core::train::{TrainConfig, TrainPoint, Trainable, train};
 use squish_core::{Error, Result};
 
 use crate::calibration::Calibration;
+use crate::codebook::{CodebookSpec, quantize_codebook};
 use crate::grid::{GroupParams, group_ranges, level, pack, params_for, sym_div};
 use crate::mse::{MseConfig, best_params};
 use crate::pipeline::{QuantConfig, SmallFormat, is_linear_weight};
@@ -278,6 +279,22 @@ pub fn build_plan(
         SmallFormat::F32 => TensorTarget::F32,
         SmallFormat::F16 => TensorTarget::F16,
     };
+    let codebook_bits = match cfg.quant.codebook {
+        None => None,
+        Some(CodebookSpec {
+            bits,
+            learned: true,
+        }) => {
+            squish_core::codebook::check_bits(bits)?;
+            Some(bits)
+        }
+        Some(CodebookSpec { learned: false, .. }) => {
+            return Err(Error::invalid(
+                "QAT trains the levels of a codebook: use codebook = \"tensor\" (a fixed uniform \
+                 codebook is the integer grid, codebook = \"none\")",
+            ));
+        }
+    };
     let mut entries = Vec::new();
     for (name, t) in ckpt.weights.iter() {
         if matches!(t.data, TensorData::Quant(_)) {
@@ -309,9 +326,16 @@ pub fn build_plan(
                         ),
                     ));
                 };
-                f.group_for(cols)
+                let group = f
+                    .group_for(cols)
                     .map_err(|e| Error::tensor(name, e.to_string()))?;
-                TensorTarget::Quant(f)
+                // The default format becomes the codebook; explicit overrides stay uniform.
+                match codebook_bits {
+                    Some(bits) if !cfg.per_tensor.contains_key(name) => {
+                        TensorTarget::Codebook { bits, group }
+                    }
+                    _ => TensorTarget::Quant(f),
+                }
             }
         };
         if let (TensorTarget::Quant(f), QatScales::Learned(_)) = (&target, &cfg.scales)
@@ -322,10 +346,14 @@ pub fn build_plan(
                 "learned QAT scales support symmetric formats only (drop --asym or use mse scales)",
             ));
         }
-        let importance = match (&target, &cfg.scales, calib.and_then(|c| c.get(name))) {
-            (TensorTarget::Quant(_), QatScales::Mse(m) | QatScales::Learned(m), Some(s))
-                if m.weighted =>
-            {
+        let weighted = match (&target, &cfg.scales) {
+            (TensorTarget::Quant(_), QatScales::Mse(m) | QatScales::Learned(m)) => m.weighted,
+            // The codebook's initial levels are fit weighted by the inputs' second moments.
+            (TensorTarget::Codebook { .. }, _) => true,
+            _ => false,
+        };
+        let importance = match calib.and_then(|c| c.get(name)) {
+            Some(s) if weighted => {
                 let m = s.col_sq_mean();
                 let mean = m.iter().sum::<f64>() / m.len().max(1) as f64;
                 Some(m.iter().map(|&x| (x + 1e-3 * mean) as f32).collect())
@@ -365,19 +393,43 @@ pub fn qat_net(ckpt: &Checkpoint, cfg: &QatConfig, calib: Option<&Calibration>) 
             )));
         }
         for e in &plan.entries {
-            let TensorTarget::Quant(format) = e.target else {
-                continue;
-            };
-            let t = w.get_mut(&e.name)?;
-            let v = t.to_f32(); // [rows, cols]
-            let spec = QuantSpec {
-                format,
-                method: method.clone(),
+            let [rows, cols] = e.shape[..] else {
+                continue; // only 2-D weights are quantized (checked by the plan)
             };
             let stats = calib.and_then(|c| c.get(&e.name));
-            let q = crate::quantize_tensor(&v, e.shape[0], e.shape[1], &spec, stats)
-                .map_err(|err| Error::tensor(&e.name, err.to_string()))?;
-            t.data = TensorData::F32(q.dequantize());
+            let t = w.get_mut(&e.name)?;
+            let v = t.to_f32(); // [rows, cols]
+            let dequantized = match e.target {
+                TensorTarget::Quant(format) => {
+                    let spec = QuantSpec {
+                        format,
+                        method: method.clone(),
+                    };
+                    crate::quantize_tensor(&v, rows, cols, &spec, stats).map(|q| q.dequantize())
+                }
+                // A codebook's RTN/MSE start is its F32 weights: the net fits scales and
+                // levels to them, so the first forward is the nearest-level PTQ codebook.
+                // GPTQ moves the latents onto its error-fed codes (the net refits to those).
+                TensorTarget::Codebook { bits, group } => match &method {
+                    Method::Gptq(g) => quantize_codebook(
+                        &v,
+                        rows,
+                        cols,
+                        CodebookSpec {
+                            bits,
+                            learned: true,
+                        },
+                        group,
+                        stats,
+                        Some(g),
+                    )
+                    .map(|c| c.dequantize()),
+                    _ => continue,
+                },
+                _ => continue,
+            }
+            .map_err(|err| Error::tensor(&e.name, err.to_string()))?;
+            t.data = TensorData::F32(dequantized);
         }
     }
     family_net(ckpt, &w, plan, &cfg.backend.autodiff_device())
@@ -496,7 +548,12 @@ pub fn qat_checkpoint(
             .plan
             .entries
             .iter()
-            .filter(|e| matches!(e.target, TensorTarget::Quant(_)))
+            .filter(|e| {
+                matches!(
+                    e.target,
+                    TensorTarget::Quant(_) | TensorTarget::Codebook { .. }
+                )
+            })
             .count(),
     };
     export(ckpt, &net, cfg, calib, summary)

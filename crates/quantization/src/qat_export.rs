@@ -39,33 +39,32 @@ pub fn export(
                         .map_err(|err| Error::tensor(&e.name, err.to_string()))?,
                     None => e.apply_packed(&w, &net.plan.scales)?,
                 };
-                // Errors against the F32 parent (what QAT has to make up for).
-                let orig = parent.weights.get(&e.name)?.to_f32();
-                let deq = q.dequantize();
-                let num: f64 = orig
-                    .iter()
-                    .zip(&deq)
-                    .map(|(a, b)| ((a - b) as f64).powi(2))
-                    .sum();
-                let den: f64 = orig.iter().map(|a| (*a as f64).powi(2)).sum();
-                tensors.push(TensorReport {
-                    name: e.name.clone(),
-                    shape: vec![rows, cols],
-                    format: if q.bits == QBits::Int4 { "q4" } else { "q8" }.into(),
-                    group: q.group,
-                    bytes: q.storage_bytes(),
-                    rel_weight_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
-                    rel_output_error: calib
-                        .and_then(|c| c.get(&e.name))
-                        .map(|s| s.relative_output_error(&orig, &deq, rows)),
-                });
-                out.weights.insert(
-                    e.name.clone(),
-                    WeightTensor {
-                        shape: e.shape.clone(),
-                        data: TensorData::Quant(q),
-                    },
-                );
+                let format = if q.bits == QBits::Int4 { "q4" } else { "q8" };
+                let (group, bytes) = (q.group, q.storage_bytes());
+                let nt = WeightTensor {
+                    shape: e.shape.clone(),
+                    data: TensorData::Quant(q),
+                };
+                tensors.push(packed_report(
+                    parent, calib, &e.name, &nt, format, group, bytes,
+                )?);
+                out.weights.insert(e.name.clone(), nt);
+                continue;
+            }
+            TensorTarget::Codebook { bits, group } => {
+                let c = net.codebook_tensor(i, &w)?.ok_or_else(|| {
+                    Error::tensor(&e.name, "codebook tensor without trained levels")
+                })?;
+                let bytes = c.storage_bytes();
+                let nt = WeightTensor {
+                    shape: e.shape.clone(),
+                    data: TensorData::Codebook(c),
+                };
+                let format = format!("cb{bits}");
+                tensors.push(packed_report(
+                    parent, calib, &e.name, &nt, &format, *group, bytes,
+                )?);
+                out.weights.insert(e.name.clone(), nt);
                 continue;
             }
         };
@@ -78,13 +77,17 @@ pub fn export(
         out.weights.insert(e.name.clone(), nt);
     }
     let fmt = &cfg.quant.format;
+    let codebook_bits = net.plan.entries.iter().find_map(|e| match e.target {
+        TensorTarget::Codebook { bits, .. } => Some(bits),
+        _ => None,
+    });
     let config_json = serde_json::to_vec(cfg).map_err(|e| Error::invalid(e.to_string()))?;
     let overrides = cfg.per_tensor.len();
     out.provenance = Provenance {
-        stage: if fmt.bits == QBits::Int4 {
-            "int4_native"
-        } else {
-            "int8"
+        stage: match (codebook_bits, fmt.bits) {
+            (Some(_), _) => "codebook",
+            (None, QBits::Int4) => "int4_native",
+            (None, QBits::Int8) => "int8",
         }
         .into(),
         parent_sha256: Some(fsutil::sha256_hex(&checkpoint::to_bytes(parent)?)),
@@ -92,7 +95,16 @@ pub fn export(
         tool: format!("squish-quant {}", env!("CARGO_PKG_VERSION")),
         details: BTreeMap::from([
             ("method".to_string(), "qat".to_string()),
-            ("format".to_string(), fmt.label()),
+            (
+                "format".to_string(),
+                match codebook_bits {
+                    Some(b) => format!(
+                        "cb{b}-{}",
+                        fmt.group.map_or("row".to_string(), |g| format!("g{g}"))
+                    ),
+                    None => fmt.label(),
+                },
+            ),
             ("steps".to_string(), cfg.train.steps.to_string()),
             ("init".to_string(), format!("{:?}", cfg.init).to_lowercase()),
             ("overrides".to_string(), overrides.to_string()),
@@ -103,8 +115,13 @@ pub fn export(
     let tensor_bytes = out.weights.storage_bytes();
     let kept_bytes: usize = kept.iter().map(|k| k.bytes).sum();
     let report = QuantReport {
-        method: "qat".into(),
-        bits: fmt.bits_u32(),
+        method: if codebook_bits.is_some() {
+            "qat+codebook"
+        } else {
+            "qat"
+        }
+        .into(),
+        bits: codebook_bits.unwrap_or(fmt.bits_u32()),
         group: fmt.group,
         asym: fmt.asym,
         parameters,
@@ -120,4 +137,37 @@ pub fn export(
         qat: Some(summary),
     };
     Ok((out, report))
+}
+
+/// The report row of a packed tensor `nt`, with its errors against the F32 parent (what QAT has
+/// to make up for).
+fn packed_report(
+    parent: &Checkpoint,
+    calib: Option<&Calibration>,
+    name: &str,
+    nt: &WeightTensor,
+    format: &str,
+    group: usize,
+    bytes: usize,
+) -> Result<TensorReport> {
+    let (rows, cols) = (nt.shape[0], nt.shape[1]);
+    let orig = parent.weights.get(name)?.to_f32(); // [rows, cols]
+    let deq = nt.to_f32(); // [rows, cols]
+    let num: f64 = orig
+        .iter()
+        .zip(&deq)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = orig.iter().map(|a| (*a as f64).powi(2)).sum();
+    Ok(TensorReport {
+        name: name.to_string(),
+        shape: vec![rows, cols],
+        format: format.to_string(),
+        group,
+        bytes,
+        rel_weight_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
+        rel_output_error: calib
+            .and_then(|c| c.get(name))
+            .map(|s| s.relative_output_error(&orig, &deq, rows)),
+    })
 }

@@ -4,7 +4,9 @@
 //! unchanged) — without touching the core model code.
 //!
 //! `Q` is [`TensorTarget::apply`]: packed INT4/INT8 ([`crate::qat::qat_quantize`], the same
-//! function the export uses, so the exported checkpoint *is* the fake-quant model) or F16 rounding.
+//! function the export uses, so the exported checkpoint *is* the fake-quant model) or F16 rounding;
+//! learned scales (LSQ) and codebook tensors map through burn ops instead, so their scales and
+//! levels train too ([`crate::qat_codebook`]).
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, TensorData};
 use half::f16;
 use squish_core::checkpoint::Weights;
+use squish_core::codebook::CbTensor;
 use squish_core::model::llama::{Llama, layer_tensor_names};
 use squish_core::model::ssm_moe::SsmMoe;
 use squish_core::model::ssm_moe_weights::{expert_name, router_name, ssm_name};
@@ -22,6 +25,7 @@ use squish_core::{Error, Result};
 
 use crate::grid::GroupParams;
 use crate::qat::{QatScales, learned_scale, qat_quantize};
+use crate::qat_codebook::{codebook_straight_through, export_codebook, initial_codebook};
 use crate::qat_share::SharedDeltas;
 use crate::spec::QuantFormat;
 
@@ -34,6 +38,14 @@ pub enum TensorTarget {
     F16,
     /// Packed INT4/INT8 with the given format.
     Quant(QuantFormat),
+    /// A codebook of `2^bits` trained levels with trained F16 scales per group of `group`
+    /// columns ([`crate::qat_codebook`]).
+    Codebook {
+        /// Bits per code: 2, 3 or 4.
+        bits: u32,
+        /// Group size along the row (the last group may be short).
+        group: usize,
+    },
 }
 
 /// One planned tensor: name, shape, target, and the column importances (calibration `E[x²]`)
@@ -66,6 +78,10 @@ impl PlanEntry {
             TensorTarget::F32 => Ok(w.to_vec()),
             TensorTarget::F16 => Ok(w.iter().map(|&x| f16::from_f32(x).to_f32()).collect()),
             TensorTarget::Quant(_) => Ok(self.apply_packed(w, scales)?.dequantize()),
+            TensorTarget::Codebook { .. } => Err(Error::tensor(
+                &self.name,
+                "a codebook tensor maps through its trained levels (QatNet::fake_quant)",
+            )),
         }
     }
 
@@ -95,15 +111,20 @@ pub struct QatNet {
     pub llama: Option<Llama>,
     /// The latent SsmMoe, when the family is SsmMoe.
     pub ssm_moe: Option<SsmMoe>,
-    /// Learned scales ([`QatScales::Learned`]): `ln(scale)` `[rows, n_groups]` of every
-    /// quantized tensor, in plan order; empty for the other scale choices.
+    /// Learned scales: `ln(scale)` `[rows, n_groups]` of every codebook tensor, and of every
+    /// quantized tensor under [`QatScales::Learned`], in plan order.
     pub log_scales: Vec<Param<Tensor<2>>>,
+    /// Trained levels `[2^bits]` of every codebook tensor, in plan order.
+    pub levels: Vec<Param<Tensor<1>>>,
     /// The per-tensor plan (not a parameter).
     #[module(skip)]
     pub plan: QatPlan,
     /// Per plan entry, its index in `log_scales` (learned scales only).
     #[module(skip)]
     slots: Vec<Option<usize>>,
+    /// Per plan entry, its index in `levels` (codebook tensors only).
+    #[module(skip)]
+    level_slots: Vec<Option<usize>>,
     /// The current step's fake-quant deltas, shared by this network's clones (the micro-batch
     /// replicas of one step).
     #[module(skip)]
@@ -239,8 +260,10 @@ impl QatNet {
             llama,
             ssm_moe,
             log_scales: Vec::new(),
+            levels: Vec::new(),
             plan,
             slots: Vec::new(),
+            level_slots: Vec::new(),
             shared: Arc::default(),
         };
         let names: Vec<String> = net.params_mut().into_iter().map(|(n, _)| n).collect();
@@ -255,37 +278,90 @@ impl QatNet {
                 names.first().map_or("", String::as_str)
             )));
         }
-        if matches!(net.plan.scales, QatScales::Learned(_)) {
+        let learned = matches!(net.plan.scales, QatScales::Learned(_));
+        let trains_grid = |t: &TensorTarget| match t {
+            TensorTarget::Quant(_) => learned,
+            TensorTarget::Codebook { .. } => true,
+            _ => false,
+        };
+        if net.plan.entries.iter().any(|e| trains_grid(&e.target)) {
             let latent = net.latent_weights()?;
             let device = match net.params_mut().into_iter().next() {
                 Some((_, ParamMut::Two(p))) => p.val().device(),
                 Some((_, ParamMut::One(p))) => p.val().device(),
                 None => return Err(Error::invalid("QAT model without parameters")),
             };
-            let mut slots = Vec::with_capacity(net.plan.entries.len());
-            for e in &net.plan.entries {
-                if !matches!(e.target, TensorTarget::Quant(_)) {
-                    slots.push(None);
+            let n = net.plan.entries.len();
+            let (mut slots, mut level_slots) = (vec![None; n], vec![None; n]);
+            for (i, e) in net.plan.entries.iter().enumerate() {
+                if !trains_grid(&e.target) {
                     continue;
                 }
-                // The starting scales: the clipping search of the initial latents.
                 let w = latent.get(&e.name)?.to_f32(); // [rows, cols]
-                let q = e.apply_packed(&w, &net.plan.scales)?;
-                let log_s: Vec<f32> = q.scales.iter().map(|s| s.to_f32().ln()).collect(); // [rows, n_groups]
-                let shape = [q.rows, q.n_groups()];
+                let (rows, cols) = (e.shape[0], e.shape[1]);
+                // The starting scales: the clipping search of the initial latents (uniform
+                // grid) or the post-training codebook fit (codebook, with its levels).
+                let log_s: Vec<f32> = match &e.target {
+                    TensorTarget::Codebook { bits, group } => {
+                        let (log_s, levels) = initial_codebook(
+                            &w,
+                            rows,
+                            cols,
+                            *bits,
+                            *group,
+                            e.importance.as_deref(),
+                        )
+                        .map_err(|err| Error::tensor(&e.name, err.to_string()))?;
+                        let len = levels.len();
+                        let t = Tensor::<1>::from_data(TensorData::new(levels, [len]), &device);
+                        level_slots[i] = Some(net.levels.len());
+                        net.levels.push(Param::from_tensor(t));
+                        log_s
+                    }
+                    _ => {
+                        let q = e.apply_packed(&w, &net.plan.scales)?;
+                        q.scales.iter().map(|s| s.to_f32().ln()).collect()
+                    }
+                }; // [rows, n_groups]
+                let shape = [rows, log_s.len() / rows];
                 let t = Tensor::<2>::from_data(TensorData::new(log_s, shape), &device);
-                slots.push(Some(net.log_scales.len()));
+                slots[i] = Some(net.log_scales.len());
                 net.log_scales.push(Param::from_tensor(t));
             }
             net.slots = slots;
+            net.level_slots = level_slots;
         }
         Ok(net)
+    }
+
+    /// The packed codebook of plan entry `entry` for latent values `w` — exactly its forward's
+    /// fake-quant values ([`export_codebook`]); `None` unless the entry is a codebook tensor.
+    pub fn codebook_tensor(&self, entry: usize, w: &[f32]) -> Result<Option<CbTensor>> {
+        let (Some(e), Some(Some(slot)), Some(Some(lslot))) = (
+            self.plan.entries.get(entry),
+            self.slots.get(entry),
+            self.level_slots.get(entry),
+        ) else {
+            return Ok(None);
+        };
+        let TensorTarget::Codebook { group, .. } = e.target else {
+            return Ok(None);
+        };
+        // The same burn `exp` as the forward, so the F16 scales round alike.
+        let scales = tensor_to_vec(self.log_scales[*slot].val().detach().exp())?;
+        let levels = tensor_to_vec(self.levels[*lslot].val().detach())?;
+        export_codebook(w, e.shape[0], e.shape[1], group, &scales, &levels)
+            .map(Some)
+            .map_err(|err| Error::tensor(&e.name, err.to_string()))
     }
 
     /// The group parameters the learned scales of plan entry `entry` stand for (F16-rounded as
     /// in the forward), `[rows, n_groups]`; `None` unless scales are learned and it is quantized.
     pub fn learned_params(&self, entry: usize) -> Result<Option<Vec<GroupParams>>> {
-        let Some(Some(slot)) = self.slots.get(entry) else {
+        let (Some(Some(slot)), Some(TensorTarget::Quant(_))) = (
+            self.slots.get(entry),
+            self.plan.entries.get(entry).map(|e| &e.target),
+        ) else {
             return Ok(None);
         };
         let log_s = tensor_to_vec(self.log_scales[*slot].val().detach())?;
@@ -324,8 +400,10 @@ impl QatNet {
         let mut net = self.clone();
         let plan = net.plan.clone();
         let slots = net.slots.clone();
+        let level_slots = net.level_slots.clone();
         let shared = Arc::clone(&net.shared);
         let log_scales: Vec<Tensor<2>> = net.log_scales.iter().map(|p| p.val()).collect();
+        let levels: Vec<Tensor<1>> = net.levels.iter().map(|p| p.val()).collect();
         let mut params = net.params_mut();
         // Learned scales map through burn ops here; the other grid-mapped tensors become jobs.
         let mut jobs: Vec<(usize, usize)> = Vec::new(); // (param index, plan entry)
@@ -336,6 +414,21 @@ impl QatNet {
                 .map_err(|_| Error::tensor(name.as_str(), "not in the QAT plan"))?;
             let entry = &plan.entries[i];
             if entry.target == TensorTarget::F32 {
+                continue;
+            }
+            if let (Some(slot), Some(lslot), TensorTarget::Codebook { group, .. }) = (
+                slots.get(i).copied().flatten(),
+                level_slots.get(i).copied().flatten(),
+                &entry.target,
+            ) {
+                let ParamMut::Two(p) = p else {
+                    return Err(Error::tensor(
+                        name.as_str(),
+                        "only 2-D tensors can be quantized",
+                    ));
+                };
+                codebook_straight_through(p, &log_scales[slot], &levels[lslot], *group)
+                    .map_err(|e| Error::tensor(name.as_str(), e.to_string()))?;
                 continue;
             }
             if let (Some(slot), TensorTarget::Quant(fmt)) =

@@ -99,7 +99,8 @@ pub struct QuantSettings {
     pub qat: Option<QatSettings>,
     /// `none` (the integer grid, default), `tensor` (a learned codebook of `2^bits` levels per
     /// tensor) or `uniform` (the codebook format holding the integer grid); `bits` 2, 3 or 4,
-    /// symmetric, methods `rtn` or `gptq` ([`crate::codebook`]).
+    /// symmetric, methods `rtn`, `gptq` ([`crate::codebook`]) or `qat` with `tensor` (levels and
+    /// scales trained, [`crate::qat_codebook`]).
     #[serde(default, skip_serializing_if = "is_default")]
     pub codebook: CodebookMode,
 }
@@ -173,12 +174,17 @@ impl QuantSettings {
                         "codebook formats are symmetric: drop asym with codebook = \"tensor\"",
                     ));
                 }
-                if !matches!(self.method, QuantMethod::Rtn | QuantMethod::Gptq) {
-                    return Err(Error::invalid(format!(
-                        "codebook = \"tensor\" runs with method rtn or gptq, not {} \
-                         (QAT of the levels is not implemented)",
-                        self.method.name()
-                    )));
+                if self.method == QuantMethod::Mse {
+                    return Err(Error::invalid(
+                        "codebook formats run with method rtn, gptq or qat, not mse (the \
+                         codebook's scales are absmax and its levels fit by Lloyd-Max)",
+                    ));
+                }
+                if self.method == QuantMethod::Qat && self.codebook == CodebookMode::Uniform {
+                    return Err(Error::invalid(
+                        "QAT trains the levels of a codebook: use codebook = \"tensor\" (a \
+                         fixed uniform codebook is the integer grid, codebook = \"none\")",
+                    ));
                 }
                 QuantFormat::new(4, group, false)
             }
@@ -232,10 +238,13 @@ impl QuantSettings {
             QuantMethod::Mse => self.mse.weighted || self.awq.is_some(),
             // A codebook's levels are fit weighted by the inputs' second moments.
             QuantMethod::Rtn => self.awq.is_some() || self.codebook != CodebookMode::None,
-            QuantMethod::Qat => self
-                .qat
-                .as_ref()
-                .is_some_and(QatSettings::needs_calibration),
+            QuantMethod::Qat => {
+                self.codebook != CodebookMode::None
+                    || self
+                        .qat
+                        .as_ref()
+                        .is_some_and(QatSettings::needs_calibration)
+            }
         }
     }
 }

@@ -99,7 +99,7 @@ fn settings_refuse_what_codebooks_cannot_do() {
         (5, QuantMethod::Rtn, false, "2, 3 or 4"),
         (8, QuantMethod::Gptq, false, "2, 3 or 4"),
         (4, QuantMethod::Rtn, true, "symmetric"),
-        (4, QuantMethod::Mse, false, "rtn or gptq"),
+        (4, QuantMethod::Mse, false, "not mse"),
     ] {
         let e = base(bits, method, asym)
             .quant_config()

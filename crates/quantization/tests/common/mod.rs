@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod qat;
+
 use squish_core::checkpoint::{Checkpoint, WeightTensor, Weights};
 use squish_core::config::{LlamaConfig, ModelConfig};
 use squish_core::data::Rng;

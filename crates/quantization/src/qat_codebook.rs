@@ -1,0 +1,223 @@
+//! QAT of codebook tensors: the weights, their group scales and the tensor's levels train
+//! together (straight-through estimator), and the export packs exactly what the forward used.
+//!
+//! A codebook tensor `W [rows, cols]` of a QAT plan holds three parameters: the latent weights
+//! `w`, `ln s [rows, n_groups]` and `levels [2^bits]`. The forward is
+//!
+//! ```text
+//! s̃ = F16(exp(ln s))                      (rounding by a straight-through add)
+//! x = w / s̃                               [rows, cols]
+//! k = nearest level of x                  (chosen on the host, a constant of the graph)
+//! W̃ = s̃ · (levels[k] + m · (x − sg(x)))   m = 1 where x lies within [min level, max level]
+//! ```
+//!
+//! so `∂W̃/∂w = m` (the straight-through estimator, cut outside the table's range as LSQ cuts
+//! outside its clamp), `∂W̃/∂s̃ = levels[k] − m·x` (LSQ's scale gradient, Esser et al. 2020) and
+//! `∂W̃/∂levels[j] = s̃` for every weight coded `j` — the gradient a k-means centroid gets from the
+//! loss instead of from the squared distance. Levels may cross while they train; the export
+//! sorts them (and renumbers the codes), which changes no dequantized value.
+
+use burn::module::Param;
+use burn::tensor::{Int, Tensor, TensorData};
+use half::f16;
+use squish_core::codebook::{CbTensor, nearest_level};
+use squish_core::model::tensor_to_vec;
+use squish_core::{Error, Result};
+
+use crate::codebook::{CodebookSpec, fit_scales_and_levels};
+use crate::qat::learned_scale;
+
+/// The starting point of a codebook tensor's trained parameters: `(ln s [rows, n_groups],
+/// levels [2^bits])` of the post-training fit ([`fit_scales_and_levels`]: absmax scales, levels
+/// by Lloyd-Max weighted by `importance [cols]`, uniform weights without calibration).
+pub fn initial_codebook(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group: usize,
+    importance: Option<&[f32]>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let col_w: Vec<f64> = match importance {
+        Some(m) => m.iter().map(|&x| x as f64).collect(),
+        None => vec![1.0; cols],
+    };
+    let spec = CodebookSpec {
+        bits,
+        learned: true,
+    };
+    let (scales, levels) = fit_scales_and_levels(w, rows, cols, spec, group, &col_w)?;
+    Ok((scales.iter().map(|s| s.to_f32().ln()).collect(), levels))
+}
+
+/// The column → group index `[cols]` of groups of `group`.
+fn column_groups(cols: usize, group: usize) -> Vec<i64> {
+    (0..cols).map(|c| (c / group) as i64).collect()
+}
+
+/// Replaces `p` by its fake-quantized value on the trained codebook (module docs): scales
+/// `exp(log_s)` `[rows, n_groups]` rounded to F16, `levels [2^bits]`, groups of `group`.
+pub fn codebook_straight_through(
+    p: &mut Param<Tensor<2>>,
+    log_s: &Tensor<2>,
+    levels: &Tensor<1>,
+    group: usize,
+) -> Result<()> {
+    let w = p.val(); // [rows, cols]
+    let [rows, cols] = w.dims();
+    let device = w.device();
+    let n_groups = cols.div_ceil(group);
+    if log_s.dims() != [rows, n_groups] {
+        return Err(Error::invalid(format!(
+            "{:?} learned scales for [{rows}, {cols}] in groups of {group}",
+            log_s.dims()
+        )));
+    }
+    let s = log_s.clone().exp(); // [rows, n_groups]
+    let to_f16: Vec<f32> = tensor_to_vec(s.clone().detach())?
+        .iter()
+        .map(|&x| learned_scale(x).to_f32() - x)
+        .collect();
+    let s = s + Tensor::<2>::from_data(TensorData::new(to_f16, [rows, n_groups]), &device); // [rows, n_groups], F16 values
+    let col_group =
+        Tensor::<1, Int>::from_data(TensorData::new(column_groups(cols, group), [cols]), &device);
+    let s = s.select(1, col_group); // [rows, cols]
+    let x = w / s.clone(); // [rows, cols]
+    let host_x = tensor_to_vec(x.clone().detach())?;
+    let host_levels = tensor_to_vec(levels.clone().detach())?;
+    let lo = host_levels.iter().cloned().fold(f32::INFINITY, f32::min);
+    let hi = host_levels
+        .iter()
+        .cloned()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let codes: Vec<i64> = host_x
+        .iter()
+        .map(|&v| nearest_level(&host_levels, v) as i64)
+        .collect();
+    let inside: Vec<f32> = host_x
+        .iter()
+        .map(|&v| if (lo..=hi).contains(&v) { 1.0 } else { 0.0 })
+        .collect();
+    let codes = Tensor::<1, Int>::from_data(TensorData::new(codes, [rows * cols]), &device);
+    let inside = Tensor::<2>::from_data(TensorData::new(inside, [rows, cols]), &device); // [rows, cols], constant
+    let q = levels.clone().select(0, codes).reshape([rows, cols]); // [rows, cols]
+    let through = (x.clone() - x.detach()) * inside; // [rows, cols], zero-valued
+    *p = Param::initialized(p.id, (q + through) * s);
+    Ok(())
+}
+
+/// The packed tensor of a trained codebook entry, equal to its forward: scales `s` `[rows,
+/// n_groups]` (the forward's `exp(ln s)`, F16-rounded here as there), `levels [2^bits]` in training
+/// order (sorted here, codes renumbered), codes the nearest level of `w / s̃`.
+pub fn export_codebook(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    group: usize,
+    scales: &[f32],
+    levels: &[f32],
+) -> Result<CbTensor> {
+    let bits = match levels.len() {
+        4 => 2,
+        8 => 3,
+        16 => 4,
+        n => {
+            return Err(Error::invalid(format!(
+                "{n} trained levels: a codebook has 4, 8 or 16"
+            )));
+        }
+    };
+    crate::spec::check_weights(w, rows, cols)?;
+    let n_groups = cols.div_ceil(group);
+    if scales.len() != rows * n_groups {
+        return Err(Error::invalid(format!(
+            "{} scales for {rows} rows × {n_groups} groups",
+            scales.len()
+        )));
+    }
+    let scales: Vec<f16> = scales.iter().map(|&s| learned_scale(s)).collect(); // [rows, n_groups]
+    let codes: Vec<u8> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let s = scales[(i / cols) * n_groups + (i % cols) / group].to_f32();
+            nearest_level(levels, x / s)
+        })
+        .collect();
+    // Sort the levels; `rank[k]` is old level k's place in the sorted table.
+    let mut order: Vec<usize> = (0..levels.len()).collect();
+    order.sort_by(|&a, &b| levels[a].total_cmp(&levels[b]).then(a.cmp(&b)));
+    let mut rank = vec![0u8; levels.len()];
+    for (new, &old) in order.iter().enumerate() {
+        rank[old] = new as u8;
+    }
+    let sorted: Vec<f32> = order.iter().map(|&k| levels[k]).collect();
+    let codes: Vec<u8> = codes.iter().map(|&k| rank[k as usize]).collect();
+    CbTensor::from_codes(bits, rows, cols, group, &codes, scales, sorted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squish_core::model::CpuBackend;
+
+    #[test]
+    fn export_sorts_levels_without_changing_values() {
+        let (rows, cols, group) = (3usize, 5usize, 2usize);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        let levels = [0.5f32, -1.0, 1.0, -0.25]; // unsorted, as training may leave them
+        let scales = vec![1.3f32; rows * cols.div_ceil(group)];
+        let t = export_codebook(&w, rows, cols, group, &scales, &levels).unwrap();
+        assert_eq!(t.levels, vec![-1.0, -0.25, 0.5, 1.0]);
+        let s = learned_scale(1.3).to_f32();
+        let want: Vec<f32> = w
+            .iter()
+            .map(|&x| s * levels[nearest_level(&levels, x / s) as usize])
+            .collect();
+        assert_eq!(t.dequantize(), want);
+    }
+
+    #[test]
+    fn export_rejects_bad_shapes() {
+        let w = vec![0.5f32; 6];
+        assert!(export_codebook(&w, 2, 3, 2, &[1.0; 4], &[0.0; 5]).is_err());
+        assert!(export_codebook(&w, 2, 3, 2, &[1.0; 3], &[0.0; 4]).is_err());
+        let mut nan = w.clone();
+        nan[2] = f32::NAN;
+        assert!(export_codebook(&nan, 2, 3, 2, &[1.0; 4], &[0.0; 4]).is_err());
+    }
+
+    #[test]
+    fn straight_through_forward_equals_the_export_and_levels_get_gradients() {
+        let device = CpuBackend::default().autodiff_device();
+        let (rows, cols, group) = (4, 7, 3);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) / 5.0)
+            .collect();
+        let (log_s, levels) = initial_codebook(&w, rows, cols, 2, group, None).unwrap();
+        let ng = cols.div_ceil(group);
+        let wt = Tensor::<2>::from_data(TensorData::new(w.clone(), [rows, cols]), &device);
+        let mut p = Param::from_tensor(wt).set_require_grad(true);
+        let ls = Tensor::<2>::from_data(TensorData::new(log_s.clone(), [rows, ng]), &device)
+            .require_grad();
+        let lv =
+            Tensor::<1>::from_data(TensorData::new(levels.clone(), [4]), &device).require_grad();
+        codebook_straight_through(&mut p, &ls, &lv, group).unwrap();
+        let fq = p.val();
+        let got = tensor_to_vec(fq.clone().detach()).unwrap();
+        let s: Vec<f32> = tensor_to_vec(ls.clone().detach().exp()).unwrap();
+        let t = export_codebook(&w, rows, cols, group, &s, &levels).unwrap();
+        assert_eq!(got, t.dequantize());
+        let grads = fq.sum().backward();
+        let g_levels = tensor_to_vec(lv.grad(&grads).unwrap()).unwrap();
+        assert!(g_levels.iter().any(|&g| g != 0.0), "{g_levels:?}");
+        assert!(
+            tensor_to_vec(ls.grad(&grads).unwrap())
+                .unwrap()
+                .iter()
+                .any(|&g| g != 0.0)
+        );
+    }
+}

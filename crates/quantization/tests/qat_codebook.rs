@@ -1,0 +1,189 @@
+//! Codebook QAT: the trained levels and scales are exactly what the export packs (logits within
+//! 1e-4 at 2, 3 and 4 bits, both families), they get gradients and move, per-tensor overrides
+//! stay on the uniform grid, and the combinations QAT cannot train are clear errors.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use burn::optim::GradientsParams;
+use common::qat::{config, export_matches_fake_quant, stream, tiny_ssm_moe};
+use common::tiny_llama;
+use squish_core::checkpoint::TensorData;
+use squish_core::data::Rng;
+use squish_core::model::{CpuBackend, tensor_to_vec};
+use squish_core::train::{Trainable, cross_entropy, sample_batch, train};
+use squish_quant::qat::{build_plan, qat_net};
+use squish_quant::qat_net::TensorTarget;
+use squish_quant::{
+    Calibration, CodebookMode, CodebookSpec, QatConfig, QatData, QatInit, QuantFormat, QuantMethod,
+    QuantSettings, qat_checkpoint,
+};
+
+/// [`config`] with a learned `bits`-bit codebook as the default format (groups of 8).
+fn codebook_config(steps: usize, bits: u32) -> QatConfig {
+    let mut cfg = config(steps);
+    cfg.quant.codebook = Some(CodebookSpec {
+        bits,
+        learned: true,
+    });
+    cfg
+}
+
+#[test]
+fn exported_codebooks_equal_the_fake_quant_model_at_2_3_and_4_bits() {
+    for bits in 2..=4u32 {
+        for base in [tiny_llama(3, 0.2), tiny_ssm_moe()] {
+            let cfg = codebook_config(3, bits);
+            let (packed, report) = export_matches_fake_quant(&base, &cfg);
+            assert_eq!(packed.provenance.stage, "codebook");
+            assert_eq!(packed.provenance.details["format"], format!("cb{bits}-g8"));
+            assert_eq!(report.bits, bits);
+            assert_eq!(report.method, "qat+codebook");
+            let mut coded = 0;
+            for (name, t) in packed.weights.iter() {
+                if let TensorData::Codebook(c) = &t.data {
+                    coded += 1;
+                    assert_eq!(c.bits, bits, "{name}");
+                    assert_eq!(c.group, 8.min(c.cols), "{name}");
+                    assert!(
+                        c.levels.windows(2).all(|p| p[0] <= p[1]),
+                        "{name}: unsorted"
+                    );
+                }
+            }
+            let reported = report
+                .tensors
+                .iter()
+                .filter(|t| t.format == format!("cb{bits}"));
+            assert_eq!(reported.count(), coded);
+            assert!(coded >= 7, "only {coded} codebook tensors");
+        }
+    }
+}
+
+#[test]
+fn levels_and_scales_get_gradients_and_train() {
+    let base = tiny_llama(3, 0.2);
+    let cfg = codebook_config(1, 3);
+    let net = qat_net(&base, &cfg, None).unwrap();
+    let coded = build_plan(&base, &cfg, None)
+        .unwrap()
+        .entries
+        .iter()
+        .filter(|e| matches!(e.target, TensorTarget::Codebook { bits: 3, group: _ }))
+        .count();
+    assert!(coded > 0);
+    assert_eq!(net.levels.len(), coded);
+    assert_eq!(net.log_scales.len(), coded);
+    let tr = stream(400, 5);
+    let (inp, tgt) = sample_batch(&tr, 4, 16, 1, &mut Rng::new(9));
+    let (logits, _) = net.train_forward(&inp).unwrap();
+    let grads = GradientsParams::from_grads(cross_entropy(logits, &tgt).backward(), &net);
+    for p in &net.levels {
+        let g = tensor_to_vec(grads.get::<1>(p.id).expect("gradient for the levels")).unwrap();
+        assert!(g.iter().all(|x| x.is_finite()) && g.iter().any(|x| x.abs() > 0.0));
+    }
+    for p in &net.log_scales {
+        let g = tensor_to_vec(grads.get::<2>(p.id).expect("gradient for a log-scale")).unwrap();
+        assert!(g.iter().all(|x| x.is_finite()) && g.iter().any(|x| x.abs() > 0.0));
+    }
+    let before: Vec<Vec<f32>> = net
+        .levels
+        .iter()
+        .map(|p| tensor_to_vec(p.val()).unwrap())
+        .collect();
+    let (net, _) = train(
+        net,
+        &tr,
+        &tr,
+        1,
+        &codebook_config(10, 3).train,
+        None,
+        |_| {},
+    )
+    .unwrap();
+    for (p, b) in net.levels.iter().zip(&before) {
+        assert_ne!(
+            tensor_to_vec(p.val()).unwrap(),
+            *b,
+            "a codebook's levels did not train"
+        );
+    }
+}
+
+/// End to end through `qat_checkpoint`, GPTQ-initialised from calibration statistics: an INT8
+/// override stays on the uniform grid, the rest become codebooks, the summary counts both.
+#[test]
+fn qat_checkpoint_trains_codebooks_beside_uniform_overrides() {
+    let base = tiny_llama(3, 0.2);
+    let mut cfg = codebook_config(2, 4);
+    cfg.init = QatInit::Gptq;
+    let int8_row = QuantFormat::new(8, None, false).unwrap();
+    let name = "layers.1.feed_forward.w2.weight";
+    cfg.per_tensor = BTreeMap::from([(name.to_string(), Some(int8_row))]);
+    let tr = stream(600, 3);
+    let windows: Vec<Vec<u32>> = tr.chunks(32).take(12).map(<[u32]>::to_vec).collect();
+    let cal = Calibration::collect(&base, &windows, &CpuBackend::default().device()).unwrap();
+    let data = QatData {
+        train: &tr,
+        valid: &tr,
+        bos: 1,
+        teacher: None,
+    };
+    let (q, report) = qat_checkpoint(&base, &cfg, &data, Some(&cal), &mut |_| {}).unwrap();
+    match &q.weights.get(name).unwrap().data {
+        TensorData::Quant(t) => assert_eq!(t.bits.bits(), 8),
+        other => panic!("{name} not INT8: {other:?}"),
+    }
+    let codebooks = q
+        .weights
+        .iter()
+        .filter(|(_, t)| matches!(t.data, TensorData::Codebook(_)))
+        .count();
+    assert_eq!(
+        report.qat.as_ref().unwrap().quantized_tensors,
+        codebooks + 1
+    );
+    assert!(report.tensors.iter().all(|t| t.rel_output_error.is_some()));
+    // Without statistics the GPTQ start is a clear error.
+    let e = qat_checkpoint(&base, &cfg, &data, None, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("needs calibration"), "{e}");
+}
+
+#[test]
+fn untrainable_codebook_combinations_are_clear_errors() {
+    let base = tiny_llama(3, 0.2);
+    let mut cfg = config(1);
+    cfg.quant.codebook = Some(CodebookSpec {
+        bits: 4,
+        learned: false,
+    });
+    let e = build_plan(&base, &cfg, None).unwrap_err().to_string();
+    assert!(e.contains("QAT trains the levels"), "{e}");
+    let e = build_plan(&base, &codebook_config(1, 5), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2, 3 or 4"), "{e}");
+    // The stage settings: qat with a learned codebook is valid and calibrates; with a uniform
+    // one, or a codebook under mse, it is refused.
+    let settings = |method: &str, codebook: &str| {
+        let toml = format!(
+            "bits = 3\ngroup = 32\nmethod = \"{method}\"\ncodebook = \"{codebook}\"\n\
+             [qat.train]\nsteps = 1\nbatch_size = 1\nseq_len = 8\nlr = 1e-3\n"
+        );
+        toml::from_str::<QuantSettings>(&toml).unwrap()
+    };
+    let ok = settings("qat", "tensor");
+    assert_eq!(ok.method, QuantMethod::Qat);
+    assert_eq!(ok.codebook, CodebookMode::Tensor);
+    assert!(ok.needs_calibration());
+    assert_eq!(ok.quant_config().unwrap().codebook.unwrap().bits, 3);
+    let e = settings("qat", "uniform").quant_config().unwrap_err();
+    assert!(e.to_string().contains("QAT trains the levels"), "{e}");
+    let mut mse = settings("qat", "tensor");
+    mse.method = QuantMethod::Mse;
+    mse.qat = None;
+    let e = mse.quant_config().unwrap_err();
+    assert!(e.to_string().contains("not mse"), "{e}");
+}
