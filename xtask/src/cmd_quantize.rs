@@ -36,8 +36,9 @@ pub struct QuantizeArgs {
     /// and qat with `tensor`, which trains the levels and scales with the weights).
     #[arg(long, default_value = "none")]
     pub codebook: String,
-    /// Group size along the input dimension, or `row` for one group per row.
-    #[arg(long, default_value = "32")]
+    /// Group size along the input dimension, or `row` for one group per row; `auto` = 64 with a
+    /// codebook (its scales and levels are what a 4-bit budget can afford), 32 otherwise.
+    #[arg(long, default_value = "auto")]
     pub group: String,
     /// Method: rtn, mse, gptq, qat (fake-quant fine-tuning with distillation from the input).
     #[arg(long, default_value = "rtn")]
@@ -45,9 +46,12 @@ pub struct QuantizeArgs {
     /// QAT: optimizer steps.
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
-    /// QAT: peak learning rate (cosine decay to a tenth).
+    /// QAT: peak learning rate.
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,
+    /// QAT: the learning rate the cosine decays to (default: a tenth of `--lr`).
+    #[arg(long)]
+    pub min_lr: Option<f64>,
     /// QAT: sequences per step.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -69,6 +73,9 @@ pub struct QuantizeArgs {
     /// QAT: scale choice: minmax or mse (recomputed every step), or learned (LSQ, symmetric only).
     #[arg(long, default_value = "mse")]
     pub qat_scales: String,
+    /// QAT: oscillation dampening weight of codebook tensors (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub qat_dampen: f32,
     /// Asymmetric (zero points) instead of symmetric.
     #[arg(long)]
     pub asym: bool,
@@ -90,8 +97,9 @@ pub struct QuantizeArgs {
     /// Keep the embedding / classifier unquantized.
     #[arg(long)]
     pub keep_embedding: bool,
-    /// Storage of the unquantized small tensors (norms …): f32 or f16.
-    #[arg(long, default_value = "f32")]
+    /// Storage of the unquantized small tensors (norms …): f32 or f16; `auto` = f16 with a
+    /// codebook, f32 otherwise.
+    #[arg(long, default_value = "auto")]
     pub small: String,
     /// Calibration text (stories; default: TinyStories train.txt from the shared data dir).
     #[arg(long)]
@@ -121,22 +129,31 @@ pub struct QuantizeArgs {
 
 /// The stage settings the flags describe.
 fn settings(a: &QuantizeArgs) -> Result<QuantSettings> {
+    let codebook = CodebookMode::parse(&a.codebook)?;
+    let with_codebook = codebook != CodebookMode::None;
     let group = if a.group == "row" {
         0
+    } else if a.group == "auto" {
+        if with_codebook { 64 } else { 32 }
     } else {
         a.group
             .parse::<usize>()
             .ok()
             .filter(|&g| g > 0)
             .with_context(|| {
-                format!("--group {} is neither a positive number nor `row`", a.group)
+                format!(
+                    "--group {} is neither a positive number, `row` nor `auto`",
+                    a.group
+                )
             })?
     };
     let method = QuantMethod::parse(&a.method)?;
     let small = match a.small.as_str() {
         "f32" => SmallFormat::F32,
         "f16" => SmallFormat::F16,
-        other => bail!("unknown --small {other} (f32, f16)"),
+        "auto" if with_codebook => SmallFormat::F16,
+        "auto" => SmallFormat::F32,
+        other => bail!("unknown --small {other} (f32, f16, auto)"),
     };
     let s = QuantSettings {
         bits: a.bits,
@@ -159,7 +176,7 @@ fn settings(a: &QuantizeArgs) -> Result<QuantSettings> {
         qat: (method == QuantMethod::Qat)
             .then(|| qat_settings(a))
             .transpose()?,
-        codebook: CodebookMode::parse(&a.codebook)?,
+        codebook,
     };
     s.quant_config()?;
     s.qat_settings()?;
@@ -187,7 +204,7 @@ fn qat_settings(a: &QuantizeArgs) -> Result<QatSettings> {
     let mut train = QatConfig::default().train;
     train.steps = a.steps;
     train.lr = a.lr;
-    train.min_lr = a.lr / 10.0;
+    train.min_lr = a.min_lr.unwrap_or(a.lr / 10.0);
     train.batch_size = a.batch_size;
     train.seq_len = a.seq_len;
     train.warmup_steps = a.warmup;
@@ -198,6 +215,7 @@ fn qat_settings(a: &QuantizeArgs) -> Result<QatSettings> {
         train,
         init,
         scales,
+        dampen: a.qat_dampen,
     })
 }
 
@@ -272,6 +290,22 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         report.method,
         t0.elapsed().as_secs_f64()
     );
+    if let Some(s) = &report.qat {
+        eprintln!(
+            "QAT: {} steps, loss {:.4} → {:.4}, {:.0} s",
+            s.steps, s.first_loss, s.last_loss, s.train_seconds
+        );
+        if let Some(f) = &s.code_flips {
+            eprintln!(
+                "codes changed per step ({} codebook weights): {:.4} % over the first tenth of \
+                 the steps, {:.4} % over the last tenth, {:.4} % at the last step",
+                f.weights,
+                100.0 * f.first_tenth,
+                100.0 * f.last_tenth,
+                100.0 * f.last_step
+            );
+        }
+    }
     let q = save_with_tokenizer(&loaded, out.checkpoint, &a.out, |_| Ok(()))?;
     let file_bytes = std::fs::metadata(&a.out)?.len();
     let (ppl, base) = match &a.eval {

@@ -15,7 +15,8 @@
 //! - [`pipeline`]: [`quantize_checkpoint`]; [`report`]: [`QuantReport`].
 //! - [`qat`]: [`qat_checkpoint`] — fake-quant fine-tuning with distillation ([`qat_net`]: the
 //!   straight-through network; [`qat_codebook`]: trained levels and scales of codebook tensors;
-//!   [`qat_export`]: the packed export on the same grid).
+//!   [`qat_flips`]: their oscillation, measured; [`qat_export`]: the packed export on the same
+//!   grid).
 
 #![deny(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod pipeline;
 pub mod qat;
 pub mod qat_codebook;
 pub mod qat_export;
+pub mod qat_flips;
 pub mod qat_net;
 pub mod qat_share;
 pub mod report;

@@ -9,6 +9,7 @@
 //! codes, so the exported model equals the trained fake-quant model up to float rounding.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
 use half::f16;
@@ -28,6 +29,7 @@ use crate::grid::{GroupParams, group_ranges, level, pack, params_for, sym_div};
 use crate::mse::{MseConfig, best_params};
 use crate::pipeline::{QuantConfig, SmallFormat, is_linear_weight};
 use crate::qat_export::export;
+use crate::qat_flips::FlipSummary;
 use crate::qat_net::{PlanEntry, QatNet, QatPlan, TensorTarget};
 use crate::report::QuantReport;
 use crate::spec::{Method, QuantFormat, QuantSpec};
@@ -94,6 +96,15 @@ pub struct QatConfig {
     /// CPU backend of the training.
     #[serde(default)]
     pub backend: CpuBackend,
+    /// Oscillation dampening of codebook tensors (Nagel et al. 2022): this weight times the
+    /// mean over their weights of `(clip(w/s) − level)²` (level units) joins the loss, pulling
+    /// each latent towards the level it is coded as. 0 (default) = off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dampen: f32,
+}
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
 }
 
 fn default_train() -> TrainConfig {
@@ -135,6 +146,7 @@ impl Default for QatConfig {
             init: QatInit::default(),
             scales: QatScales::default(),
             backend: CpuBackend::default(),
+            dampen: 0.0,
         }
     }
 }
@@ -176,6 +188,9 @@ pub struct QatSummary {
     pub valid_nats: Option<f64>,
     /// Tensors quantized (and how many by per-tensor overrides).
     pub quantized_tensors: usize,
+    /// How often codebook weights changed their code between steps (codebook tensors only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_flips: Option<FlipSummary>,
 }
 
 /// Packs `w [rows, cols]` on the QAT grid: per (row, group) the scale of `scales` (F16-rounded
@@ -367,9 +382,21 @@ pub fn build_plan(
             importance,
         });
     }
+    // The training loop weighs a model's auxiliary loss by `balance_coef` (it was made for the
+    // MoE balance loss); the dampening rides along, so it is divided by that weight here.
+    let dampen = match (cfg.dampen, cfg.train.balance_coef) {
+        (d, _) if d == 0.0 => 0.0,
+        (d, b) if d > 0.0 && d.is_finite() && b > 0.0 => d / b,
+        (d, b) => {
+            return Err(Error::invalid(format!(
+                "QAT dampening {d} needs a finite positive weight and balance_coef > 0 (is {b})"
+            )));
+        }
+    };
     Ok(QatPlan {
         entries,
         scales: cfg.scales.clone(),
+        dampen,
     })
 }
 
@@ -457,6 +484,7 @@ fn f32_plan(teacher: &Checkpoint, scales: &QatScales) -> Result<QatPlan> {
     Ok(QatPlan {
         entries,
         scales: scales.clone(),
+        dampen: 0.0,
     })
 }
 
@@ -525,6 +553,7 @@ pub fn qat_checkpoint(
         Ok(Tensor::from_data(logits.into_data(), &ad))
     };
     let t0 = std::time::Instant::now();
+    let flips = Arc::clone(&net.flips);
     let (net, log) = train(
         net,
         data.train,
@@ -532,7 +561,10 @@ pub fn qat_checkpoint(
         data.bos,
         &cfg.train,
         Some(&teacher),
-        |p| on_point(p),
+        |p| {
+            flips.end_step();
+            on_point(p)
+        },
     )?;
     let train_seconds = t0.elapsed().as_secs_f64();
     let summary = crate::qat::QatSummary {
@@ -555,6 +587,7 @@ pub fn qat_checkpoint(
                 )
             })
             .count(),
+        code_flips: flips.summary(),
     };
     export(ckpt, &net, cfg, calib, summary)
 }

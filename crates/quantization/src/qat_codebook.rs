@@ -55,14 +55,28 @@ fn column_groups(cols: usize, group: usize) -> Vec<i64> {
     (0..cols).map(|c| (c / group) as i64).collect()
 }
 
+/// What one codebook tensor's fake-quant forward produced besides the weights.
+#[derive(Debug)]
+pub struct CodebookForward {
+    /// The code (index into the training-order levels) of every weight `[rows · cols]`.
+    pub codes: Vec<u8>,
+    /// `dampen · Σ (clip(w / sg(s̃)) − sg(levels[k]))²` over the tensor's weights (Nagel et al.
+    /// 2022's oscillation dampening: it pulls each latent towards the level it is coded as, its
+    /// gradient reaches the latents only; the network passes `dampen` divided by its count of
+    /// codebook weights, so the terms sum to a mean); `None` when `dampen` is 0.
+    pub dampening: Option<Tensor<1>>,
+}
+
 /// Replaces `p` by its fake-quantized value on the trained codebook (module docs): scales
-/// `exp(log_s)` `[rows, n_groups]` rounded to F16, `levels [2^bits]`, groups of `group`.
+/// `exp(log_s)` `[rows, n_groups]` rounded to F16, `levels [2^bits]`, groups of `group`; with
+/// `dampen > 0` also the dampening term of [`CodebookForward`].
 pub fn codebook_straight_through(
     p: &mut Param<Tensor<2>>,
     log_s: &Tensor<2>,
     levels: &Tensor<1>,
     group: usize,
-) -> Result<()> {
+    dampen: f32,
+) -> Result<CodebookForward> {
     let w = p.val(); // [rows, cols]
     let [rows, cols] = w.dims();
     let device = w.device();
@@ -90,20 +104,27 @@ pub fn codebook_straight_through(
         .iter()
         .cloned()
         .fold(f32::NEG_INFINITY, f32::max);
-    let codes: Vec<i64> = host_x
+    let codes: Vec<u8> = host_x
         .iter()
-        .map(|&v| nearest_level(&host_levels, v) as i64)
+        .map(|&v| nearest_level(&host_levels, v))
         .collect();
     let inside: Vec<f32> = host_x
         .iter()
         .map(|&v| if (lo..=hi).contains(&v) { 1.0 } else { 0.0 })
         .collect();
-    let codes = Tensor::<1, Int>::from_data(TensorData::new(codes, [rows * cols]), &device);
+    let index: Vec<i64> = codes.iter().map(|&k| k as i64).collect();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(index, [rows * cols]), &device);
     let inside = Tensor::<2>::from_data(TensorData::new(inside, [rows, cols]), &device); // [rows, cols], constant
-    let q = levels.clone().select(0, codes).reshape([rows, cols]); // [rows, cols]
+    let q = levels.clone().select(0, index).reshape([rows, cols]); // [rows, cols]
+    let dampening = (dampen > 0.0).then(|| {
+        // [rows, cols]: the latent in level units (scale held fixed), clipped to the table.
+        let x_fixed = (p.val() / s.clone().detach()).clamp(lo, hi);
+        let d = x_fixed - q.clone().detach();
+        (d.clone() * d).sum() * dampen
+    });
     let through = (x.clone() - x.detach()) * inside; // [rows, cols], zero-valued
     *p = Param::initialized(p.id, (q + through) * s);
-    Ok(())
+    Ok(CodebookForward { codes, dampening })
 }
 
 /// The packed tensor of a trained codebook entry, equal to its forward: scales `s` `[rows,
@@ -204,7 +225,7 @@ mod tests {
             .require_grad();
         let lv =
             Tensor::<1>::from_data(TensorData::new(levels.clone(), [4]), &device).require_grad();
-        codebook_straight_through(&mut p, &ls, &lv, group).unwrap();
+        codebook_straight_through(&mut p, &ls, &lv, group, 0.0).unwrap();
         let fq = p.val();
         let got = tensor_to_vec(fq.clone().detach()).unwrap();
         let s: Vec<f32> = tensor_to_vec(ls.clone().detach().exp()).unwrap();

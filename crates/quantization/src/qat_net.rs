@@ -26,6 +26,7 @@ use squish_core::{Error, Result};
 use crate::grid::GroupParams;
 use crate::qat::{QatScales, learned_scale, qat_quantize};
 use crate::qat_codebook::{codebook_straight_through, export_codebook, initial_codebook};
+use crate::qat_flips::CodeFlips;
 use crate::qat_share::SharedDeltas;
 use crate::spec::QuantFormat;
 
@@ -69,6 +70,8 @@ pub struct QatPlan {
     pub entries: Vec<PlanEntry>,
     /// Scale choice of the quantized tensors (recomputed from the latent weights each step).
     pub scales: QatScales,
+    /// Weight of the codebook tensors' oscillation dampening ([`crate::qat_codebook`]); 0 = off.
+    pub dampen: f32,
 }
 
 impl PlanEntry {
@@ -129,6 +132,9 @@ pub struct QatNet {
     /// replicas of one step).
     #[module(skip)]
     shared: Arc<SharedDeltas>,
+    /// Code changes of the codebook tensors between steps, shared by this network's clones.
+    #[module(skip)]
+    pub flips: Arc<CodeFlips>,
 }
 
 /// A mutable handle on one parameter of a model.
@@ -265,6 +271,7 @@ impl QatNet {
             slots: Vec::new(),
             level_slots: Vec::new(),
             shared: Arc::default(),
+            flips: Arc::default(),
         };
         let names: Vec<String> = net.params_mut().into_iter().map(|(n, _)| n).collect();
         let planned: Vec<&String> = net.plan.entries.iter().map(|e| &e.name).collect();
@@ -397,11 +404,28 @@ impl QatNet {
     /// deltas `Q(w) − w` of grid-mapped tensors are computed once per set of latent values and
     /// shared by this network's clones ([`SharedDeltas`]).
     pub fn fake_quant(&self) -> Result<QatNet> {
+        Ok(self.fake_quant_dampened()?.0)
+    }
+
+    /// [`QatNet::fake_quant`], and the summed oscillation dampening of its codebook tensors
+    /// (`None` unless `plan.dampen > 0`). Reports every codebook tensor's codes to
+    /// [`QatNet::flips`].
+    pub fn fake_quant_dampened(&self) -> Result<(QatNet, Option<Tensor<1>>)> {
         let mut net = self.clone();
+        let mut dampening: Option<Tensor<1>> = None;
         let plan = net.plan.clone();
         let slots = net.slots.clone();
         let level_slots = net.level_slots.clone();
         let shared = Arc::clone(&net.shared);
+        let flips = Arc::clone(&net.flips);
+        // The dampening is a mean over every codebook weight of the network.
+        let coded_weights: usize = plan
+            .entries
+            .iter()
+            .filter(|e| matches!(e.target, TensorTarget::Codebook { .. }))
+            .map(|e| e.shape.iter().product::<usize>())
+            .sum::<usize>()
+            .max(1);
         let log_scales: Vec<Tensor<2>> = net.log_scales.iter().map(|p| p.val()).collect();
         let levels: Vec<Tensor<1>> = net.levels.iter().map(|p| p.val()).collect();
         let mut params = net.params_mut();
@@ -427,8 +451,19 @@ impl QatNet {
                         "only 2-D tensors can be quantized",
                     ));
                 };
-                codebook_straight_through(p, &log_scales[slot], &levels[lslot], *group)
-                    .map_err(|e| Error::tensor(name.as_str(), e.to_string()))?;
+                let out = codebook_straight_through(
+                    p,
+                    &log_scales[slot],
+                    &levels[lslot],
+                    *group,
+                    plan.dampen / coded_weights as f32,
+                )
+                .map_err(|e| Error::tensor(name.as_str(), e.to_string()))?;
+                flips.observe(i, out.codes);
+                dampening = match (dampening, out.dampening) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (a, b) => a.or(b),
+                };
                 continue;
             }
             if let (Some(slot), TensorTarget::Quant(fmt)) =
@@ -465,18 +500,24 @@ impl QatNet {
             }
         }
         drop(params);
-        Ok(net)
+        Ok((net, dampening))
     }
 }
 
 impl Trainable for QatNet {
-    /// Logits `[batch, seq, vocab]` of the fake-quantized model (and the SsmMoe balance loss).
+    /// Logits `[batch, seq, vocab]` of the fake-quantized model, and the auxiliary loss: the
+    /// SsmMoe balance loss plus the codebook dampening.
     fn train_forward(&self, tokens: &[Vec<u32>]) -> Result<(Tensor<3>, Option<Tensor<1>>)> {
-        let fq = self.fake_quant()?;
-        match (&fq.llama, &fq.ssm_moe) {
-            (Some(m), _) => m.train_forward(tokens),
-            (_, Some(m)) => m.train_forward(tokens),
-            _ => Err(Error::invalid("QatNet without a model")),
-        }
+        let (fq, dampening) = self.fake_quant_dampened()?;
+        let (logits, aux) = match (&fq.llama, &fq.ssm_moe) {
+            (Some(m), _) => m.train_forward(tokens)?,
+            (_, Some(m)) => m.train_forward(tokens)?,
+            _ => return Err(Error::invalid("QatNet without a model")),
+        };
+        let aux = match (aux, dampening) {
+            (Some(a), Some(d)) => Some(a + d),
+            (a, d) => a.or(d),
+        };
+        Ok((logits, aux))
     }
 }

@@ -119,6 +119,9 @@ pub struct QatSettings {
     /// Scale rule at every step and at export.
     #[serde(default)]
     pub scales: QatScales,
+    /// Oscillation dampening of codebook tensors ([`QatConfig::dampen`]); 0 = off.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dampen: f32,
 }
 
 fn default_bits() -> u32 {
@@ -156,6 +159,7 @@ impl QatSettings {
             init: self.init,
             scales: self.scales.clone(),
             backend: CpuBackend::from_env()?,
+            dampen: self.dampen,
         })
     }
 }

@@ -141,10 +141,20 @@ fn qat_checkpoint_trains_codebooks_beside_uniform_overrides() {
         .iter()
         .filter(|(_, t)| matches!(t.data, TensorData::Codebook(_)))
         .count();
-    assert_eq!(
-        report.qat.as_ref().unwrap().quantized_tensors,
-        codebooks + 1
-    );
+    let summary = report.qat.as_ref().unwrap();
+    assert_eq!(summary.quantized_tensors, codebooks + 1);
+    // Oscillation is measured over every codebook weight (the INT8 override is not one).
+    let flips = summary.code_flips.as_ref().expect("code flips measured");
+    let coded: usize = q
+        .weights
+        .iter()
+        .filter_map(|(_, t)| match &t.data {
+            TensorData::Codebook(c) => Some(c.rows * c.cols),
+            _ => None,
+        })
+        .sum();
+    assert_eq!((flips.weights, flips.steps), (coded, 2));
+    assert!((0.0..=1.0).contains(&flips.last_step));
     assert!(report.tensors.iter().all(|t| t.rel_output_error.is_some()));
     // Without statistics the GPTQ start is a clear error.
     let e = qat_checkpoint(&base, &cfg, &data, None, &mut |_| {}).unwrap_err();
@@ -186,4 +196,23 @@ fn untrainable_codebook_combinations_are_clear_errors() {
     mse.qat = None;
     let e = mse.quant_config().unwrap_err();
     assert!(e.to_string().contains("not mse"), "{e}");
+}
+
+/// Dampening adds a loss that pulls latents onto their levels: the trained result changes, the
+/// export still equals the fake-quant forward, and a weight the loop would zero is refused.
+#[test]
+fn dampening_changes_training_and_keeps_the_export_exact() {
+    let base = tiny_llama(3, 0.2);
+    let plain = codebook_config(4, 2);
+    let mut damped = plain.clone();
+    damped.dampen = 5.0;
+    let (a, _) = export_matches_fake_quant(&base, &plain);
+    let (b, _) = export_matches_fake_quant(&base, &damped);
+    assert_ne!(
+        squish_core::checkpoint::to_bytes(&a).unwrap(),
+        squish_core::checkpoint::to_bytes(&b).unwrap()
+    );
+    damped.train.balance_coef = 0.0;
+    let e = build_plan(&base, &damped, None).unwrap_err().to_string();
+    assert!(e.contains("balance_coef"), "{e}");
 }

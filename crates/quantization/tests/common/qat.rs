@@ -103,6 +103,7 @@ pub fn summary() -> QatSummary {
         last_loss: 0.0,
         valid_nats: None,
         quantized_tensors: 0,
+        code_flips: None,
     }
 }
 
