@@ -385,7 +385,7 @@ pub fn build_plan(
     // The training loop weighs a model's auxiliary loss by `balance_coef` (it was made for the
     // MoE balance loss); the dampening rides along, so it is divided by that weight here.
     let dampen = match (cfg.dampen, cfg.train.balance_coef) {
-        (d, _) if d == 0.0 => 0.0,
+        (0.0, _) => 0.0,
         (d, b) if d > 0.0 && d.is_finite() && b > 0.0 => d / b,
         (d, b) => {
             return Err(Error::invalid(format!(
