@@ -25,12 +25,12 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         .weights
         .iter()
         .map(|(name, t)| {
-            let (group, asym) = match &t.data {
-                TensorData::Quant(q) => (Some(q.group), Some(q.is_asymmetric())),
-                TensorData::Codebook(c) => (Some(c.group), Some(false)),
-                _ => (None, None),
+            let (group, asym, levels) = match &t.data {
+                TensorData::Quant(q) => (Some(q.group), Some(q.is_asymmetric()), None),
+                TensorData::Codebook(c) => (Some(c.group), Some(false), Some(c.levels.clone())),
+                _ => (None, None, None),
             };
-            json!({"name": name, "format": t.format_name(), "shape": t.shape, "group": group, "asym": asym, "bytes": t.storage_bytes(), "params": t.numel()})
+            json!({"name": name, "format": t.format_name(), "shape": t.shape, "group": group, "asym": asym, "bytes": t.storage_bytes(), "params": t.numel(), "levels": levels})
         })
         .collect();
     if a.json {
@@ -53,7 +53,7 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     println!("provenance: {}", serde_json::to_string(&ck.provenance)?);
     println!("metrics: {}", serde_json::to_string(&ck.metrics)?);
     println!(
-        "{:<40} {:>6} {:>14} {:>6} {:>5} {:>9}",
+        "{:<40} {:>6} {:>14} {:>6} {:>5} {:>9}  levels (codebook tensors, × group scale)",
         "tensor", "format", "shape", "group", "asym", "bytes"
     );
     for r in rows {
@@ -73,8 +73,18 @@ pub fn run(a: &InspectArgs) -> Result<()> {
                 v.to_string()
             }
         };
+        let levels = r["levels"]
+            .as_array()
+            .map(|l| {
+                let v: Vec<String> = l
+                    .iter()
+                    .map(|x| format!("{:+.3}", x.as_f64().unwrap_or(f64::NAN)))
+                    .collect();
+                format!("  [{}]", v.join(" "))
+            })
+            .unwrap_or_default();
         println!(
-            "{:<40} {:>6} {:>14} {:>6} {:>5} {:>9}",
+            "{:<40} {:>6} {:>14} {:>6} {:>5} {:>9}{levels}",
             r["name"].as_str().unwrap_or(""),
             r["format"].as_str().unwrap_or(""),
             shape,

@@ -43,15 +43,16 @@ pub struct QuantizeArgs {
     /// Method: rtn, mse, gptq, qat (fake-quant fine-tuning with distillation from the input).
     #[arg(long, default_value = "rtn")]
     pub method: String,
-    /// QAT: optimizer steps.
-    #[arg(long, default_value_t = 300)]
+    /// QAT: optimizer steps (1000 × 8 × 256 tokens ≈ one pass over TinyStories' train.txt).
+    #[arg(long, default_value_t = 1000)]
     pub steps: usize,
     /// QAT: peak learning rate.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// QAT: the learning rate the cosine decays to (default: a tenth of `--lr`).
-    #[arg(long)]
-    pub min_lr: Option<f64>,
+    /// QAT: the learning rate the cosine decays to. 0 lets the codes settle (stories260K cb4:
+    /// +4.39 % at 0 against +6.16 % at a tenth of `--lr`).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr: f64,
     /// QAT: sequences per step.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -204,7 +205,7 @@ fn qat_settings(a: &QuantizeArgs) -> Result<QatSettings> {
     let mut train = QatConfig::default().train;
     train.steps = a.steps;
     train.lr = a.lr;
-    train.min_lr = a.min_lr.unwrap_or(a.lr / 10.0);
+    train.min_lr = a.min_lr;
     train.batch_size = a.batch_size;
     train.seq_len = a.seq_len;
     train.warmup_steps = a.warmup;

@@ -113,7 +113,9 @@ fn default_train() -> TrainConfig {
         batch_size: 8,
         seq_len: 256,
         lr: 5e-4,
-        min_lr: 5e-5,
+        // Decaying to zero lets the codes settle (stories260K cb4 QAT: +4.39 % against +6.16 %
+        // with a floor of lr / 10).
+        min_lr: 0.0,
         warmup_steps: 20,
         weight_decay: 0.0,
         grad_clip: 1.0,
