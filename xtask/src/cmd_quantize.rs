@@ -403,7 +403,7 @@ mod tests {
         let cli = settings(&flags).unwrap();
         let table: QuantSettings = toml::from_str(
             "bits = 4\ngroup = 64\nmethod = \"qat\"\nsmall = \"f16\"\n[qat]\ninit = \"mse\"\n\
-             [qat.train]\nsteps = 200\nbatch_size = 8\nseq_len = 512\nlr = 1e-3\nmin_lr = 1e-4\n\
+             [qat.train]\nsteps = 200\nbatch_size = 8\nseq_len = 512\nlr = 1e-3\nmin_lr = 0.0\n\
              warmup_steps = 8\nweight_decay = 0.0\ndistill_alpha = 1.0",
         )
         .unwrap();
@@ -477,5 +477,23 @@ mod tests {
         assert!(settings(&args(&["--codebook", "bogus"])).is_err());
         assert!(settings(&args(&["--bits", "2", "--codebook", "tensor", "--asym"])).is_err());
         assert!(settings(&args(&["--group", "0"])).is_err());
+    }
+
+    /// `--group auto` / `--small auto`: g64 and F16 small tensors with a codebook, g32 and F32
+    /// otherwise; the codebook QAT of must-show 7 needs no other flags.
+    #[test]
+    fn auto_defaults_follow_the_codebook() {
+        let cb = settings(&args(&["--codebook", "tensor", "--method", "qat"])).unwrap();
+        assert_eq!((cb.group, cb.small), (64, SmallFormat::F16));
+        let q = cb.qat.as_ref().unwrap();
+        assert_eq!(
+            (q.train.steps, q.train.lr, q.train.min_lr),
+            (1000, 1e-3, 0.0)
+        );
+        assert!(cb.needs_calibration());
+        let int = settings(&args(&[])).unwrap();
+        assert_eq!((int.group, int.small), (32, SmallFormat::F32));
+        let row = settings(&args(&["--codebook", "tensor", "--group", "row"])).unwrap();
+        assert_eq!(row.group, 0);
     }
 }
