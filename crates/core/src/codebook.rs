@@ -60,6 +60,18 @@ pub fn check_bits(bits: u32) -> Result<()> {
     }
 }
 
+/// The code width of a table of `n` levels: 4 → 2, 8 → 3, 16 → 4 bits; other sizes are errors.
+pub fn bits_for_levels(n: usize) -> Result<u32> {
+    match n {
+        4 => Ok(2),
+        8 => Ok(3),
+        16 => Ok(4),
+        n => Err(Error::invalid(format!(
+            "{n} levels: a codebook has 4, 8 or 16"
+        ))),
+    }
+}
+
 /// Packs unsigned codes (`codes.len()` = `cols`, each `< 2^bits`) of one row into `dst`
 /// (`row_bytes(bits, cols)` bytes, zeroed by the caller).
 pub fn pack_row(bits: u32, codes: &[u8], dst: &mut [u8]) {
@@ -229,16 +241,7 @@ impl CbTensor {
         group: usize,
         levels: Vec<f32>,
     ) -> Result<Self> {
-        let bits = match levels.len() {
-            4 => 2,
-            8 => 3,
-            16 => 4,
-            n => {
-                return Err(Error::invalid(format!(
-                    "{n} levels: a codebook has 4, 8 or 16"
-                )));
-            }
-        };
+        let bits = bits_for_levels(levels.len())?;
         check_levels(bits, &levels)?;
         if w.len() != rows * cols || rows == 0 || cols == 0 {
             return Err(Error::invalid(format!(

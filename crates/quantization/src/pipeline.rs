@@ -192,21 +192,9 @@ pub fn quantize_checkpoint(
         // Without AWQ `w` is the original weight. With AWQ it is `W·diag(s)` and `st` the statistics
         // of the rescaled inputs `X·diag(1/s)`, so the output error is exactly that of the
         // effective weight `Q·diag(1/s)` against the original; the weight error is in scaled space.
-        let num: f64 = w
-            .iter()
-            .zip(&deq)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
-        let den: f64 = w.iter().map(|a| (*a as f64).powi(2)).sum();
-        tensors.push(TensorReport {
-            name: name.clone(),
-            shape: vec![rows, cols],
-            format,
-            group,
-            bytes,
-            rel_weight_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
-            rel_output_error: st.map(|s| s.relative_output_error(&w, &deq, rows)),
-        });
+        tensors.push(TensorReport::measure(
+            name, rows, cols, &w, &deq, &format, group, bytes, st,
+        ));
         out.weights.insert(name.clone(), nt);
     }
     let method = format!(

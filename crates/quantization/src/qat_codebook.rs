@@ -20,7 +20,7 @@
 use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
 use half::f16;
-use squish_core::codebook::{CbTensor, nearest_level};
+use squish_core::codebook::{CbTensor, bits_for_levels, nearest_level};
 use squish_core::model::tensor_to_vec;
 use squish_core::{Error, Result};
 
@@ -138,16 +138,7 @@ pub fn export_codebook(
     scales: &[f32],
     levels: &[f32],
 ) -> Result<CbTensor> {
-    let bits = match levels.len() {
-        4 => 2,
-        8 => 3,
-        16 => 4,
-        n => {
-            return Err(Error::invalid(format!(
-                "{n} trained levels: a codebook has 4, 8 or 16"
-            )));
-        }
-    };
+    let bits = bits_for_levels(levels.len())?;
     crate::spec::check_weights(w, rows, cols)?;
     let n_groups = cols.div_ceil(group);
     if scales.len() != rows * n_groups {

@@ -153,21 +153,8 @@ fn packed_report(
     let (rows, cols) = (nt.shape[0], nt.shape[1]);
     let orig = parent.weights.get(name)?.to_f32(); // [rows, cols]
     let deq = nt.to_f32(); // [rows, cols]
-    let num: f64 = orig
-        .iter()
-        .zip(&deq)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum();
-    let den: f64 = orig.iter().map(|a| (*a as f64).powi(2)).sum();
-    Ok(TensorReport {
-        name: name.to_string(),
-        shape: vec![rows, cols],
-        format: format.to_string(),
-        group,
-        bytes,
-        rel_weight_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
-        rel_output_error: calib
-            .and_then(|c| c.get(name))
-            .map(|s| s.relative_output_error(&orig, &deq, rows)),
-    })
+    let stats = calib.and_then(|c| c.get(name));
+    Ok(TensorReport::measure(
+        name, rows, cols, &orig, &deq, format, group, bytes, stats,
+    ))
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::awq::AwqSite;
+use crate::calibration::TensorStats;
 
 /// One quantized tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -11,7 +12,7 @@ pub struct TensorReport {
     pub name: String,
     /// `[rows, cols]`.
     pub shape: Vec<usize>,
-    /// `q4` / `q8`.
+    /// `q4` / `q8` / `cb2` / `cb3` / `cb4`.
     pub format: String,
     /// Group size used.
     pub group: usize,
@@ -21,6 +22,40 @@ pub struct TensorReport {
     pub rel_weight_error: f64,
     /// `‖X(W − Q)ᵀ‖_F / ‖XWᵀ‖_F` on the calibration inputs, when calibration ran.
     pub rel_output_error: Option<f64>,
+}
+
+impl TensorReport {
+    /// The row of packed tensor `name` `[rows, cols]` stored as `format` (`q4`, `cb3` …) with
+    /// `group` and `bytes`: its errors of `deq` against `orig` (output error on `stats`' inputs
+    /// when given).
+    #[allow(clippy::too_many_arguments)]
+    pub fn measure(
+        name: &str,
+        rows: usize,
+        cols: usize,
+        orig: &[f32],
+        deq: &[f32],
+        format: &str,
+        group: usize,
+        bytes: usize,
+        stats: Option<&TensorStats>,
+    ) -> Self {
+        let num: f64 = orig
+            .iter()
+            .zip(deq)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = orig.iter().map(|a| (*a as f64).powi(2)).sum();
+        TensorReport {
+            name: name.to_string(),
+            shape: vec![rows, cols],
+            format: format.to_string(),
+            group,
+            bytes,
+            rel_weight_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
+            rel_output_error: stats.map(|s| s.relative_output_error(orig, deq, rows)),
+        }
+    }
 }
 
 /// A tensor left unquantized.
