@@ -15,8 +15,8 @@
 //! - [`pipeline`]: [`quantize_checkpoint`]; [`report`]: [`QuantReport`].
 //! - [`qat`]: [`qat_checkpoint`] — fake-quant fine-tuning with distillation ([`qat_net`]: the
 //!   straight-through network; [`qat_codebook`]: trained levels and scales of codebook tensors;
-//!   [`qat_flips`]: their oscillation, measured; [`qat_export`]: the packed export on the same
-//!   grid).
+//!   [`qat_flips`]: their oscillation, measured; [`qat_plan`]: what each tensor becomes;
+//!   [`qat_export`]: the packed export on the same grid).
 
 #![deny(missing_docs)]
 
@@ -32,6 +32,7 @@ pub mod qat_codebook;
 pub mod qat_export;
 pub mod qat_flips;
 pub mod qat_net;
+pub mod qat_plan;
 pub mod qat_share;
 pub mod report;
 pub mod rtn;

@@ -27,10 +27,12 @@ use crate::calibration::Calibration;
 use crate::codebook::{CodebookSpec, quantize_codebook};
 use crate::grid::{GroupParams, group_ranges, level, pack, params_for, sym_div};
 use crate::mse::{MseConfig, best_params};
-use crate::pipeline::{QuantConfig, SmallFormat, is_linear_weight};
+use crate::pipeline::{QuantConfig, SmallFormat};
 use crate::qat_export::export;
 use crate::qat_flips::FlipSummary;
-use crate::qat_net::{PlanEntry, QatNet, QatPlan, TensorTarget};
+use crate::qat_net::{QatNet, QatPlan, TensorTarget};
+pub use crate::qat_plan::build_plan;
+use crate::qat_plan::f32_plan;
 use crate::report::QuantReport;
 use crate::spec::{Method, QuantFormat, QuantSpec};
 
@@ -273,135 +275,6 @@ pub fn quantize_with_params(
     pack(fmt, rows, cols, group, &levels, params)
 }
 
-/// The per-tensor plan of `ckpt` under `cfg` (name order). The default format on a row narrower
-/// than its group uses one group per row. Errors: unknown override names, quantizing a non-2-D
-/// tensor, an override's group wider than the row, AWQ, an already-quantized input.
-pub fn build_plan(
-    ckpt: &Checkpoint,
-    cfg: &QatConfig,
-    calib: Option<&Calibration>,
-) -> Result<QatPlan> {
-    if cfg.quant.awq.is_some() {
-        return Err(Error::invalid(
-            "QAT with AWQ scaling is not supported (fold AWQ first, or set awq = None)",
-        ));
-    }
-    if let Some(name) = cfg.per_tensor.keys().find(|n| !ckpt.weights.contains(n)) {
-        return Err(Error::tensor(
-            name,
-            "per-tensor QAT format names a tensor that is not in the checkpoint",
-        ));
-    }
-    let small = match cfg.quant.small {
-        SmallFormat::F32 => TensorTarget::F32,
-        SmallFormat::F16 => TensorTarget::F16,
-    };
-    let codebook_bits = match cfg.quant.codebook {
-        None => None,
-        Some(CodebookSpec {
-            bits,
-            learned: true,
-        }) => {
-            squish_core::codebook::check_bits(bits)?;
-            Some(bits)
-        }
-        Some(CodebookSpec { learned: false, .. }) => {
-            return Err(Error::invalid(
-                "QAT trains the levels of a codebook: use codebook = \"tensor\" (a fixed uniform \
-                 codebook is the integer grid, codebook = \"none\")",
-            ));
-        }
-    };
-    let mut entries = Vec::new();
-    for (name, t) in ckpt.weights.iter() {
-        if matches!(t.data, TensorData::Quant(_)) {
-            return Err(Error::tensor(
-                name,
-                "already quantized: QAT starts from the F32 checkpoint",
-            ));
-        }
-        let is_emb = name == "tok_embeddings.weight" || name == "output.weight";
-        let default_q = t.shape.len() == 2
-            && is_linear_weight(name)
-            && (cfg.quant.quantize_embedding || !is_emb)
-            && !cfg.quant.keep.iter().any(|k| name.contains(k.as_str()));
-        // The default format fits itself to the row (`QuantFormat::fitted`: one group per row
-        // where the group is wider, e.g. SsmMoe `dt_proj`); an explicit override must fit.
-        let fmt = match cfg.per_tensor.get(name) {
-            Some(f) => *f,
-            None => default_q.then(|| cfg.quant.format.fitted(t.shape[1])),
-        };
-        let target = match fmt {
-            None => small.clone(),
-            Some(f) => {
-                let [_, cols] = t.shape[..] else {
-                    return Err(Error::tensor(
-                        name,
-                        format!(
-                            "cannot quantize a {}-D tensor (only 2-D weights)",
-                            t.shape.len()
-                        ),
-                    ));
-                };
-                let group = f
-                    .group_for(cols)
-                    .map_err(|e| Error::tensor(name, e.to_string()))?;
-                // The default format becomes the codebook; explicit overrides stay uniform.
-                match codebook_bits {
-                    Some(bits) if !cfg.per_tensor.contains_key(name) => {
-                        TensorTarget::Codebook { bits, group }
-                    }
-                    _ => TensorTarget::Quant(f),
-                }
-            }
-        };
-        if let (TensorTarget::Quant(f), QatScales::Learned(_)) = (&target, &cfg.scales)
-            && f.asym
-        {
-            return Err(Error::tensor(
-                name,
-                "learned QAT scales support symmetric formats only (drop --asym or use mse scales)",
-            ));
-        }
-        let weighted = match (&target, &cfg.scales) {
-            (TensorTarget::Quant(_), QatScales::Mse(m) | QatScales::Learned(m)) => m.weighted,
-            // The codebook's initial levels are fit weighted by the inputs' second moments.
-            (TensorTarget::Codebook { .. }, _) => true,
-            _ => false,
-        };
-        let importance = match calib.and_then(|c| c.get(name)) {
-            Some(s) if weighted => {
-                let m = s.col_sq_mean();
-                let mean = m.iter().sum::<f64>() / m.len().max(1) as f64;
-                Some(m.iter().map(|&x| (x + 1e-3 * mean) as f32).collect())
-            }
-            _ => None,
-        };
-        entries.push(PlanEntry {
-            name: name.clone(),
-            shape: t.shape.clone(),
-            target,
-            importance,
-        });
-    }
-    // The training loop weighs a model's auxiliary loss by `balance_coef` (it was made for the
-    // MoE balance loss); the dampening rides along, so it is divided by that weight here.
-    let dampen = match (cfg.dampen, cfg.train.balance_coef) {
-        (0.0, _) => 0.0,
-        (d, b) if d > 0.0 && d.is_finite() && b > 0.0 => d / b,
-        (d, b) => {
-            return Err(Error::invalid(format!(
-                "QAT dampening {d} needs a finite positive weight and balance_coef > 0 (is {b})"
-            )));
-        }
-    };
-    Ok(QatPlan {
-        entries,
-        scales: cfg.scales.clone(),
-        dampen,
-    })
-}
-
 /// The initial latent network of a QAT run (on the backend's autodiff device): the plan of
 /// [`build_plan`] and the weights of `cfg.init`. [`qat_checkpoint`] trains it; exposed for tests
 /// and tools that drive the training themselves ([`crate::qat_export::export`] packs it).
@@ -462,32 +335,6 @@ pub fn qat_net(ckpt: &Checkpoint, cfg: &QatConfig, calib: Option<&Calibration>) 
         }
     }
     family_net(ckpt, &w, plan, &cfg.backend.autodiff_device())
-}
-
-/// The plan that keeps every tensor of `teacher` in F32 (the distillation teacher's network).
-/// Errors when a tensor is already quantized.
-fn f32_plan(teacher: &Checkpoint, scales: &QatScales) -> Result<QatPlan> {
-    let entries = teacher
-        .weights
-        .iter()
-        .map(|(name, t)| match t.data {
-            TensorData::Quant(_) => Err(Error::tensor(
-                name,
-                "the QAT teacher must be an F32 checkpoint (this tensor is quantized)",
-            )),
-            _ => Ok(PlanEntry {
-                name: name.clone(),
-                shape: t.shape.clone(),
-                target: TensorTarget::F32,
-                importance: None,
-            }),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(QatPlan {
-        entries,
-        scales: scales.clone(),
-        dampen: 0.0,
-    })
 }
 
 /// Errors unless `teacher` can teach `student`: same family and vocabulary (distillation

@@ -12,100 +12,22 @@ use std::sync::Arc;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor, TensorData};
-use half::f16;
 use squish_core::checkpoint::Weights;
 use squish_core::codebook::CbTensor;
 use squish_core::model::llama::{Llama, layer_tensor_names};
 use squish_core::model::ssm_moe::SsmMoe;
 use squish_core::model::ssm_moe_weights::{expert_name, router_name, ssm_name};
 use squish_core::model::tensor_to_vec;
-use squish_core::quant::QTensor;
 use squish_core::train::Trainable;
 use squish_core::{Error, Result};
 
 use crate::grid::GroupParams;
-use crate::qat::{QatScales, learned_scale, qat_quantize};
+use crate::qat::{QatScales, learned_scale};
 use crate::qat_codebook::{codebook_straight_through, export_codebook, initial_codebook};
 use crate::qat_flips::CodeFlips;
+pub use crate::qat_plan::{PlanEntry, QatPlan, TensorTarget};
 use crate::qat_share::SharedDeltas;
 use crate::spec::QuantFormat;
-
-/// Storage of one tensor after QAT.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TensorTarget {
-    /// Kept F32 (trained without a grid).
-    F32,
-    /// Kept, stored F16 (the forward rounds it to F16).
-    F16,
-    /// Packed INT4/INT8 with the given format.
-    Quant(QuantFormat),
-    /// A codebook of `2^bits` trained levels with trained F16 scales per group of `group`
-    /// columns ([`crate::qat_codebook`]).
-    Codebook {
-        /// Bits per code: 2, 3 or 4.
-        bits: u32,
-        /// Group size along the row (the last group may be short).
-        group: usize,
-    },
-}
-
-/// One planned tensor: name, shape, target, and the column importances (calibration `E[x²]`)
-/// the weighted clipping search uses, if any.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlanEntry {
-    /// Checkpoint tensor name.
-    pub name: String,
-    /// Logical shape.
-    pub shape: Vec<usize>,
-    /// Storage after QAT.
-    pub target: TensorTarget,
-    /// Column importances `[cols]` for [`QatScales::Mse`] (quantized tensors only).
-    pub importance: Option<Vec<f32>>,
-}
-
-/// The whole plan: every tensor of the model (name order) and how scales are chosen.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QatPlan {
-    /// One entry per tensor.
-    pub entries: Vec<PlanEntry>,
-    /// Scale choice of the quantized tensors (recomputed from the latent weights each step).
-    pub scales: QatScales,
-    /// Weight of the codebook tensors' oscillation dampening ([`crate::qat_codebook`]); 0 = off.
-    pub dampen: f32,
-}
-
-impl PlanEntry {
-    /// The values the forward (and the export) sees for latent values `w` (row-major `shape`).
-    pub fn apply(&self, w: &[f32], scales: &QatScales) -> Result<Vec<f32>> {
-        match &self.target {
-            TensorTarget::F32 => Ok(w.to_vec()),
-            TensorTarget::F16 => Ok(w.iter().map(|&x| f16::from_f32(x).to_f32()).collect()),
-            TensorTarget::Quant(_) => Ok(self.apply_packed(w, scales)?.dequantize()),
-            TensorTarget::Codebook { .. } => Err(Error::tensor(
-                &self.name,
-                "a codebook tensor maps through its trained levels (QatNet::fake_quant)",
-            )),
-        }
-    }
-
-    /// The packed tensor of a quantized entry for latent values `w` ([`qat_quantize`]).
-    pub fn apply_packed(&self, w: &[f32], scales: &QatScales) -> Result<QTensor> {
-        let TensorTarget::Quant(fmt) = &self.target else {
-            return Err(Error::tensor(
-                &self.name,
-                "not planned as a quantized tensor",
-            ));
-        };
-        let [rows, cols] = self.shape[..] else {
-            return Err(Error::tensor(
-                &self.name,
-                "only 2-D tensors can be quantized",
-            ));
-        };
-        qat_quantize(w, rows, cols, fmt, scales, self.importance.as_deref())
-            .map_err(|e| Error::tensor(&self.name, e.to_string()))
-    }
-}
 
 /// The latent model of one family.
 #[derive(Module, Debug)]
