@@ -11,14 +11,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use half::f16;
 use serde::{Deserialize, Serialize};
 use squish_core::checkpoint::{Checkpoint, TensorData, Weights};
 use squish_core::config::ModelConfig;
-use squish_core::model::CpuBackend;
 use squish_core::model::llama::Llama;
 use squish_core::model::ssm_moe::{ScanMode, SsmMoe};
+use squish_core::model::{CpuBackend, tensor_to_vec};
 use squish_core::quant::QTensor;
 use squish_core::train::{TrainConfig, TrainPoint, Trainable, train};
 use squish_core::{Error, Result};
@@ -247,6 +247,38 @@ pub fn learned_scale(s: f32) -> f16 {
     } else {
         f16::from_bits(1)
     }
+}
+
+/// The learned scales `exp(log_s)` `[rows, n_groups]`, rounded to F16 by a straight-through add
+/// (the value is [`learned_scale`]'s, the gradient that of `exp`), spread to every column of
+/// groups of `group`: `[rows, cols]`. Errors when `log_s` is not `[rows, ⌈cols / group⌉]`.
+pub fn learned_column_scales(
+    log_s: &Tensor<2>,
+    rows: usize,
+    cols: usize,
+    group: usize,
+) -> Result<Tensor<2>> {
+    let n_groups = cols.div_ceil(group.max(1));
+    if log_s.dims() != [rows, n_groups] {
+        return Err(Error::invalid(format!(
+            "{:?} learned scales for [{rows}, {cols}] in groups of {group}",
+            log_s.dims()
+        )));
+    }
+    let device = log_s.device();
+    let s = log_s.clone().exp(); // [rows, n_groups]
+    let to_f16: Vec<f32> = tensor_to_vec(s.clone().detach())?
+        .iter()
+        .map(|&x| learned_scale(x).to_f32() - x)
+        .collect();
+    let s = s + Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(to_f16, [rows, n_groups]),
+        &device,
+    ); // [rows, n_groups], F16 values
+    let col_group: Vec<i64> = (0..cols).map(|c| (c / group) as i64).collect();
+    let col_group =
+        Tensor::<1, Int>::from_data(burn::tensor::TensorData::new(col_group, [cols]), &device);
+    Ok(s.select(1, col_group)) // [rows, cols]
 }
 
 /// Packs `w [rows, cols]` with given per-(row, group) parameters `[rows, n_groups]` (nearest

@@ -25,7 +25,7 @@ use squish_core::model::tensor_to_vec;
 use squish_core::{Error, Result};
 
 use crate::codebook::{CodebookSpec, fit_scales_and_levels};
-use crate::qat::learned_scale;
+use crate::qat::{learned_column_scales, learned_scale};
 
 /// The starting point of a codebook tensor's trained parameters: `(ln s [rows, n_groups],
 /// levels [2^bits])` of the post-training fit ([`fit_scales_and_levels`]: absmax scales, levels
@@ -48,11 +48,6 @@ pub fn initial_codebook(
     };
     let (scales, levels) = fit_scales_and_levels(w, rows, cols, spec, group, &col_w)?;
     Ok((scales.iter().map(|s| s.to_f32().ln()).collect(), levels))
-}
-
-/// The column → group index `[cols]` of groups of `group`.
-fn column_groups(cols: usize, group: usize) -> Vec<i64> {
-    (0..cols).map(|c| (c / group) as i64).collect()
 }
 
 /// What one codebook tensor's fake-quant forward produced besides the weights.
@@ -80,22 +75,7 @@ pub fn codebook_straight_through(
     let w = p.val(); // [rows, cols]
     let [rows, cols] = w.dims();
     let device = w.device();
-    let n_groups = cols.div_ceil(group);
-    if log_s.dims() != [rows, n_groups] {
-        return Err(Error::invalid(format!(
-            "{:?} learned scales for [{rows}, {cols}] in groups of {group}",
-            log_s.dims()
-        )));
-    }
-    let s = log_s.clone().exp(); // [rows, n_groups]
-    let to_f16: Vec<f32> = tensor_to_vec(s.clone().detach())?
-        .iter()
-        .map(|&x| learned_scale(x).to_f32() - x)
-        .collect();
-    let s = s + Tensor::<2>::from_data(TensorData::new(to_f16, [rows, n_groups]), &device); // [rows, n_groups], F16 values
-    let col_group =
-        Tensor::<1, Int>::from_data(TensorData::new(column_groups(cols, group), [cols]), &device);
-    let s = s.select(1, col_group); // [rows, cols]
+    let s = learned_column_scales(log_s, rows, cols, group)?; // [rows, cols], F16 values
     let x = w / s.clone(); // [rows, cols]
     let host_x = tensor_to_vec(x.clone().detach())?;
     let host_levels = tensor_to_vec(levels.clone().detach())?;

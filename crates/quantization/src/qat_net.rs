@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use burn::module::{Module, Param};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use squish_core::checkpoint::Weights;
 use squish_core::codebook::CbTensor;
 use squish_core::model::llama::{Llama, layer_tensor_names};
@@ -22,7 +22,7 @@ use squish_core::train::Trainable;
 use squish_core::{Error, Result};
 
 use crate::grid::GroupParams;
-use crate::qat::{QatScales, learned_scale};
+use crate::qat::{QatScales, learned_column_scales, learned_scale};
 use crate::qat_codebook::{codebook_straight_through, export_codebook, initial_codebook};
 use crate::qat_flips::CodeFlips;
 pub use crate::qat_plan::{PlanEntry, QatPlan, TensorTarget};
@@ -158,19 +158,8 @@ fn learned_straight_through(
 ) -> Result<()> {
     let w = p.val(); // [rows, cols]
     let [rows, cols] = w.dims();
-    let device = w.device();
     let group = fmt.group_for(cols)?;
-    let n_groups = cols.div_ceil(group);
-    let s = log_s.clone().exp(); // [rows, n_groups]
-    let host = tensor_to_vec(s.clone().detach())?;
-    let to_f16: Vec<f32> = host
-        .iter()
-        .map(|&x| learned_scale(x).to_f32() - x)
-        .collect();
-    let s = s + Tensor::<2>::from_data(TensorData::new(to_f16, [rows, n_groups]), &device); // [rows, n_groups], F16 values
-    let col_group: Vec<i64> = (0..cols).map(|c| (c / group) as i64).collect();
-    let col_group = Tensor::<1, Int>::from_data(TensorData::new(col_group, [cols]), &device);
-    let s = s.select(1, col_group); // [rows, cols]
+    let s = learned_column_scales(log_s, rows, cols, group)?; // [rows, cols], F16 values
     let x = w / s.clone(); // [rows, cols]
     let rounded = x.clone() + (x.clone().round() - x).detach();
     let (lo, hi) = fmt.level_range();
