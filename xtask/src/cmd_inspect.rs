@@ -25,12 +25,17 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         .weights
         .iter()
         .map(|(name, t)| {
-            let (group, asym, levels) = match &t.data {
-                TensorData::Quant(q) => (Some(q.group), Some(q.is_asymmetric()), None),
-                TensorData::Codebook(c) => (Some(c.group), Some(false), Some(c.levels.clone())),
-                _ => (None, None, None),
+            let (group, asym, levels, scales) = match &t.data {
+                TensorData::Quant(q) => (Some(q.group), Some(q.is_asymmetric()), None, None),
+                TensorData::Codebook(c) => (
+                    Some(c.group),
+                    Some(false),
+                    Some(c.levels.clone()),
+                    Some(c.scale_format.name()),
+                ),
+                _ => (None, None, None, None),
             };
-            json!({"name": name, "format": t.format_name(), "shape": t.shape, "group": group, "asym": asym, "bytes": t.storage_bytes(), "params": t.numel(), "levels": levels})
+            json!({"name": name, "format": t.format_name(), "shape": t.shape, "group": group, "asym": asym, "bytes": t.storage_bytes(), "params": t.numel(), "levels": levels, "scales": scales})
         })
         .collect();
     if a.json {
@@ -53,8 +58,8 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     println!("provenance: {}", serde_json::to_string(&ck.provenance)?);
     println!("metrics: {}", serde_json::to_string(&ck.metrics)?);
     println!(
-        "{:<40} {:>6} {:>14} {:>6} {:>5} {:>9}  levels (codebook tensors, × group scale)",
-        "tensor", "format", "shape", "group", "asym", "bytes"
+        "{:<40} {:>6} {:>14} {:>6} {:>5} {:>9} {:>6}  levels (codebook tensors, × group scale)",
+        "tensor", "format", "shape", "group", "asym", "bytes", "scales"
     );
     for r in rows {
         let shape = r["shape"]
@@ -78,19 +83,20 @@ pub fn run(a: &InspectArgs) -> Result<()> {
             .map(|l| {
                 let v: Vec<String> = l
                     .iter()
-                    .map(|x| format!("{:+.3}", x.as_f64().unwrap_or(f64::NAN)))
+                    .map(|x| format!("{:+.4}", x.as_f64().unwrap_or(f64::NAN)))
                     .collect();
                 format!("  [{}]", v.join(" "))
             })
             .unwrap_or_default();
         println!(
-            "{:<40} {:>6} {:>14} {:>6} {:>5} {:>9}{levels}",
+            "{:<40} {:>6} {:>14} {:>6} {:>5} {:>9} {:>6}{levels}",
             r["name"].as_str().unwrap_or(""),
             r["format"].as_str().unwrap_or(""),
             shape,
             opt(&r["group"]),
             opt(&r["asym"]),
-            r["bytes"]
+            r["bytes"],
+            r["scales"].as_str().unwrap_or("-")
         );
     }
     Ok(())

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use squish_core::codebook::CbScales;
 use squish_core::data::{
     DEFAULT_CALIBRATION_STORIES, EvalMode, EvalText, calibration_subset, locate_corpus_readonly,
     read_stories, story_tokens,
@@ -36,6 +37,10 @@ pub struct QuantizeArgs {
     /// and qat with `tensor`, which trains the levels and scales with the weights).
     #[arg(long, default_value = "none")]
     pub codebook: String,
+    /// A codebook's scales: `log8` = one byte per group on a logarithmic grid with F16 levels
+    /// (the default), `f16` = F16 scales with F32 levels.
+    #[arg(long, default_value = "log8")]
+    pub cb_scales: String,
     /// Group size along the input dimension, or `row` for one group per row; `auto` = 64 with a
     /// codebook (its scales and levels are what a 4-bit budget can afford), 32 otherwise.
     #[arg(long, default_value = "auto")]
@@ -178,6 +183,11 @@ fn settings(a: &QuantizeArgs) -> Result<QuantSettings> {
             .then(|| qat_settings(a))
             .transpose()?,
         codebook,
+        codebook_scales: match a.cb_scales.as_str() {
+            "log8" => CbScales::Log8,
+            "f16" => CbScales::F16,
+            other => bail!("unknown --cb-scales {other} (log8, f16)"),
+        },
     };
     s.quant_config()?;
     s.qat_settings()?;
@@ -485,6 +495,11 @@ mod tests {
     fn auto_defaults_follow_the_codebook() {
         let cb = settings(&args(&["--codebook", "tensor", "--method", "qat"])).unwrap();
         assert_eq!((cb.group, cb.small), (64, SmallFormat::F16));
+        assert_eq!(cb.codebook_scales, CbScales::Log8);
+        let f16 = settings(&args(&["--codebook", "tensor", "--cb-scales", "f16"])).unwrap();
+        assert_eq!(f16.codebook_scales, CbScales::F16);
+        let e = settings(&args(&["--codebook", "tensor", "--cb-scales", "u4"])).unwrap_err();
+        assert!(e.to_string().contains("--cb-scales"), "{e}");
         let q = cb.qat.as_ref().unwrap();
         assert_eq!(
             (q.train.steps, q.train.lr, q.train.min_lr),

@@ -1,12 +1,13 @@
 //! The codebook format in checkpoints: round trips at 2, 3 and 4 bits on odd widths with short
 //! last groups, and a clear error for each kind of forged file (levels shape, dtype, NaN, order,
-//! missing or orphan parts, wrong code lengths, bad padding bits, bad `squish.quant` entries).
+//! missing or orphan parts, wrong code lengths, bad padding bits, bad `squish.quant` entries),
+//! for F16 scales and for log8 scale codes with F16 levels.
 
 use std::collections::BTreeMap;
 
 use half::f16;
 use squish_core::checkpoint::{self, Checkpoint, Provenance, TensorData, WeightTensor, Weights};
-use squish_core::codebook::CbTensor;
+use squish_core::codebook::{CbScales, CbTensor, log8_scale};
 use squish_core::config::{LlamaConfig, ModelConfig};
 
 fn config() -> ModelConfig {
@@ -217,4 +218,72 @@ fn reserved_names_and_bad_tensors_are_refused_on_save() {
             .to_string()
             .contains("finite")
     );
+}
+
+/// `cb(…)` stored with log8 scale codes and F16 levels.
+fn cb_log8(bits: u32, rows: usize, cols: usize, group: usize) -> CbTensor {
+    let mut t = cb(bits, rows, cols, group);
+    t.scales = (0..t.scales.len())
+        .map(|i| log8_scale((i * 37 % 256) as u8))
+        .collect();
+    t.levels = t
+        .levels
+        .iter()
+        .map(|&l| f16::from_f32(l * 0.7).to_f32())
+        .collect();
+    t.into_scale_format(CbScales::Log8).unwrap()
+}
+
+#[test]
+fn log8_tensors_round_trip_and_forged_parts_are_clear_errors() {
+    let mut ck = sample();
+    for (name, t) in [
+        ("b.weight", cb_log8(4, 3, 172, 64)),
+        ("d.weight", cb_log8(2, 5, 13, 13)),
+    ] {
+        ck.weights.insert(
+            name,
+            WeightTensor {
+                shape: vec![t.rows, t.cols],
+                data: TensorData::Codebook(t),
+            },
+        );
+    }
+    let bytes = checkpoint::to_bytes(&ck).unwrap();
+    assert_eq!(checkpoint::load_bytes(&bytes).unwrap(), ck);
+    let (_, h) = header(&bytes);
+    assert_eq!(h["b.weight.scales"]["dtype"], "U8");
+    assert_eq!(h["b.weight.scales"]["shape"], serde_json::json!([3, 3]));
+    assert_eq!(h["b.weight.levels"]["dtype"], "F16");
+    assert_eq!(h["c.weight.scales"]["dtype"], "F16"); // formats mix per tensor
+    assert_eq!(
+        ck.weights.get("b.weight").unwrap().storage_bytes(),
+        3 * 86 + 3 * 3 + 2 * 16
+    );
+    // F32 levels beside U8 scales.
+    let f = edit_header(&bytes, |h| {
+        h["d.weight.levels"]["dtype"] = "F32".into();
+        h["d.weight.levels"]["shape"] = serde_json::json!([2]);
+    });
+    let e = err_of(&f);
+    assert!(e.contains("d.weight.levels") && e.contains("F16"), "{e}");
+    // A NaN F16 level.
+    let mut f = bytes.clone();
+    poke(&mut f, "d.weight.levels", 2, &f16::NAN.to_le_bytes());
+    let e = err_of(&f);
+    assert!(e.contains("d.weight") && e.contains("finite"), "{e}");
+    // Scales shaped for another group size.
+    let f = edit_header(&bytes, |h| {
+        h["b.weight.scales"]["shape"] = serde_json::json!([9])
+    });
+    assert!(err_of(&f).contains("b.weight.scales"));
+    // In memory: a scale off the grid, a level that is not an F16 value.
+    let mut t = cb_log8(3, 2, 17, 8);
+    t.scales[1] = f16::from_f32(0.3);
+    let e = t.validate("w").unwrap_err().to_string();
+    assert!(e.contains("log8 grid"), "{e}");
+    let mut t = cb_log8(3, 2, 17, 8);
+    t.levels[7] = 1.1; // still the largest, but between two F16 values
+    let e = t.validate("w").unwrap_err().to_string();
+    assert!(e.contains("not an F16 value"), "{e}");
 }

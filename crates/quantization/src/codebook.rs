@@ -1,17 +1,22 @@
-//! Learned codebooks: one table of `2^bits` levels per tensor (2, 3 or 4 bits), F16 group scales,
-//! stored as `squish_core::codebook::CbTensor`.
+//! Learned codebooks: one table of `2^bits` levels per tensor (2, 3 or 4 bits), group scales
+//! stored as F16 or as log8 codes ([`CbScales`]), as `squish_core::codebook::CbTensor`.
 //!
-//! 1. Each (row, group) gets the scale `s = absmax` (rounded up to F16), so `u = w / s ∈ [−1, 1]`.
+//! 1. Each (row, group) gets the scale `s = absmax` (rounded up to F16, or with `Log8` up to the
+//!    grid `B · log8_scale(c)`), so `u = w / s ∈ [−1, 1]`.
 //! 2. The levels are a weighted Lloyd-Max (1-D k-means) fit of all the tensor's `u`, each weighted
 //!    by `s² · E[x_c²]` — its squared weight-space error counted as the layer output does, with
 //!    `E[x_c²]` the calibration inputs' second moment of its input channel (uniform without
 //!    calibration). Initialised at the weighted quantiles, iterated to a fixed point.
 //! 3. Codes: the nearest level (`Rtn`), or GPTQ's error feedback onto the nearest level with the
 //!    scales and levels fixed (`Gptq`, the shared loop of [`crate::gptq::feedback`]).
+//!
+//! With `Log8` the levels leave step 2 as `F16(B · L)` and the scales as the bare grid values
+//! (`squish_core::codebook::scales::to_log8`), so step 3 codes against exactly what is stored.
 
 use half::f16;
 use serde::{Deserialize, Serialize};
-use squish_core::codebook::{CbTensor, check_bits, nearest_level};
+use squish_core::codebook::scales::to_log8;
+use squish_core::codebook::{CbScales, CbTensor, check_bits, nearest_level};
 use squish_core::{Error, Result};
 
 use crate::calibration::TensorStats;
@@ -42,6 +47,9 @@ pub struct CodebookSpec {
     pub bits: u32,
     /// Learned levels (Lloyd-Max) instead of [`uniform_levels`].
     pub learned: bool,
+    /// How the group scales are stored (default `log8`: one byte each, F16 levels).
+    #[serde(default)]
+    pub scales: CbScales,
 }
 
 /// The symmetric integer grid as levels of a group normalized to `[−1, 1]`:
@@ -176,12 +184,15 @@ pub fn quantize_codebook(
             gptq_codes(w, rows, cols, group, &sf, &levels, stats, cfg)?
         }
     };
-    CbTensor::from_codes(bits, rows, cols, group, &codes, scales, levels)
+    CbTensor::from_codes(bits, rows, cols, group, &codes, scales, levels)?
+        .into_scale_format(spec.scales)
 }
 
-/// The group scales and levels of `w [rows, cols]` (steps 1 and 2 of the module docs): F16
-/// absmax scales `[rows, n_groups]`, and levels learned by the weighted Lloyd-Max fit (or
-/// [`uniform_levels`] when `spec.learned` is false). `col_w [cols]` weighs each input column
+/// The group scales and levels of `w [rows, cols]` (steps 1 and 2 of the module docs): absmax
+/// scales `[rows, n_groups]`, and levels learned by the weighted Lloyd-Max fit (or
+/// [`uniform_levels`] when `spec.learned` is false), as stored in `spec.scales`'s format (with
+/// `Log8` the scales are grid values and the levels carry the tensor's magnitude, so
+/// `scale · level` is the weight either way). `col_w [cols]` weighs each input column
 /// (the calibration inputs' second moments; all equal without calibration). Inputs are checked
 /// by the caller ([`quantize_codebook`]) or come from a checked plan (QAT's initial codebook).
 pub fn fit_scales_and_levels(
@@ -206,10 +217,30 @@ pub fn fit_scales_and_levels(
             scales.push(f16_at_least(g.iter().fold(0f32, |m, x| m.max(x.abs())))?);
         }
     }
+    // With log8, `sf` are the grid scales times the tensor's base B (each still ≥ its absmax),
+    // and the levels fitted in those units are folded into `F16(B · L)` at the end.
+    let (scales, sf, base) = match spec.scales {
+        CbScales::F16 => {
+            let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
+            (scales, sf, None)
+        }
+        CbScales::Log8 => {
+            let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
+            let (grid, _, base) = to_log8(&sf, &[], true);
+            let sf = grid.iter().map(|g| g.to_f32() * base).collect();
+            (grid, sf, Some(base))
+        }
+    };
+    let fold = |levels: Vec<f32>| match base {
+        Some(b) => levels
+            .iter()
+            .map(|&l| f16::from_f32(b * l).to_f32())
+            .collect(),
+        None => levels,
+    };
     if !spec.learned {
-        return Ok((scales, uniform_levels(spec.bits)));
+        return Ok((scales, fold(uniform_levels(spec.bits))));
     }
-    let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
     // A column no calibration input reached still counts a little, so its weights get levels.
     let floor = col_w.iter().cloned().fold(0.0f64, f64::max) * 1e-6 + f64::MIN_POSITIVE;
     let (mut u, mut uw) = (Vec::with_capacity(w.len()), Vec::with_capacity(w.len()));
@@ -225,7 +256,7 @@ pub fn fit_scales_and_levels(
         uw.iter_mut().for_each(|x| *x /= wmax);
     }
     let levels = fit_levels(&u, &uw, 1 << spec.bits, LLOYD_ITERS)?;
-    Ok((scales, levels))
+    Ok((scales, fold(levels)))
 }
 
 /// GPTQ onto the codebook: column by column, each weight takes the level nearest to its
@@ -267,6 +298,36 @@ mod tests {
         CodebookSpec {
             bits,
             learned: true,
+            scales: CbScales::Log8,
+        }
+    }
+
+    #[test]
+    fn log8_scales_halve_the_scale_bytes_at_a_small_error_cost() {
+        let (rows, cols, group) = (16, 172, 64);
+        let w: Vec<f32> = noise(rows * cols, 5)
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x * (1.0 + (i / cols) as f32)) // rows of different magnitude
+            .collect();
+        for bits in 2..=4u32 {
+            let f16 = CodebookSpec {
+                scales: CbScales::F16,
+                ..learned(bits)
+            };
+            let a = quantize_codebook(&w, rows, cols, f16, group, None, None).unwrap();
+            let b = quantize_codebook(&w, rows, cols, learned(bits), group, None, None).unwrap();
+            assert_eq!(b.scale_format, CbScales::Log8);
+            let saved = rows * cols.div_ceil(group) + 2 * (1 << bits);
+            assert_eq!(a.storage_bytes() - b.storage_bytes(), saved);
+            let err = |d: Vec<f32>| -> f64 {
+                d.iter()
+                    .zip(&w)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum()
+            };
+            let (ea, eb) = (err(a.dequantize()), err(b.dequantize()));
+            assert!(eb < ea * 1.1, "{bits} bits: log8 {eb} vs f16 {ea}");
         }
     }
 

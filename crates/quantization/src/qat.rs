@@ -258,6 +258,21 @@ pub fn learned_column_scales(
     cols: usize,
     group: usize,
 ) -> Result<Tensor<2>> {
+    rounded_column_scales(log_s, rows, cols, group, |s| {
+        s.iter().map(|&x| learned_scale(x).to_f32()).collect()
+    })
+}
+
+/// [`learned_column_scales`] with another rounding: `round` maps the host values of
+/// `exp(log_s)` (row-major `[rows, n_groups]`) to the stored scales, applied by a
+/// straight-through add.
+pub fn rounded_column_scales(
+    log_s: &Tensor<2>,
+    rows: usize,
+    cols: usize,
+    group: usize,
+    round: impl FnOnce(&[f32]) -> Vec<f32>,
+) -> Result<Tensor<2>> {
     let n_groups = cols.div_ceil(group.max(1));
     if log_s.dims() != [rows, n_groups] {
         return Err(Error::invalid(format!(
@@ -267,14 +282,12 @@ pub fn learned_column_scales(
     }
     let device = log_s.device();
     let s = log_s.clone().exp(); // [rows, n_groups]
-    let to_f16: Vec<f32> = tensor_to_vec(s.clone().detach())?
-        .iter()
-        .map(|&x| learned_scale(x).to_f32() - x)
-        .collect();
+    let host = tensor_to_vec(s.clone().detach())?;
+    let offset: Vec<f32> = round(&host).iter().zip(&host).map(|(r, x)| r - x).collect();
     let s = s + Tensor::<2>::from_data(
-        burn::tensor::TensorData::new(to_f16, [rows, n_groups]),
+        burn::tensor::TensorData::new(offset, [rows, n_groups]),
         &device,
-    ); // [rows, n_groups], F16 values
+    ); // [rows, n_groups], rounded values
     let col_group: Vec<i64> = (0..cols).map(|c| (c / group) as i64).collect();
     let col_group =
         Tensor::<1, Int>::from_data(burn::tensor::TensorData::new(col_group, [cols]), &device);
@@ -344,7 +357,11 @@ pub fn qat_net(ckpt: &Checkpoint, cfg: &QatConfig, calib: Option<&Calibration>) 
                 // A codebook's RTN/MSE start is its F32 weights: the net fits scales and
                 // levels to them, so the first forward is the nearest-level PTQ codebook.
                 // GPTQ moves the latents onto its error-fed codes (the net refits to those).
-                TensorTarget::Codebook { bits, group } => match &method {
+                TensorTarget::Codebook {
+                    bits,
+                    group,
+                    scales,
+                } => match &method {
                     Method::Gptq(g) => quantize_codebook(
                         &v,
                         rows,
@@ -352,6 +369,7 @@ pub fn qat_net(ckpt: &Checkpoint, cfg: &QatConfig, calib: Option<&Calibration>) 
                         CodebookSpec {
                             bits,
                             learned: true,
+                            scales,
                         },
                         group,
                         stats,

@@ -5,7 +5,7 @@
 //! `w`, `ln s [rows, n_groups]` and `levels [2^bits]`. The forward is
 //!
 //! ```text
-//! s̃ = F16(exp(ln s))                      (rounding by a straight-through add)
+//! s̃ = round(exp(ln s))                    (rounding by a straight-through add)
 //! x = w / s̃                               [rows, cols]
 //! k = nearest level of x                  (chosen on the host, a constant of the graph)
 //! W̃ = s̃ · (levels[k] + m · (x − sg(x)))   m = 1 where x lies within [min level, max level]
@@ -16,26 +16,34 @@
 //! `∂W̃/∂levels[j] = s̃` for every weight coded `j` — the gradient a k-means centroid gets from the
 //! loss instead of from the squared distance. Levels may cross while they train; the export
 //! sorts them (and renumbers the codes), which changes no dequantized value.
+//!
+//! `round` is the storage's: F16 for [`CbScales::F16`]; for [`CbScales::Log8`] the nearest
+//! `B · log8_scale(c)` with `B` the power of two at or above the largest scale of the step, and the
+//! levels then pass through `F16(B · L) / B` (another straight-through add) — the export stores
+//! `log8_scale(c)` and `F16(B · L)`, whose products are bit-identical to the forward's.
 
 use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
 use half::f16;
-use squish_core::codebook::{CbTensor, bits_for_levels, nearest_level};
+use squish_core::codebook::scales::{log8_base, to_log8};
+use squish_core::codebook::{CbScales, CbTensor, bits_for_levels, nearest_level};
 use squish_core::model::tensor_to_vec;
 use squish_core::{Error, Result};
 
 use crate::codebook::{CodebookSpec, fit_scales_and_levels};
-use crate::qat::{learned_column_scales, learned_scale};
+use crate::qat::{learned_scale, rounded_column_scales};
 
 /// The starting point of a codebook tensor's trained parameters: `(ln s [rows, n_groups],
-/// levels [2^bits])` of the post-training fit ([`fit_scales_and_levels`]: absmax scales, levels
-/// by Lloyd-Max weighted by `importance [cols]`, uniform weights without calibration).
+/// levels [2^bits])` of the post-training fit ([`fit_scales_and_levels`] in `scales`' format:
+/// absmax scales, levels by Lloyd-Max weighted by `importance [cols]`, uniform weights without
+/// calibration). A `Log8` fit's base `B` moves back into the scales (`B · s`, `L / B`).
 pub fn initial_codebook(
     w: &[f32],
     rows: usize,
     cols: usize,
     bits: u32,
     group: usize,
+    scales: CbScales,
     importance: Option<&[f32]>,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let col_w: Vec<f64> = match importance {
@@ -45,9 +53,41 @@ pub fn initial_codebook(
     let spec = CodebookSpec {
         bits,
         learned: true,
+        scales,
     };
-    let (scales, levels) = fit_scales_and_levels(w, rows, cols, spec, group, &col_w)?;
-    Ok((scales.iter().map(|s| s.to_f32().ln()).collect(), levels))
+    let (s, levels) = fit_scales_and_levels(w, rows, cols, spec, group, &col_w)?;
+    let s: Vec<f32> = s.iter().map(|s| s.to_f32()).collect();
+    let base = match scales {
+        CbScales::F16 => 1.0,
+        // The fit's B: the power of two at or above its largest (absmax) scale.
+        CbScales::Log8 => {
+            let amax = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+            log8_base(crate::grid::f16_at_least(amax)?.to_f32())
+        }
+    };
+    Ok((
+        s.iter().map(|&x| (x * base).ln()).collect(),
+        levels.iter().map(|&l| l / base).collect(),
+    ))
+}
+
+/// The stored value of every scale `s` (host values of `exp(ln s)`) and of every level, as the
+/// forward uses them: F16 scales and unchanged levels, or `B · log8_scale(nearest)` and
+/// `F16(B · L) / B` (module docs).
+fn rounded(format: CbScales, s: &[f32], levels: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    match format {
+        CbScales::F16 => (
+            s.iter().map(|&x| learned_scale(x).to_f32()).collect(),
+            levels.to_vec(),
+        ),
+        CbScales::Log8 => {
+            let (grid, folded, base) = to_log8(s, levels, false);
+            (
+                grid.iter().map(|g| g.to_f32() * base).collect(),
+                folded.iter().map(|&l| l / base).collect(),
+            )
+        }
+    }
 }
 
 /// What one codebook tensor's fake-quant forward produced besides the weights.
@@ -63,22 +103,36 @@ pub struct CodebookForward {
 }
 
 /// Replaces `p` by its fake-quantized value on the trained codebook (module docs): scales
-/// `exp(log_s)` `[rows, n_groups]` rounded to F16, `levels [2^bits]`, groups of `group`; with
-/// `dampen > 0` also the dampening term of [`CodebookForward`].
+/// `exp(log_s)` `[rows, n_groups]` and `levels [2^bits]` rounded as `format` stores them, groups
+/// of `group`; with `dampen > 0` also the dampening term of [`CodebookForward`].
 pub fn codebook_straight_through(
     p: &mut Param<Tensor<2>>,
     log_s: &Tensor<2>,
     levels: &Tensor<1>,
     group: usize,
+    format: CbScales,
     dampen: f32,
 ) -> Result<CodebookForward> {
     let w = p.val(); // [rows, cols]
     let [rows, cols] = w.dims();
     let device = w.device();
-    let s = learned_column_scales(log_s, rows, cols, group)?; // [rows, cols], F16 values
+    let raw_levels = tensor_to_vec(levels.clone().detach())?;
+    let mut host_levels = Vec::new();
+    let s = rounded_column_scales(log_s, rows, cols, group, |s| {
+        let (s, l) = rounded(format, s, &raw_levels);
+        host_levels = l;
+        s
+    })?; // [rows, cols], stored values
+    // [2^bits]: the stored levels' values, the gradient of the trained ones.
+    let n = raw_levels.len();
+    let offset: Vec<f32> = host_levels
+        .iter()
+        .zip(&raw_levels)
+        .map(|(h, r)| h - r)
+        .collect();
+    let levels = levels.clone() + Tensor::<1>::from_data(TensorData::new(offset, [n]), &device);
     let x = w / s.clone(); // [rows, cols]
     let host_x = tensor_to_vec(x.clone().detach())?;
-    let host_levels = tensor_to_vec(levels.clone().detach())?;
     let lo = host_levels.iter().cloned().fold(f32::INFINITY, f32::min);
     let hi = host_levels
         .iter()
@@ -108,13 +162,14 @@ pub fn codebook_straight_through(
 }
 
 /// The packed tensor of a trained codebook entry, equal to its forward: scales `s` `[rows,
-/// n_groups]` (the forward's `exp(ln s)`, F16-rounded here as there), `levels [2^bits]` in training
-/// order (sorted here, codes renumbered), codes the nearest level of `w / s̃`.
+/// n_groups]` (the forward's `exp(ln s)`, rounded here as there for `format`), `levels [2^bits]`
+/// in training order (sorted here, codes renumbered), codes the nearest level of `w / s̃`.
 pub fn export_codebook(
     w: &[f32],
     rows: usize,
     cols: usize,
     group: usize,
+    format: CbScales,
     scales: &[f32],
     levels: &[f32],
 ) -> Result<CbTensor> {
@@ -127,7 +182,18 @@ pub fn export_codebook(
             scales.len()
         )));
     }
-    let scales: Vec<f16> = scales.iter().map(|&s| learned_scale(s)).collect(); // [rows, n_groups]
+    // [rows, n_groups] stored scales, [2^bits] stored levels (log8: the base folded in).
+    let (scales, levels): (Vec<f16>, Vec<f32>) = match format {
+        CbScales::F16 => (
+            scales.iter().map(|&s| learned_scale(s)).collect(),
+            levels.to_vec(),
+        ),
+        CbScales::Log8 => {
+            let (grid, folded, _) = to_log8(scales, levels, false);
+            (grid, folded)
+        }
+    };
+    let levels = &levels[..];
     let codes: Vec<u8> = w
         .iter()
         .enumerate()
@@ -145,7 +211,7 @@ pub fn export_codebook(
     }
     let sorted: Vec<f32> = order.iter().map(|&k| levels[k]).collect();
     let codes: Vec<u8> = codes.iter().map(|&k| rank[k as usize]).collect();
-    CbTensor::from_codes(bits, rows, cols, group, &codes, scales, sorted)
+    CbTensor::from_codes(bits, rows, cols, group, &codes, scales, sorted)?.into_scale_format(format)
 }
 
 #[cfg(test)]
@@ -161,7 +227,7 @@ mod tests {
             .collect();
         let levels = [0.5f32, -1.0, 1.0, -0.25]; // unsorted, as training may leave them
         let scales = vec![1.3f32; rows * cols.div_ceil(group)];
-        let t = export_codebook(&w, rows, cols, group, &scales, &levels).unwrap();
+        let t = export_codebook(&w, rows, cols, group, CbScales::F16, &scales, &levels).unwrap();
         assert_eq!(t.levels, vec![-1.0, -0.25, 0.5, 1.0]);
         let s = learned_scale(1.3).to_f32();
         let want: Vec<f32> = w
@@ -174,21 +240,28 @@ mod tests {
     #[test]
     fn export_rejects_bad_shapes() {
         let w = vec![0.5f32; 6];
-        assert!(export_codebook(&w, 2, 3, 2, &[1.0; 4], &[0.0; 5]).is_err());
-        assert!(export_codebook(&w, 2, 3, 2, &[1.0; 3], &[0.0; 4]).is_err());
+        let f = CbScales::Log8;
+        assert!(export_codebook(&w, 2, 3, 2, f, &[1.0; 4], &[0.0; 5]).is_err());
+        assert!(export_codebook(&w, 2, 3, 2, f, &[1.0; 3], &[0.0; 4]).is_err());
         let mut nan = w.clone();
         nan[2] = f32::NAN;
-        assert!(export_codebook(&nan, 2, 3, 2, &[1.0; 4], &[0.0; 4]).is_err());
+        assert!(export_codebook(&nan, 2, 3, 2, f, &[1.0; 4], &[0.0; 4]).is_err());
     }
 
     #[test]
     fn straight_through_forward_equals_the_export_and_levels_get_gradients() {
+        for format in [CbScales::F16, CbScales::Log8] {
+            forward_equals_export(format);
+        }
+    }
+
+    fn forward_equals_export(format: CbScales) {
         let device = CpuBackend::default().autodiff_device();
         let (rows, cols, group) = (4, 7, 3);
         let w: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 5 % 13) as f32 - 6.0) / 5.0)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) / 5.0 * (1.0 + (i % 4) as f32))
             .collect();
-        let (log_s, levels) = initial_codebook(&w, rows, cols, 2, group, None).unwrap();
+        let (log_s, levels) = initial_codebook(&w, rows, cols, 2, group, format, None).unwrap();
         let ng = cols.div_ceil(group);
         let wt = Tensor::<2>::from_data(TensorData::new(w.clone(), [rows, cols]), &device);
         let mut p = Param::from_tensor(wt).set_require_grad(true);
@@ -196,12 +269,21 @@ mod tests {
             .require_grad();
         let lv =
             Tensor::<1>::from_data(TensorData::new(levels.clone(), [4]), &device).require_grad();
-        codebook_straight_through(&mut p, &ls, &lv, group, 0.0).unwrap();
+        codebook_straight_through(&mut p, &ls, &lv, group, format, 0.0).unwrap();
         let fq = p.val();
         let got = tensor_to_vec(fq.clone().detach()).unwrap();
         let s: Vec<f32> = tensor_to_vec(ls.clone().detach().exp()).unwrap();
-        let t = export_codebook(&w, rows, cols, group, &s, &levels).unwrap();
-        assert_eq!(got, t.dequantize());
+        let t = export_codebook(&w, rows, cols, group, format, &s, &levels).unwrap();
+        assert_eq!(t.scale_format, format);
+        assert_eq!(got, t.dequantize(), "{format:?}");
+        // The start is the post-training fit: its dequantized values, bit for bit.
+        let spec = CodebookSpec {
+            bits: 2,
+            learned: true,
+            scales: format,
+        };
+        let ptq = crate::codebook::quantize_codebook(&w, rows, cols, spec, group, None, None);
+        assert_eq!(got, ptq.unwrap().dequantize(), "{format:?}");
         let grads = fq.sum().backward();
         let g_levels = tensor_to_vec(lv.grad(&grads).unwrap()).unwrap();
         assert!(g_levels.iter().any(|&g| g != 0.0), "{g_levels:?}");

@@ -51,7 +51,7 @@ pub fn export(
                 out.weights.insert(e.name.clone(), nt);
                 continue;
             }
-            TensorTarget::Codebook { bits, group } => {
+            TensorTarget::Codebook { bits, group, .. } => {
                 let c = net.codebook_tensor(i, &w)?.ok_or_else(|| {
                     Error::tensor(&e.name, "codebook tensor without trained levels")
                 })?;

@@ -220,13 +220,18 @@ impl QatNet {
                 // The starting scales: the clipping search of the initial latents (uniform
                 // grid) or the post-training codebook fit (codebook, with its levels).
                 let log_s: Vec<f32> = match &e.target {
-                    TensorTarget::Codebook { bits, group } => {
+                    TensorTarget::Codebook {
+                        bits,
+                        group,
+                        scales,
+                    } => {
                         let (log_s, levels) = initial_codebook(
                             &w,
                             rows,
                             cols,
                             *bits,
                             *group,
+                            *scales,
                             e.importance.as_deref(),
                         )
                         .map_err(|err| Error::tensor(&e.name, err.to_string()))?;
@@ -262,13 +267,13 @@ impl QatNet {
         ) else {
             return Ok(None);
         };
-        let TensorTarget::Codebook { group, .. } = e.target else {
+        let TensorTarget::Codebook { group, scales, .. } = e.target else {
             return Ok(None);
         };
         // The same burn `exp` as the forward, so the F16 scales round alike.
-        let scales = tensor_to_vec(self.log_scales[*slot].val().detach().exp())?;
+        let s = tensor_to_vec(self.log_scales[*slot].val().detach().exp())?;
         let levels = tensor_to_vec(self.levels[*lslot].val().detach())?;
-        export_codebook(w, e.shape[0], e.shape[1], group, &scales, &levels)
+        export_codebook(w, e.shape[0], e.shape[1], group, scales, &s, &levels)
             .map(Some)
             .map_err(|err| Error::tensor(&e.name, err.to_string()))
     }
@@ -351,7 +356,7 @@ impl QatNet {
             if entry.target == TensorTarget::F32 {
                 continue;
             }
-            if let (Some(slot), Some(lslot), TensorTarget::Codebook { group, .. }) = (
+            if let (Some(slot), Some(lslot), TensorTarget::Codebook { group, scales, .. }) = (
                 slots.get(i).copied().flatten(),
                 level_slots.get(i).copied().flatten(),
                 &entry.target,
@@ -367,6 +372,7 @@ impl QatNet {
                     &log_scales[slot],
                     &levels[lslot],
                     *group,
+                    *scales,
                     plan.dampen / coded_weights as f32,
                 )
                 .map_err(|e| Error::tensor(name.as_str(), e.to_string()))?;

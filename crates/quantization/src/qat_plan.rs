@@ -12,6 +12,7 @@ use crate::codebook::CodebookSpec;
 use crate::pipeline::{SmallFormat, is_linear_weight};
 use crate::qat::{QatConfig, QatScales, qat_quantize};
 use crate::spec::QuantFormat;
+use squish_core::codebook::CbScales;
 
 /// Storage of one tensor after QAT.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,13 +23,15 @@ pub enum TensorTarget {
     F16,
     /// Packed INT4/INT8 with the given format.
     Quant(QuantFormat),
-    /// A codebook of `2^bits` trained levels with trained F16 scales per group of `group`
-    /// columns ([`crate::qat_codebook`]).
+    /// A codebook of `2^bits` trained levels with trained scales per group of `group` columns
+    /// ([`crate::qat_codebook`]).
     Codebook {
         /// Bits per code: 2, 3 or 4.
         bits: u32,
         /// Group size along the row (the last group may be short).
         group: usize,
+        /// How the scales are stored (and rounded in the forward).
+        scales: CbScales,
     },
 }
 
@@ -118,9 +121,10 @@ pub fn build_plan(
         Some(CodebookSpec {
             bits,
             learned: true,
+            scales,
         }) => {
             squish_core::codebook::check_bits(bits)?;
-            Some(bits)
+            Some((bits, scales))
         }
         Some(CodebookSpec { learned: false, .. }) => {
             return Err(Error::invalid(
@@ -165,8 +169,12 @@ pub fn build_plan(
                     .map_err(|e| Error::tensor(name, e.to_string()))?;
                 // The default format becomes the codebook; explicit overrides stay uniform.
                 match codebook_bits {
-                    Some(bits) if !cfg.per_tensor.contains_key(name) => {
-                        TensorTarget::Codebook { bits, group }
+                    Some((bits, scales)) if !cfg.per_tensor.contains_key(name) => {
+                        TensorTarget::Codebook {
+                            bits,
+                            group,
+                            scales,
+                        }
                     }
                     _ => TensorTarget::Quant(f),
                 }

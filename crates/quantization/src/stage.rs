@@ -21,6 +21,7 @@ use crate::pipeline::{QuantConfig, SmallFormat, quantize_checkpoint};
 use crate::qat::{QatConfig, QatData, QatInit, QatScales, qat_checkpoint};
 use crate::report::QuantReport;
 use crate::spec::{Method, QuantFormat};
+use squish_core::codebook::CbScales;
 
 /// How the stage chooses the codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -103,6 +104,10 @@ pub struct QuantSettings {
     /// scales trained, [`crate::qat_codebook`]).
     #[serde(default, skip_serializing_if = "is_default")]
     pub codebook: CodebookMode,
+    /// A codebook's scale storage: `log8` (default: one byte per group on a log grid, F16
+    /// levels) or `f16` (F16 scales, F32 levels) ([`CbScales`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub codebook_scales: CbScales,
 }
 
 /// Quantization-aware training: fake-quant + straight-through estimator, distillation from the
@@ -213,6 +218,7 @@ impl QuantSettings {
             mode => Some(CodebookSpec {
                 bits: self.bits,
                 learned: mode == CodebookMode::Tensor,
+                scales: self.codebook_scales,
             }),
         };
         Ok(c)

@@ -6,6 +6,7 @@ mod common;
 
 use common::tiny_llama;
 use squish_core::checkpoint::{self, TensorData};
+use squish_core::codebook::CbScales;
 use squish_core::data::Rng;
 use squish_core::model::CpuBackend;
 use squish_quant::{
@@ -29,7 +30,7 @@ fn every_linear_becomes_a_codebook_tensor_at_2_3_and_4_bits() {
     let ckpt = tiny_llama(1, 0.3);
     let cal =
         Calibration::collect(&ckpt, &windows(12, 32, 2), &CpuBackend::default().device()).unwrap();
-    for bits in 2..=4u32 {
+    for (bits, scales) in (2..=4u32).flat_map(|b| [(b, CbScales::F16), (b, CbScales::Log8)]) {
         let fmt = QuantFormat::new(4, Some(16), false).unwrap();
         let mut errs = Vec::new();
         for method in [Method::Rtn, Method::Gptq(GptqConfig::default())] {
@@ -37,6 +38,7 @@ fn every_linear_becomes_a_codebook_tensor_at_2_3_and_4_bits() {
             cfg.codebook = Some(CodebookSpec {
                 bits,
                 learned: true,
+                scales,
             });
             let (q, report) = quantize_checkpoint(&ckpt, &cfg, Some(&cal)).unwrap();
             assert_eq!(q.provenance.stage, "codebook");
@@ -46,6 +48,7 @@ fn every_linear_becomes_a_codebook_tensor_at_2_3_and_4_bits() {
                 match &t.data {
                     TensorData::Codebook(c) => {
                         assert_eq!(c.bits, bits, "{name}");
+                        assert_eq!(c.scale_format, scales, "{name}");
                         assert_eq!(c.group, 16.min(c.cols), "{name}");
                         assert!(c.levels.windows(2).all(|p| p[0] <= p[1]));
                     }
@@ -59,7 +62,7 @@ fn every_linear_becomes_a_codebook_tensor_at_2_3_and_4_bits() {
             errs.push(report.mean_output_error().unwrap());
         }
         println!(
-            "cb{bits}: mean output error nearest {:.4}, gptq {:.4}",
+            "cb{bits} {scales:?}: mean output error nearest {:.4}, gptq {:.4}",
             errs[0], errs[1]
         );
         assert!(
@@ -85,13 +88,15 @@ fn settings_refuse_what_codebooks_cannot_do() {
         mse: Default::default(),
         qat: None,
         codebook: CodebookMode::Tensor,
+        codebook_scales: Default::default(),
     };
     let ok = base(3, QuantMethod::Gptq, false).quant_config().unwrap();
     assert_eq!(
         ok.codebook,
         Some(CodebookSpec {
             bits: 3,
-            learned: true
+            learned: true,
+            scales: CbScales::Log8,
         })
     );
     assert!(base(3, QuantMethod::Rtn, false).needs_calibration());
@@ -123,6 +128,7 @@ fn settings_refuse_what_codebooks_cannot_do() {
     cfg.codebook = Some(CodebookSpec {
         bits: 4,
         learned: false,
+        scales: CbScales::F16,
     });
     cfg.awq = Some(Default::default());
     let cal =

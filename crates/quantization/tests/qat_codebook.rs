@@ -10,6 +10,7 @@ use burn::optim::GradientsParams;
 use common::qat::{config, export_matches_fake_quant, stream, tiny_ssm_moe};
 use common::tiny_llama;
 use squish_core::checkpoint::TensorData;
+use squish_core::codebook::CbScales;
 use squish_core::data::Rng;
 use squish_core::model::{CpuBackend, tensor_to_vec};
 use squish_core::train::{Trainable, cross_entropy, sample_batch, train};
@@ -20,21 +21,29 @@ use squish_quant::{
     QuantSettings, qat_checkpoint,
 };
 
-/// [`config`] with a learned `bits`-bit codebook as the default format (groups of 8).
+/// [`config`] with a learned `bits`-bit codebook (log8 scales) as the default format (groups
+/// of 8).
 fn codebook_config(steps: usize, bits: u32) -> QatConfig {
+    scaled_codebook_config(steps, bits, CbScales::Log8)
+}
+
+/// [`codebook_config`] with the scales stored as `scales`.
+fn scaled_codebook_config(steps: usize, bits: u32, scales: CbScales) -> QatConfig {
     let mut cfg = config(steps);
     cfg.quant.codebook = Some(CodebookSpec {
         bits,
         learned: true,
+        scales,
     });
     cfg
 }
 
 #[test]
 fn exported_codebooks_equal_the_fake_quant_model_at_2_3_and_4_bits() {
-    for bits in 2..=4u32 {
+    use CbScales::{F16, Log8};
+    for (bits, scales) in [(2, Log8), (3, F16), (3, Log8), (4, Log8)] {
         for base in [tiny_llama(3, 0.2), tiny_ssm_moe()] {
-            let cfg = codebook_config(3, bits);
+            let cfg = scaled_codebook_config(3, bits, scales);
             let (packed, report) = export_matches_fake_quant(&base, &cfg);
             assert_eq!(packed.provenance.stage, "codebook");
             assert_eq!(packed.provenance.details["format"], format!("cb{bits}-g8"));
@@ -45,6 +54,7 @@ fn exported_codebooks_equal_the_fake_quant_model_at_2_3_and_4_bits() {
                 if let TensorData::Codebook(c) = &t.data {
                     coded += 1;
                     assert_eq!(c.bits, bits, "{name}");
+                    assert_eq!(c.scale_format, scales, "{name}");
                     assert_eq!(c.group, 8.min(c.cols), "{name}");
                     assert!(
                         c.levels.windows(2).all(|p| p[0] <= p[1]),
@@ -71,7 +81,7 @@ fn levels_and_scales_get_gradients_and_train() {
         .unwrap()
         .entries
         .iter()
-        .filter(|e| matches!(e.target, TensorTarget::Codebook { bits: 3, group: _ }))
+        .filter(|e| matches!(e.target, TensorTarget::Codebook { bits: 3, .. }))
         .count();
     assert!(coded > 0);
     assert_eq!(net.levels.len(), coded);
@@ -168,6 +178,7 @@ fn untrainable_codebook_combinations_are_clear_errors() {
     cfg.quant.codebook = Some(CodebookSpec {
         bits: 4,
         learned: false,
+        scales: CbScales::Log8,
     });
     let e = build_plan(&base, &cfg, None).unwrap_err().to_string();
     assert!(e.contains("QAT trains the levels"), "{e}");

@@ -11,6 +11,7 @@ use super::super::{
     Checkpoint, FORMAT_VERSION, Provenance, TensorData, TokenizerRef, WeightTensor, Weights,
 };
 use super::{MAX_HEADER_BYTES, QUANT_PARTS, TensorMeta, check_finite_f32};
+use crate::codebook::CbScales;
 use crate::config::ModelConfig;
 use crate::quant::{QBits, QTensor};
 use crate::{Error, Result, fsutil};
@@ -209,7 +210,13 @@ pub fn load_bytes(bytes: &[u8]) -> Result<Checkpoint> {
                 let group = m
                     .group
                     .ok_or_else(|| Error::tensor(name, "codebook tensor without `group`"))?;
-                let c = super::super::cb_io::load(name, bits, &m.shape, group, &mut fetch)?;
+                // U8 scales are log8 codes (with F16 levels); anything else is read as F16 and
+                // its dtype checked there.
+                let format = match st.tensor(&format!("{name}.scales")) {
+                    Ok(v) if v.dtype() == Dtype::U8 => CbScales::Log8,
+                    _ => CbScales::F16,
+                };
+                let c = super::super::cb_io::load(name, bits, &m.shape, group, format, &mut fetch)?;
                 TensorData::Codebook(c)
             }
             other => {

@@ -1,5 +1,6 @@
 //! The codebook (non-uniform) quantized layout: 2-, 3- or 4-bit codes that index a per-tensor
-//! table of `2^bits` levels, times an F16 scale per (row, group).
+//! table of `2^bits` levels, times a scale per (row, group): F16, or one byte on a logarithmic
+//! grid with F16 levels ([`CbScales`], module [`scales`]).
 //!
 //! A weight `W [rows, cols]` is cut into groups of `g` along `cols` (`n_groups = ⌈cols / g⌉`, the
 //! last group may be short, as for [`crate::quant::QTensor`]). Element `(r, c)` dequantizes to
@@ -16,9 +17,14 @@
 //!
 //! Every code `0..2^b` indexes a level, so no stored code is out of range; the loader checks the
 //! padding bits instead, and that `levels` has exactly `2^b` finite, non-decreasing values with
-//! `|level| ≤` [`MAX_LEVEL`] (so `scale · level` stays finite).
+//! `|level| ≤` [`MAX_LEVEL`] (so `scale · level` stays finite); a `Log8` tensor's scales must lie
+//! on the grid and its levels be F16 values.
+
+pub mod scales;
 
 use half::f16;
+
+pub use scales::{CbScales, log8_scale};
 
 use crate::{Error, Result};
 
@@ -38,10 +44,12 @@ pub struct CbTensor {
     pub group: usize,
     /// Packed codes, `rows × row_bytes(bits, cols)` bytes.
     pub codes: Vec<u8>,
-    /// One F16 scale per (row, group): `[rows, n_groups]`.
+    /// One scale per (row, group): `[rows, n_groups]` (with `Log8`, each a [`log8_scale`]).
     pub scales: Vec<f16>,
-    /// The codebook: `2^bits` non-decreasing levels.
+    /// The codebook: `2^bits` non-decreasing levels (with `Log8`, each an F16 value).
     pub levels: Vec<f32>,
+    /// How the scales and levels are stored.
+    pub scale_format: CbScales,
 }
 
 /// Bytes of one packed row of `cols` codes of `bits` bits: `⌈cols · bits / 8⌉`.
@@ -178,7 +186,34 @@ impl CbTensor {
         if let Some(s) = self.scales.iter().find(|s| !s.is_finite()) {
             return Err(Error::tensor(name, format!("non-finite scale {s}")));
         }
-        check_levels(self.bits, &self.levels).map_err(|e| Error::tensor(name, e.to_string()))
+        check_levels(self.bits, &self.levels).map_err(|e| Error::tensor(name, e.to_string()))?;
+        if self.scale_format == CbScales::Log8 {
+            if let Some(s) = self
+                .scales
+                .iter()
+                .find(|s| scales::log8_index(**s).is_none())
+            {
+                return Err(Error::tensor(
+                    name,
+                    format!("scale {s} is not on the log8 grid"),
+                ));
+            }
+            if let Some(l) = self.levels.iter().find(|l| !scales::is_f16_exact(**l)) {
+                return Err(Error::tensor(
+                    name,
+                    format!("level {l} of a log8 tensor is not an F16 value"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The same tensor stored as `format`: checks that the scales and levels are representable
+    /// (a `Log8` tensor's come from [`scales::to_log8`]).
+    pub fn into_scale_format(mut self, format: CbScales) -> Result<Self> {
+        self.scale_format = format;
+        self.validate("<packed>")?;
+        Ok(self)
     }
 
     /// The code at `(row, col)`.
@@ -189,7 +224,8 @@ impl CbTensor {
     }
 
     /// Packs unpacked codes `[rows, cols]` with scales `[rows, n_groups]` and `levels`, checking
-    /// everything ([`CbTensor::validate`]); a code `≥ 2^bits` is an error.
+    /// everything ([`CbTensor::validate`]); a code `≥ 2^bits` is an error. The result stores F16
+    /// scales; [`CbTensor::into_scale_format`] changes that.
     pub fn from_codes(
         bits: u32,
         rows: usize,
@@ -226,6 +262,7 @@ impl CbTensor {
             codes: packed,
             scales,
             levels,
+            scale_format: CbScales::F16,
         };
         t.validate("<packed>")?;
         Ok(t)
@@ -304,9 +341,10 @@ impl CbTensor {
         acc
     }
 
-    /// Bytes this tensor occupies in a checkpoint (codes + scales + F32 levels).
+    /// Bytes this tensor occupies in a checkpoint (codes + scales + levels).
     pub fn storage_bytes(&self) -> usize {
-        self.codes.len() + 2 * self.scales.len() + 4 * self.levels.len()
+        let f = self.scale_format;
+        self.codes.len() + f.scale_bytes() * self.scales.len() + f.level_bytes() * self.levels.len()
     }
 }
 
