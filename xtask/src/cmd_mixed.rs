@@ -13,7 +13,7 @@ use squish_core::data::{
 use squish_core::tokenizer::Tokenizer;
 use squish_mixed::{
     Budget, CandidateFormat, MixedConfig, MixedEvent, MixedStageConfig, Objective, StageInput,
-    check_budget, frontier_svg,
+    check_budget, codebook_candidates, default_candidates, frontier_svg,
 };
 use squish_quant::{QuantEvent, calibration_windows};
 
@@ -38,7 +38,7 @@ pub struct MixedArgs {
     #[arg(long, group = "budget")]
     pub max_dppl: Option<f64>,
     /// Candidate formats, comma-separated (default: f16, int8-row-sym, int8-g64-sym,
-    /// int4-{g32,g64,row}-{sym,asym}).
+    /// int4-{g32,g64,row}-{sym,asym} and the learned codebooks cb2-g64, cb3-g64, cb4-g64).
     #[arg(long, value_delimiter = ',')]
     pub candidates: Vec<String>,
     /// What the allocation minimises: kl (mean KL to the F32 model) or dnats (Δ next-token loss).
@@ -104,6 +104,10 @@ fn config(a: &MixedArgs, out_dir: &Path) -> Result<MixedConfig> {
             "kl" => Objective::Kl,
             other => bail!("unknown --objective {other} (dnats, kl)"),
         },
+        candidates: default_candidates()
+            .into_iter()
+            .chain(codebook_candidates())
+            .collect(),
         ..MixedConfig::default()
     };
     if !a.candidates.is_empty() {

@@ -2,12 +2,13 @@
 //! hold), its bytes, the method that chose the codes, and the HAWQ-style proxy error.
 
 use squish_core::checkpoint::{Checkpoint, TensorData, WeightTensor, Weights};
+use squish_core::codebook::CbScales;
 use squish_core::config::ModelConfig;
 use squish_core::fsutil;
 use squish_core::{Error, Result};
 use squish_quant::{
-    GptqConfig, Method, MseConfig, QuantConfig, QuantFormat, QuantSpec, SmallFormat, TensorStats,
-    quantize_checkpoint, quantize_tensor,
+    CodebookSpec, GptqConfig, Method, MseConfig, QuantConfig, QuantFormat, QuantSpec, SmallFormat,
+    TensorStats, quantize_checkpoint, quantize_codebook, quantize_tensor,
 };
 
 use crate::config::CandidateFormat;
@@ -51,7 +52,7 @@ fn data_bytes(d: &TensorData) -> Vec<u8> {
             b
         }
         TensorData::Codebook(c) => {
-            let mut b = vec![c.bits as u8 | 0x80];
+            let mut b = vec![c.bits as u8 | 0x80, c.scale_format as u8];
             b.extend((c.rows as u64).to_le_bytes());
             b.extend((c.cols as u64).to_le_bytes());
             b.extend((c.group as u64).to_le_bytes());
@@ -94,10 +95,11 @@ fn to_f16(config: &ModelConfig, name: &str, t: &WeightTensor) -> Result<TensorDa
 }
 
 /// `t` (F32 values) stored as `format`. `Ok(None)` when the format does not apply (an integer
-/// format for a 1-D tensor, or a group wider than the row). With `stats` and `gptq`, GPTQ and
-/// activation-weighted MSE clipping both quantize and the one with the lower layer-output error
-/// is kept; without statistics, MSE clipping and RTN compete on the weight error. Deterministic:
-/// the same inputs give the same bytes.
+/// or codebook format for a 1-D tensor, or a group wider than the row). With `stats` and `gptq`,
+/// GPTQ and activation-weighted MSE clipping both quantize and the one with the lower
+/// layer-output error is kept; without statistics, MSE clipping and RTN compete on the weight
+/// error. A codebook's levels fit weighted by `stats`; GPTQ's codes and the nearest level's
+/// compete alike. Deterministic: the same inputs give the same bytes.
 pub fn make_variant(
     config: &ModelConfig,
     name: &str,
@@ -144,6 +146,40 @@ pub fn make_variant(
             }
             .to_f32();
             Ok(Some(finish(h, "f16", &deq)))
+        }
+        CandidateFormat::Codebook { bits, group } => {
+            let [_, cols] = t.shape[..] else {
+                return Ok(None);
+            };
+            let group = group.unwrap_or(cols);
+            if group > cols {
+                return Ok(None);
+            }
+            let spec = CodebookSpec {
+                bits,
+                learned: true,
+                scales: CbScales::Log8,
+            };
+            let gptq_cfg = GptqConfig::default();
+            let methods: Vec<Option<&GptqConfig>> = match stats {
+                Some(_) if gptq => vec![Some(&gptq_cfg), None],
+                _ => vec![None],
+            };
+            let mut best: Option<Variant> = None;
+            for m in methods {
+                let c = quantize_codebook(&w, rows, cols, spec, group, stats, m)
+                    .map_err(|e| Error::tensor(name, format!("{}: {e}", format.label())))?;
+                let deq = c.dequantize();
+                let v = finish(
+                    TensorData::Codebook(c),
+                    if m.is_some() { "gptq" } else { "rtn" },
+                    &deq,
+                );
+                if best.as_ref().is_none_or(|b| v.proxy < b.proxy) {
+                    best = Some(v);
+                }
+            }
+            Ok(best)
         }
         CandidateFormat::Int { .. } => {
             let Some(qf) = format.quant_format()? else {
@@ -245,6 +281,32 @@ mod tests {
         let v = WeightTensor::f32(vec![4], vec![1.0; 4]).unwrap();
         assert!(
             make_variant(&cfg(), "n", &v, c, None, true)
+                .unwrap()
+                .is_none()
+        );
+        // A 3-bit codebook: 8 rows × 24 code bytes + 8 × 1 log8 scale + 8 F16 levels, and less
+        // weight error than INT4's 16-level grid would need to beat.
+        let cb3 = CandidateFormat::parse("cb3-g64").unwrap();
+        let k = make_variant(&cfg(), "x", &t, cb3, None, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(k.bytes, 8 * 24 + 8 + 2 * 8);
+        assert_eq!(
+            k,
+            make_variant(&cfg(), "x", &t, cb3, None, true)
+                .unwrap()
+                .unwrap()
+        );
+        assert!(matches!(k.data, TensorData::Codebook(_)));
+        assert!(k.proxy > f.proxy && k.proxy.is_finite());
+        let wide = CandidateFormat::parse("cb2-g128").unwrap();
+        assert!(
+            make_variant(&cfg(), "x", &t, wide, None, true)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            make_variant(&cfg(), "n", &v, cb3, None, true)
                 .unwrap()
                 .is_none()
         );

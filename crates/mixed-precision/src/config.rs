@@ -69,42 +69,89 @@ pub enum CandidateFormat {
         /// Asymmetric (U8 zero points).
         asym: bool,
     },
+    /// A learned codebook of `2^bits` levels per tensor with log8 group scales
+    /// (`squish_core::codebook`; levels by weighted Lloyd-Max, codes by GPTQ or nearest).
+    Codebook {
+        /// 2, 3 or 4.
+        bits: u32,
+        /// Group size along the input dimension; `None` = per row.
+        group: Option<usize>,
+    },
 }
 
 impl CandidateFormat {
-    /// The squish-quant format of an integer candidate (`None` for F32/F16).
+    /// The squish-quant format of an integer candidate (`None` for F32/F16 and codebooks).
     pub fn quant_format(&self) -> Result<Option<QuantFormat>> {
         match *self {
             CandidateFormat::Int { bits, group, asym } => {
                 Ok(Some(QuantFormat::new(bits, group, asym)?))
             }
+            CandidateFormat::Codebook { bits, group } => {
+                squish_core::codebook::check_bits(bits)?;
+                if group == Some(0) {
+                    return Err(Error::invalid("codebook candidate with group 0"));
+                }
+                Ok(None)
+            }
             _ => Ok(None),
         }
     }
 
-    /// `f32`, `f16`, or squish-quant's label (`int4-g32-asym`, `int8-row-sym`).
+    /// `f32`, `f16`, squish-quant's label (`int4-g32-asym`, `int8-row-sym`) or a codebook's
+    /// (`cb3-g64`, `cb2-row`).
     pub fn label(&self) -> String {
+        let g = |group: Option<usize>| group.map_or("row".to_string(), |g| format!("g{g}"));
         match *self {
             CandidateFormat::F32 => "f32".into(),
             CandidateFormat::F16 => "f16".into(),
             CandidateFormat::Int { bits, group, asym } => {
-                let g = group.map_or("row".to_string(), |g| format!("g{g}"));
-                format!("int{bits}-{g}-{}", if asym { "asym" } else { "sym" })
+                format!(
+                    "int{bits}-{}-{}",
+                    g(group),
+                    if asym { "asym" } else { "sym" }
+                )
             }
+            CandidateFormat::Codebook { bits, group } => format!("cb{bits}-{}", g(group)),
         }
     }
 
-    /// Parses a [`CandidateFormat::label`]: `f32`, `f16`, `int{4,8}-{gN,row}-{sym,asym}`.
+    /// Parses a [`CandidateFormat::label`]: `f32`, `f16`, `int{4,8}-{gN,row}-{sym,asym}`,
+    /// `cb{2,3,4}-{gN,row}`.
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || {
             Error::invalid(format!(
-                "unknown candidate format `{s}` (f32, f16, int4-g32-asym, int8-row-sym, …)"
+                "unknown candidate format `{s}` (f32, f16, int4-g32-asym, int8-row-sym, cb3-g64, …)"
             ))
+        };
+        let group_of = |g: &str| -> Result<Option<usize>> {
+            match g {
+                "row" => Ok(None),
+                g => Ok(Some(
+                    g.strip_prefix('g')
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .filter(|&n| n > 0)
+                        .ok_or_else(bad)?,
+                )),
+            }
         };
         match s {
             "f32" => return Ok(CandidateFormat::F32),
             "f16" => return Ok(CandidateFormat::F16),
             _ => {}
+        }
+        if let Some((b, g)) = s.split_once('-')
+            && let Some(bits) = b.strip_prefix("cb")
+        {
+            let bits = match bits {
+                "2" => 2,
+                "3" => 3,
+                "4" => 4,
+                _ => return Err(bad()),
+            };
+            return Ok(CandidateFormat::Codebook {
+                bits,
+                group: group_of(g)?,
+            });
         }
         let parts: Vec<&str> = s.split('-').collect();
         let [b, g, a] = parts.as_slice() else {
@@ -115,15 +162,7 @@ impl CandidateFormat {
             "int8" => 8,
             _ => return Err(bad()),
         };
-        let group = match *g {
-            "row" => None,
-            g => Some(
-                g.strip_prefix('g')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(bad)?,
-            ),
-        };
+        let group = group_of(g)?;
         let asym = match *a {
             "sym" => false,
             "asym" => true,
@@ -153,6 +192,18 @@ pub fn default_candidates() -> Vec<CandidateFormat> {
         int(4, None, false),
         int(4, None, true),
     ]
+}
+
+/// The codebook candidates: 2-, 3- and 4-bit learned codebooks in groups of 64 (log8 scales) —
+/// what extends the frontier below 4 bits/param. Not in [`default_candidates`] (the pipeline's
+/// mixed stage keeps its integer formats unless configured); `cargo xtask mixed` adds them.
+pub fn codebook_candidates() -> Vec<CandidateFormat> {
+    (2..=4)
+        .map(|bits| CandidateFormat::Codebook {
+            bits,
+            group: Some(64),
+        })
+        .collect()
 }
 
 /// What the allocation minimises (per tensor and candidate, measured on the calibration windows
@@ -252,10 +303,24 @@ mod tests {
 
     #[test]
     fn labels_round_trip_and_bad_labels_are_errors() {
-        for c in default_candidates() {
+        for c in default_candidates()
+            .into_iter()
+            .chain(codebook_candidates())
+        {
             assert_eq!(CandidateFormat::parse(&c.label()).unwrap(), c);
         }
+        assert_eq!(
+            CandidateFormat::parse("cb2-row").unwrap(),
+            CandidateFormat::Codebook {
+                bits: 2,
+                group: None
+            }
+        );
         for bad in [
+            "cb5-g64",
+            "cb3-g0",
+            "cb3",
+            "cb3-g64-sym",
             "int3-g32-sym",
             "int4-g0-sym",
             "int4-32-sym",

@@ -31,7 +31,9 @@ pub mod solve;
 pub mod stage;
 pub mod svg;
 
-pub use config::{Budget, CandidateFormat, MixedConfig, Objective, default_candidates};
+pub use config::{
+    Budget, CandidateFormat, MixedConfig, Objective, codebook_candidates, default_candidates,
+};
 pub use pipeline::mixed_checkpoint;
 pub use report::{FrontierPoint, MixedReport, PointKind, TensorChoice};
 pub use squish_quant::StageInput;

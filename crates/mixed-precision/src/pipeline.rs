@@ -9,7 +9,7 @@ use squish_core::checkpoint::{self, Checkpoint, Provenance};
 use squish_core::{Error, Result, fsutil};
 use squish_quant::Calibration;
 
-use crate::config::MixedConfig;
+use crate::config::{CandidateFormat, MixedConfig};
 use crate::mix::{self, Item};
 use crate::report::{
     FrontierPoint, MixedReport, PointKind, ProxyReport, SensitivityRow, SolveAttempt, TensorChoice,
@@ -346,7 +346,10 @@ fn finish(
         )?;
         frontier.push(p);
     }
-    for c in cfg.candidates.iter().filter(|c| c.is_int(4) || c.is_int(8)) {
+    let uniform = |c: &&CandidateFormat| {
+        c.is_int(4) || c.is_int(8) || matches!(c, CandidateFormat::Codebook { .. })
+    };
+    for c in cfg.candidates.iter().filter(uniform) {
         if let Some(picks) = mix::uniform_picks(&ctx.items, *c) {
             let label = format!("uniform {}", c.label());
             let (_, p) = ctx.point(

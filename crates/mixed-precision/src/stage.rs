@@ -157,10 +157,18 @@ pub fn qat_plan(
             .map(|w| w.shape.len() == 2)
             .unwrap_or(false);
         if is_2d {
-            plan.insert(
-                t.name.clone(),
-                CandidateFormat::parse(&t.format)?.quant_format()?,
-            );
+            let format = CandidateFormat::parse(&t.format)?;
+            if let CandidateFormat::Codebook { .. } = format {
+                return Err(Error::tensor(
+                    &t.name,
+                    format!(
+                        "the mix chose {}, but the QAT of a mix trains integer formats only: drop \
+                         the codebook candidates or the mixed stage's QAT",
+                        format.label()
+                    ),
+                ));
+            }
+            plan.insert(t.name.clone(), format.quant_format()?);
         }
     }
     Ok(plan)

@@ -8,8 +8,8 @@ use squish_core::config::{LlamaConfig, ModelConfig};
 use squish_core::data::Rng;
 use squish_kernels::runtime::Runtime;
 use squish_mixed::{
-    Budget, CandidateFormat, MixedConfig, MixedData, MixedEvent, PointKind, frontier_svg,
-    mixed_checkpoint,
+    Budget, CandidateFormat, MixedConfig, MixedData, MixedEvent, PointKind, codebook_candidates,
+    frontier_svg, mixed_checkpoint,
 };
 
 const VOCAB: usize = 48;
@@ -179,6 +179,50 @@ fn byte_budget_is_respected_by_real_file_bytes_and_the_runtime_runs_the_mix() {
     )
     .unwrap();
     assert!(checkpoint::to_bytes(&out).unwrap().len() as f64 * 8.0 / r0.parameters as f64 <= bpp);
+}
+
+/// With the codebook candidates the frontier reaches below the integer formats: a budget under
+/// the smallest integer mix is met with codebook tensors, the file runs natively, and every
+/// codebook gets its uniform frontier point.
+#[test]
+fn codebook_candidates_extend_the_frontier_below_the_integer_formats() {
+    let ck = tiny_llama();
+    let (calib, valid) = (windows(4, 48), tokens(200, 9));
+    let data = MixedData {
+        calib: &calib,
+        valid: &valid,
+        bos: 1,
+    };
+    let ints = cfg(Budget::Bytes(10_000_000));
+    let (_, r0) = mixed_checkpoint(&ck, &ints, &data, None, &mut |_| {}).unwrap();
+    let smallest_int = r0.frontier.iter().map(|p| p.file_bytes).min().unwrap();
+    let mut c = cfg(Budget::Bytes(smallest_int - 1));
+    c.candidates.extend(codebook_candidates());
+    c.candidates
+        .push(CandidateFormat::parse("cb2-g16").unwrap());
+    let (out, r) = mixed_checkpoint(&ck, &c, &data, None, &mut |_| {}).unwrap();
+    let bytes = checkpoint::to_bytes(&out).unwrap();
+    assert!((bytes.len() as u64) < smallest_int);
+    assert!(
+        r.tensors.iter().any(|t| t.format.starts_with("cb")),
+        "{:?}",
+        r.tensors.iter().map(|t| &t.format).collect::<Vec<_>>()
+    );
+    let back = checkpoint::load_bytes(&bytes).unwrap();
+    let mut rt = Runtime::load(&back).unwrap();
+    assert!(
+        rt.prefill(&valid[..16])
+            .unwrap()
+            .iter()
+            .all(|x| x.is_finite())
+    );
+    for label in ["cb2-g64", "cb3-g64", "cb4-g64", "cb2-g16"] {
+        let want = format!("uniform {label}");
+        assert!(
+            r.frontier.iter().any(|p| p.label == want),
+            "no point {want}"
+        );
+    }
 }
 
 #[test]
