@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use squish_core::checkpoint::{self, Checkpoint};
+use squish_core::codebook::CbScales;
 use squish_core::{Error, Result};
+use squish_quant::qat::CodebookTarget;
 use squish_quant::{
     QatConfig, QatData, QatSettings, QuantEvent, QuantFormat, QuantReport, SmallFormat, StageInput,
     calibrate, qat_checkpoint,
@@ -142,37 +144,45 @@ pub fn check_budget(ckpt: &Checkpoint, limit: Option<u64>) -> Result<u64> {
     }
 }
 
-/// The QAT plan of a mix: every 2-D tensor's chosen format (`None` = kept as float). The report
-/// names every tensor of the checkpoint, so the plan covers all 2-D tensors and the QAT's
-/// default format applies to none of them.
-pub fn qat_plan(
-    ckpt: &Checkpoint,
-    report: &MixedReport,
-) -> Result<BTreeMap<String, Option<QuantFormat>>> {
-    let mut plan = BTreeMap::new();
+/// The QAT plan of a mix: every 2-D tensor's chosen format — integer formats and kept floats
+/// (`None`) in the first map, codebooks (log8 scales) in the second. The report names every
+/// tensor of the checkpoint, so the plan covers all 2-D tensors and the QAT's default format
+/// applies to none of them.
+pub fn qat_plan(ckpt: &Checkpoint, report: &MixedReport) -> Result<QatPlanMaps> {
+    let (mut plan, mut codebooks) = (BTreeMap::new(), BTreeMap::new());
     for t in &report.tensors {
         let is_2d = ckpt
             .weights
             .get(&t.name)
             .map(|w| w.shape.len() == 2)
             .unwrap_or(false);
-        if is_2d {
-            let format = CandidateFormat::parse(&t.format)?;
-            if let CandidateFormat::Codebook { .. } = format {
-                return Err(Error::tensor(
-                    &t.name,
-                    format!(
-                        "the mix chose {}, but the QAT of a mix trains integer formats only: drop \
-                         the codebook candidates or the mixed stage's QAT",
-                        format.label()
-                    ),
-                ));
+        if !is_2d {
+            continue;
+        }
+        match CandidateFormat::parse(&t.format)? {
+            CandidateFormat::Codebook { bits, group } => {
+                codebooks.insert(
+                    t.name.clone(),
+                    CodebookTarget {
+                        bits,
+                        group,
+                        scales: CbScales::Log8,
+                    },
+                );
             }
-            plan.insert(t.name.clone(), format.quant_format()?);
+            format => {
+                plan.insert(t.name.clone(), format.quant_format()?);
+            }
         }
     }
-    Ok(plan)
+    Ok((plan, codebooks))
 }
+
+/// [`qat_plan`]'s result: per-tensor uniform formats (`None` = float) and codebook overrides.
+pub type QatPlanMaps = (
+    BTreeMap<String, Option<QuantFormat>>,
+    BTreeMap<String, CodebookTarget>,
+);
 
 /// Runs the stage on `input` (the F32 checkpoint and its tokens): calibration statistics once if
 /// GPTQ (`mixed.gptq`) or the QAT scales need them, the mix under the budget (less
@@ -221,7 +231,9 @@ pub fn run(
     } else {
         SmallFormat::F32
     };
-    let qcfg = q.config(quant, qat_plan(ckpt, &report)?)?;
+    let (per_tensor, codebooks) = qat_plan(ckpt, &report)?;
+    let mut qcfg = q.config(quant, per_tensor)?;
+    qcfg.per_tensor_codebook = codebooks;
     let qdata = QatData {
         train: input.train,
         valid: input.valid,
@@ -332,6 +344,48 @@ mod tests {
         assert!(quantized > 0);
         let e = check_budget(&out.checkpoint, Some(bytes - 1)).unwrap_err();
         assert!(e.to_string().contains("over the budget"), "{e}");
+    }
+
+    /// Codebook picks of the mix are trained as codebooks by its QAT (not dropped to floats).
+    #[test]
+    fn mix_with_codebooks_then_qat_trains_the_codebooks() {
+        let ckpt = tiny_ssm_moe();
+        let toks: Vec<u32> = (0..3000u32).map(|i| 1 + (i * 5 + i / 7) % 31).collect();
+        let calib: Vec<Vec<u32>> = toks.chunks(64).take(6).map(<[u32]>::to_vec).collect();
+        let input = StageInput {
+            ckpt: &ckpt,
+            calib: &calib,
+            train: &toks,
+            valid: &toks[..1024],
+            bos: 1,
+            teacher: None,
+        };
+        let cfg: MixedStageConfig = toml::from_str(
+            "[mixed]\nbudget = { bits_per_param = 14.0 }\ncalib_windows = 4\neval_ctx = 64\n\
+             frontier_points = 0\ncandidates = [\"f16\", { codebook = { bits = 3 } }, \
+             { codebook = { bits = 2, group = 8 } }]\n\
+             [qat.train]\nsteps = 2\nbatch_size = 2\nseq_len = 32\nlr = 1e-3\n\
+             distill_alpha = 1.0\neval_chunks = 1",
+        )
+        .unwrap();
+        let out = run(&input, &cfg, &mut |_| {}).unwrap();
+        let mut coded = 0;
+        for t in &out.report.mixed.tensors {
+            let stored = &out.checkpoint.weights.get(&t.name).unwrap().data;
+            match (CandidateFormat::parse(&t.format).unwrap(), stored) {
+                (CandidateFormat::Codebook { bits, group }, TensorData::Codebook(c)) => {
+                    assert_eq!(c.bits, bits, "{}", t.name);
+                    assert_eq!(c.group, group.unwrap_or(c.cols), "{}", t.name);
+                    assert_eq!(c.scale_format, CbScales::Log8);
+                    coded += 1;
+                }
+                (CandidateFormat::Codebook { .. }, other) => panic!("{}: {other:?}", t.name),
+                _ => {}
+            }
+        }
+        assert!(coded > 0, "the mix chose no codebook");
+        let limit = cfg.mixed.budget.byte_limit(ckpt.weights.param_count());
+        check_budget(&out.checkpoint, limit).unwrap();
     }
 
     #[test]

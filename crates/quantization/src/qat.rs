@@ -31,8 +31,8 @@ use crate::pipeline::{QuantConfig, SmallFormat};
 use crate::qat_export::export;
 use crate::qat_flips::FlipSummary;
 use crate::qat_net::{QatNet, QatPlan, TensorTarget};
-pub use crate::qat_plan::build_plan;
 use crate::qat_plan::f32_plan;
+pub use crate::qat_plan::{CodebookTarget, build_plan};
 use crate::report::QuantReport;
 use crate::spec::{Method, QuantFormat, QuantSpec};
 
@@ -86,6 +86,11 @@ pub struct QatConfig {
     /// `quant.small`). Names must exist in the checkpoint.
     #[serde(default)]
     pub per_tensor: BTreeMap<String, Option<QuantFormat>>,
+    /// Per-tensor codebook overrides: the tensor becomes a trained codebook
+    /// ([`crate::qat_codebook`]) whatever the default format. Names must exist in the checkpoint
+    /// and not also be in `per_tensor`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_tensor_codebook: BTreeMap<String, CodebookTarget>,
     /// Fine-tuning (steps, lr, distillation weight …).
     #[serde(default = "default_train")]
     pub train: TrainConfig,
@@ -146,6 +151,7 @@ impl Default for QatConfig {
         QatConfig {
             quant,
             per_tensor: BTreeMap::new(),
+            per_tensor_codebook: BTreeMap::new(),
             train: default_train(),
             init: QatInit::default(),
             scales: QatScales::default(),

@@ -82,7 +82,7 @@ pub fn export(
         _ => None,
     });
     let config_json = serde_json::to_vec(cfg).map_err(|e| Error::invalid(e.to_string()))?;
-    let overrides = cfg.per_tensor.len();
+    let overrides = cfg.per_tensor.len() + cfg.per_tensor_codebook.len();
     out.provenance = Provenance {
         stage: match (codebook_bits, fmt.bits) {
             (Some(_), _) => "codebook",

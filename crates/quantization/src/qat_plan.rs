@@ -3,6 +3,7 @@
 //! ([`build_plan`]), and how a planned tensor maps its latent values ([`PlanEntry::apply`]).
 
 use half::f16;
+use serde::{Deserialize, Serialize};
 use squish_core::checkpoint::{Checkpoint, TensorData};
 use squish_core::quant::QTensor;
 use squish_core::{Error, Result};
@@ -33,6 +34,19 @@ pub enum TensorTarget {
         /// How the scales are stored (and rounded in the forward).
         scales: CbScales,
     },
+}
+
+/// A per-tensor codebook override of a QAT ([`QatConfig::per_tensor_codebook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodebookTarget {
+    /// Bits per code: 2, 3 or 4.
+    pub bits: u32,
+    /// Group size along the row; `None` = one group per row.
+    pub group: Option<usize>,
+    /// How the scales are stored.
+    #[serde(default)]
+    pub scales: CbScales,
 }
 
 /// One planned tensor: name, shape, target, and the column importances (calibration `E[x²]`)
@@ -93,6 +107,30 @@ impl PlanEntry {
     }
 }
 
+/// The target of a [`CodebookTarget`] override of tensor `name` (logical `shape`): 2-D, 2–4 bits,
+/// a group no wider than the row.
+fn codebook_override(name: &str, shape: &[usize], cb: &CodebookTarget) -> Result<TensorTarget> {
+    let [_, cols] = shape[..] else {
+        return Err(Error::tensor(
+            name,
+            format!("a codebook needs a 2-D tensor, this one is {shape:?}"),
+        ));
+    };
+    squish_core::codebook::check_bits(cb.bits).map_err(|e| Error::tensor(name, e.to_string()))?;
+    let group = cb.group.unwrap_or(cols);
+    if group == 0 || group > cols {
+        return Err(Error::tensor(
+            name,
+            format!("codebook group {group} not in 1..={cols} (the row width)"),
+        ));
+    }
+    Ok(TensorTarget::Codebook {
+        bits: cb.bits,
+        group,
+        scales: cb.scales,
+    })
+}
+
 /// The per-tensor plan of `ckpt` under `cfg` (name order). The default format on a row narrower
 /// than its group uses one group per row. Errors: unknown override names, quantizing a non-2-D
 /// tensor, an override's group wider than the row, AWQ, an already-quantized input.
@@ -104,6 +142,17 @@ pub fn build_plan(
     if cfg.quant.awq.is_some() {
         return Err(Error::invalid(
             "QAT with AWQ scaling is not supported (fold AWQ first, or set awq = None)",
+        ));
+    }
+    if let Some(name) = cfg
+        .per_tensor_codebook
+        .keys()
+        .find(|n| !ckpt.weights.contains(n) || cfg.per_tensor.contains_key(*n))
+    {
+        return Err(Error::tensor(
+            name,
+            "codebook override names no tensor of the checkpoint, or the tensor also has a \
+             per_tensor format",
         ));
     }
     if let Some(name) = cfg.per_tensor.keys().find(|n| !ckpt.weights.contains(n)) {
@@ -152,9 +201,10 @@ pub fn build_plan(
             Some(f) => *f,
             None => default_q.then(|| cfg.quant.format.fitted(t.shape[1])),
         };
-        let target = match fmt {
-            None => small.clone(),
-            Some(f) => {
+        let target = match (cfg.per_tensor_codebook.get(name), fmt) {
+            (Some(cb), _) => codebook_override(name, &t.shape, cb)?,
+            (None, None) => small.clone(),
+            (None, Some(f)) => {
                 let [_, cols] = t.shape[..] else {
                     return Err(Error::tensor(
                         name,

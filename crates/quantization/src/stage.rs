@@ -160,6 +160,7 @@ impl QatSettings {
         Ok(QatConfig {
             quant,
             per_tensor,
+            per_tensor_codebook: BTreeMap::new(),
             train: self.train.clone(),
             init: self.init,
             scales: self.scales.clone(),

@@ -14,7 +14,7 @@ use squish_core::codebook::CbScales;
 use squish_core::data::Rng;
 use squish_core::model::{CpuBackend, tensor_to_vec};
 use squish_core::train::{Trainable, cross_entropy, sample_batch, train};
-use squish_quant::qat::{build_plan, qat_net};
+use squish_quant::qat::{CodebookTarget, build_plan, qat_net};
 use squish_quant::qat_net::TensorTarget;
 use squish_quant::{
     Calibration, CodebookMode, CodebookSpec, QatConfig, QatData, QatInit, QuantFormat, QuantMethod,
@@ -226,4 +226,56 @@ fn dampening_changes_training_and_keeps_the_export_exact() {
     damped.train.balance_coef = 0.0;
     let e = build_plan(&base, &damped, None).unwrap_err().to_string();
     assert!(e.contains("balance_coef"), "{e}");
+}
+
+/// A per-tensor codebook override under a uniform INT4 default: that tensor trains as a codebook,
+/// the rest stay on the grid, the export equals the fake-quant model; bad overrides are errors.
+#[test]
+fn per_tensor_codebook_overrides_beside_a_uniform_default() {
+    let base = tiny_llama(3, 0.2);
+    let mut cfg = config(2);
+    let name = "layers.0.feed_forward.w1.weight";
+    let cb = CodebookTarget {
+        bits: 2,
+        group: None,
+        scales: CbScales::Log8,
+    };
+    cfg.per_tensor_codebook = BTreeMap::from([(name.to_string(), cb)]);
+    let (packed, _) = export_matches_fake_quant(&base, &cfg);
+    for (n, t) in packed.weights.iter() {
+        match &t.data {
+            TensorData::Codebook(c) => {
+                assert_eq!(n, name);
+                assert_eq!((c.bits, c.group), (2, c.cols));
+            }
+            _ => assert_ne!(n, name),
+        }
+    }
+    let bad = |edit: &dyn Fn(&mut QatConfig)| {
+        let mut c = cfg.clone();
+        edit(&mut c);
+        build_plan(&base, &c, None).unwrap_err().to_string()
+    };
+    let e = bad(&|c| {
+        c.per_tensor_codebook.insert("no.such.weight".into(), cb);
+    });
+    assert!(e.contains("no.such.weight"), "{e}");
+    let e = bad(&|c| {
+        c.per_tensor.insert(name.into(), None);
+    });
+    assert!(e.contains("also has a per_tensor"), "{e}");
+    let e = bad(&|c| {
+        c.per_tensor_codebook.insert("norm.weight".into(), cb);
+    });
+    assert!(e.contains("2-D"), "{e}");
+    let e = bad(&|c| {
+        c.per_tensor_codebook.insert(
+            name.into(),
+            CodebookTarget {
+                group: Some(10_000),
+                ..cb
+            },
+        );
+    });
+    assert!(e.contains("row width"), "{e}");
 }
