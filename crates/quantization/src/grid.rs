@@ -6,7 +6,7 @@
 
 use half::f16;
 use squish_core::quant::QTensor;
-use squish_core::{Error, Result};
+use squish_core::Result;
 
 use crate::spec::QuantFormat;
 
@@ -28,23 +28,9 @@ impl GroupParams {
 }
 
 /// The smallest F16 ≥ `s` (`s` finite, ≥ 0); 0 and values below the smallest subnormal give
-/// the smallest positive subnormal. Values above F16::MAX are an error.
-pub fn f16_at_least(s: f32) -> Result<f16> {
-    if !s.is_finite() || s > f16::MAX.to_f32() {
-        return Err(Error::invalid(format!(
-            "scale {s} does not fit in F16 (max {})",
-            f16::MAX
-        )));
-    }
-    let mut h = f16::from_f32(s.max(0.0));
-    if h.to_f32() < s {
-        h = f16::from_bits(h.to_bits() + 1);
-    }
-    if h.to_f32() <= 0.0 {
-        h = f16::from_bits(1);
-    }
-    Ok(h)
-}
+/// the smallest positive subnormal. Values above F16::MAX are an error. (The one rounding of
+/// stored scales, shared with the codebook format.)
+pub use squish_core::codebook::scales::f16_at_least;
 
 /// Group parameters from the values `v` of one group, with the range shrunk by `clip ∈ (0, 1]`.
 /// Symmetric: `scale = clip · max|v| / div` (`div` = 7 or 8 for INT4, 127 for INT8).

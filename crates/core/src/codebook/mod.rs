@@ -297,7 +297,7 @@ impl CbTensor {
         for (r, row) in w.chunks_exact(cols).enumerate() {
             for (g, vals) in row.chunks(group).enumerate() {
                 let amax = vals.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let s = scale_at_least(if lmax > 0.0 { amax / lmax } else { 0.0 })?;
+                let s = scales::f16_at_least(if lmax > 0.0 { amax / lmax } else { 0.0 })?;
                 let inv = 1.0 / s.to_f32();
                 for (j, &x) in vals.iter().enumerate() {
                     codes[r * cols + g * group + j] = nearest_level(&levels, x * inv);
@@ -377,22 +377,6 @@ pub fn check_levels(bits: u32, levels: &[f32]) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The smallest positive F16 ≥ `s` (a zero group gets the smallest subnormal); an error above
-/// F16's maximum.
-fn scale_at_least(s: f32) -> Result<f16> {
-    if !s.is_finite() || s > f16::MAX.to_f32() {
-        return Err(Error::invalid(format!("scale {s} does not fit in F16")));
-    }
-    let mut h = f16::from_f32(s.max(0.0));
-    if h.to_f32() < s {
-        h = f16::from_bits(h.to_bits() + 1);
-    }
-    if h.to_f32() <= 0.0 {
-        h = f16::from_bits(1);
-    }
-    Ok(h)
 }
 
 #[cfg(test)]

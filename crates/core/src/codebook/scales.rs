@@ -140,6 +140,26 @@ pub fn to_log8(scales: &[f32], levels: &[f32], at_least: bool) -> (Vec<f16>, Vec
     (grid, folded, base)
 }
 
+/// The smallest F16 ≥ `s` (`s` finite, ≥ 0): how a scale is stored so that it still covers its
+/// group. 0 and values below the smallest subnormal give the smallest positive subnormal; values
+/// above F16::MAX are an error.
+pub fn f16_at_least(s: f32) -> crate::Result<f16> {
+    if !s.is_finite() || s > f16::MAX.to_f32() {
+        return Err(crate::Error::invalid(format!(
+            "scale {s} does not fit in F16 (max {})",
+            f16::MAX
+        )));
+    }
+    let mut h = f16::from_f32(s.max(0.0));
+    if h.to_f32() < s {
+        h = f16::from_bits(h.to_bits() + 1);
+    }
+    if h.to_f32() <= 0.0 {
+        h = f16::from_bits(1);
+    }
+    Ok(h)
+}
+
 /// Whether `v` is exactly an F16 value.
 pub fn is_f16_exact(v: f32) -> bool {
     f16::from_f32(v).to_f32().to_bits() == v.to_bits()
