@@ -5,8 +5,8 @@
 //! every dequantized value within half a step (`scale / 2`) of the original.
 
 use half::f16;
-use squish_core::quant::QTensor;
 use squish_core::Result;
+use squish_core::quant::QTensor;
 
 use crate::spec::QuantFormat;
 

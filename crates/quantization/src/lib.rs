@@ -36,6 +36,7 @@ pub mod qat_plan;
 pub mod qat_share;
 pub mod report;
 pub mod rtn;
+pub mod settings;
 pub mod spec;
 pub mod stage;
 
