@@ -74,7 +74,7 @@ fn set(v: &[&str]) -> BTreeSet<String> {
 #[test]
 fn changing_squish_quant_redoes_int4_native_and_later_not_earlier() {
     let real = embedded();
-    for name in ["smoke.toml", "phase7.toml"] {
+    for name in ["smoke.toml", "phase7.toml", "phase7-60k.toml"] {
         let (cfg, path) = config(name, "quant");
         let ctx = Ctx {
             cfg: &cfg,
