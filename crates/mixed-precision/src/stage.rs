@@ -287,22 +287,37 @@ mod tests {
         }
     }
 
+    /// A token stream over the tiny vocabulary and six 64-token calibration windows of it.
+    fn tokens() -> (Vec<u32>, Vec<Vec<u32>>) {
+        let toks: Vec<u32> = (0..3000u32).map(|i| 1 + (i * 5 + i / 7) % 31).collect();
+        let calib = toks.chunks(64).take(6).map(<[u32]>::to_vec).collect();
+        (toks, calib)
+    }
+
+    /// The stage input: train on `toks`, validate on its first 1024 tokens, no teacher.
+    fn stage_input<'a>(
+        ckpt: &'a Checkpoint,
+        toks: &'a [u32],
+        calib: &'a [Vec<u32>],
+    ) -> StageInput<'a> {
+        StageInput {
+            ckpt,
+            calib,
+            train: toks,
+            valid: &toks[..1024],
+            bos: 1,
+            teacher: None,
+        }
+    }
+
     /// The deliverable recipe on an SsmMoe with calibration statistics: GPTQ variants, the mix
     /// under the budget less the reserve, then QAT with exactly the mix's formats; the export is
     /// within the configured budget, statistics are collected once, every step is reported.
     #[test]
     fn mix_then_qat_keeps_the_formats_and_the_budget() {
         let ckpt = tiny_ssm_moe();
-        let toks: Vec<u32> = (0..3000u32).map(|i| 1 + (i * 5 + i / 7) % 31).collect();
-        let calib: Vec<Vec<u32>> = toks.chunks(64).take(6).map(<[u32]>::to_vec).collect();
-        let input = StageInput {
-            ckpt: &ckpt,
-            calib: &calib,
-            train: &toks,
-            valid: &toks[..1024],
-            bos: 1,
-            teacher: None,
-        };
+        let (toks, calib) = tokens();
+        let input = stage_input(&ckpt, &toks, &calib);
         let cfg: MixedStageConfig = toml::from_str(
             "[mixed]\nbudget = { bits_per_param = 16.0 }\ncalib_windows = 4\neval_ctx = 64\n\
              frontier_points = 2\n[qat.train]\nsteps = 2\nbatch_size = 2\nseq_len = 32\n\
@@ -350,16 +365,8 @@ mod tests {
     #[test]
     fn mix_with_codebooks_then_qat_trains_the_codebooks() {
         let ckpt = tiny_ssm_moe();
-        let toks: Vec<u32> = (0..3000u32).map(|i| 1 + (i * 5 + i / 7) % 31).collect();
-        let calib: Vec<Vec<u32>> = toks.chunks(64).take(6).map(<[u32]>::to_vec).collect();
-        let input = StageInput {
-            ckpt: &ckpt,
-            calib: &calib,
-            train: &toks,
-            valid: &toks[..1024],
-            bos: 1,
-            teacher: None,
-        };
+        let (toks, calib) = tokens();
+        let input = stage_input(&ckpt, &toks, &calib);
         let cfg: MixedStageConfig = toml::from_str(
             "[mixed]\nbudget = { bits_per_param = 14.0 }\ncalib_windows = 4\neval_ctx = 64\n\
              frontier_points = 0\ncandidates = [\"f16\", { codebook = { bits = 3 } }, \
