@@ -168,7 +168,8 @@ pub fn quantize_codebook(
         Some(s) => s.col_sq_mean(),
         None => vec![1.0; cols],
     };
-    let (scales, levels) = fit_scales_and_levels(w, rows, cols, spec, group, &col_w)?;
+    let CodebookFit { scales, levels, .. } =
+        fit_scales_and_levels(w, rows, cols, spec, group, &col_w)?;
     let ng = cols.div_ceil(group);
     let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect(); // [rows, n_groups]
     let u = w
@@ -188,6 +189,17 @@ pub fn quantize_codebook(
         .into_scale_format(spec.scales)
 }
 
+/// The stored scales and levels of a fit ([`fit_scales_and_levels`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodebookFit {
+    /// `[rows, n_groups]`: absmax F16 scales, or log8 grid values.
+    pub scales: Vec<f16>,
+    /// `[2^bits]`, sorted; with log8 `F16(B · L)`.
+    pub levels: Vec<f32>,
+    /// The power of two folded into log8 levels (`scale · B` is the group's scale); 1 for F16.
+    pub base: f32,
+}
+
 /// The group scales and levels of `w [rows, cols]` (steps 1 and 2 of the module docs): absmax
 /// scales `[rows, n_groups]`, and levels learned by the weighted Lloyd-Max fit (or
 /// [`uniform_levels`] when `spec.learned` is false), as stored in `spec.scales`'s format (with
@@ -202,7 +214,7 @@ pub fn fit_scales_and_levels(
     spec: CodebookSpec,
     group: usize,
     col_w: &[f64],
-) -> Result<(Vec<f16>, Vec<f32>)> {
+) -> Result<CodebookFit> {
     if col_w.len() != cols || w.len() != rows * cols || group == 0 {
         return Err(Error::invalid(format!(
             "codebook fit: {} values, {} column weights, group {group} for [{rows}, {cols}]",
@@ -219,27 +231,28 @@ pub fn fit_scales_and_levels(
     }
     // With log8, `sf` are the grid scales times the tensor's base B (each still ≥ its absmax),
     // and the levels fitted in those units are folded into `F16(B · L)` at the end.
+    let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect(); // [rows, n_groups]
     let (scales, sf, base) = match spec.scales {
-        CbScales::F16 => {
-            let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
-            (scales, sf, None)
-        }
+        CbScales::F16 => (scales, sf, None),
         CbScales::Log8 => {
-            let sf: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
             let (grid, _, base) = to_log8(&sf, &[], true);
             let sf = grid.iter().map(|g| g.to_f32() * base).collect();
             (grid, sf, Some(base))
         }
     };
-    let fold = |levels: Vec<f32>| match base {
-        Some(b) => levels
-            .iter()
-            .map(|&l| f16::from_f32(b * l).to_f32())
-            .collect(),
-        None => levels,
+    let finish = |levels: Vec<f32>| CodebookFit {
+        scales,
+        levels: match base {
+            Some(b) => levels
+                .iter()
+                .map(|&l| f16::from_f32(b * l).to_f32())
+                .collect(),
+            None => levels,
+        },
+        base: base.unwrap_or(1.0),
     };
     if !spec.learned {
-        return Ok((scales, fold(uniform_levels(spec.bits))));
+        return Ok(finish(uniform_levels(spec.bits)));
     }
     // A column no calibration input reached still counts a little, so its weights get levels.
     let floor = col_w.iter().cloned().fold(0.0f64, f64::max) * 1e-6 + f64::MIN_POSITIVE;
@@ -256,7 +269,7 @@ pub fn fit_scales_and_levels(
         uw.iter_mut().for_each(|x| *x /= wmax);
     }
     let levels = fit_levels(&u, &uw, 1 << spec.bits, LLOYD_ITERS)?;
-    Ok((scales, fold(levels)))
+    Ok(finish(levels))
 }
 
 /// GPTQ onto the codebook: column by column, each weight takes the level nearest to its

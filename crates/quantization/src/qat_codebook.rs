@@ -25,7 +25,7 @@
 use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
 use half::f16;
-use squish_core::codebook::scales::{log8_base, to_log8};
+use squish_core::codebook::scales::to_log8;
 use squish_core::codebook::{CbScales, CbTensor, bits_for_levels, nearest_level};
 use squish_core::model::tensor_to_vec;
 use squish_core::{Error, Result};
@@ -55,39 +55,38 @@ pub fn initial_codebook(
         learned: true,
         scales,
     };
-    let (s, levels) = fit_scales_and_levels(w, rows, cols, spec, group, &col_w)?;
-    let s: Vec<f32> = s.iter().map(|s| s.to_f32()).collect();
-    let base = match scales {
-        CbScales::F16 => 1.0,
-        // The fit's B: the power of two at or above its largest (absmax) scale.
-        CbScales::Log8 => {
-            let amax = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-            log8_base(crate::grid::f16_at_least(amax)?.to_f32())
-        }
-    };
+    let fit = fit_scales_and_levels(w, rows, cols, spec, group, &col_w)?;
     Ok((
-        s.iter().map(|&x| (x * base).ln()).collect(),
-        levels.iter().map(|&l| l / base).collect(),
+        fit.scales
+            .iter()
+            .map(|&x| (x.to_f32() * fit.base).ln())
+            .collect(),
+        fit.levels.iter().map(|&l| l / fit.base).collect(),
     ))
 }
 
-/// The stored value of every scale `s` (host values of `exp(ln s)`) and of every level, as the
-/// forward uses them: F16 scales and unchanged levels, or `B · log8_scale(nearest)` and
-/// `F16(B · L) / B` (module docs).
-fn rounded(format: CbScales, s: &[f32], levels: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// How `format` stores scales `s` (host values of `exp(ln s)`, `[rows, n_groups]`) and `levels`:
+/// `(stored scales, stored levels, B)` — F16 scales, unchanged levels and `B = 1`, or
+/// `log8_scale(nearest)`, `F16(B · L)` and the power of two `B` (module docs). The export packs
+/// these; the forward uses `B · scale` and `level / B`, whose products are the same bits.
+fn stored(format: CbScales, s: &[f32], levels: &[f32]) -> (Vec<f16>, Vec<f32>, f32) {
     match format {
         CbScales::F16 => (
-            s.iter().map(|&x| learned_scale(x).to_f32()).collect(),
+            s.iter().map(|&x| learned_scale(x)).collect(),
             levels.to_vec(),
+            1.0,
         ),
-        CbScales::Log8 => {
-            let (grid, folded, base) = to_log8(s, levels, false);
-            (
-                grid.iter().map(|g| g.to_f32() * base).collect(),
-                folded.iter().map(|&l| l / base).collect(),
-            )
-        }
+        CbScales::Log8 => to_log8(s, levels, false),
     }
+}
+
+/// The forward's values of [`stored`]: scales `B · stored` and levels `stored / B`.
+fn rounded(format: CbScales, s: &[f32], levels: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (scales, levels, base) = stored(format, s, levels);
+    (
+        scales.iter().map(|g| g.to_f32() * base).collect(),
+        levels.iter().map(|&l| l / base).collect(),
+    )
 }
 
 /// What one codebook tensor's fake-quant forward produced besides the weights.
@@ -183,16 +182,7 @@ pub fn export_codebook(
         )));
     }
     // [rows, n_groups] stored scales, [2^bits] stored levels (log8: the base folded in).
-    let (scales, levels): (Vec<f16>, Vec<f32>) = match format {
-        CbScales::F16 => (
-            scales.iter().map(|&s| learned_scale(s)).collect(),
-            levels.to_vec(),
-        ),
-        CbScales::Log8 => {
-            let (grid, folded, _) = to_log8(scales, levels, false);
-            (grid, folded)
-        }
-    };
+    let (scales, levels, _) = stored(format, scales, levels);
     let levels = &levels[..];
     let codes: Vec<u8> = w
         .iter()
