@@ -54,6 +54,18 @@ fn weights(out: usize, inp: usize) -> Vec<(String, PackedWeight, Activations)> {
     };
     let i8w = mk(QuantFormat::Int8Sym, &q8);
     let i4w = mk(QuantFormat::Int4Sym, &q4);
+    // A 4-bit codebook with the same codes and scales: 16 non-uniform levels.
+    let levels: Vec<f32> = (0..16).map(|k| ((k as f32 - 7.5) / 8.0).powi(3)).collect();
+    let cb4 = PackedWeight::from_codebook(CodebookParts {
+        bits: 4,
+        out,
+        inp,
+        group: g,
+        codes: &q4,
+        scales: &scales,
+        levels: &levels,
+    })
+    .unwrap();
     vec![
         (
             "f32".into(),
@@ -69,6 +81,8 @@ fn weights(out: usize, inp: usize) -> Vec<(String, PackedWeight, Activations)> {
         ("int8-g32-i8act".into(), i8w, Activations::Int8),
         ("int4-g32-f32act".into(), i4w.clone(), Activations::F32),
         ("int4-g32-i8act".into(), i4w, Activations::Int8),
+        ("cb4-g32-f32act".into(), cb4.clone(), Activations::F32),
+        ("cb4-g32-i8act".into(), cb4, Activations::Int8),
     ]
 }
 
@@ -118,7 +132,7 @@ fn bench_matmul_threads(c: &mut Criterion) {
     let mut y = vec![0f32; n * out];
     for (name, w, act) in ws
         .iter()
-        .filter(|(n, ..)| n.starts_with("f32") || n.starts_with("int4"))
+        .filter(|(n, ..)| n.starts_with("f32") || n.starts_with("int4") || n.starts_with("cb4"))
     {
         let mut s = Scratch::for_weight(w, n);
         let opts = MatOpts {
@@ -143,7 +157,7 @@ fn bench_matmul_threads(c: &mut Criterion) {
     let mut y = vec![0f32; out];
     for (name, w, act) in ws
         .iter()
-        .filter(|(n, ..)| n == "f32" || n == "int4-g32-i8act")
+        .filter(|(n, ..)| n == "f32" || n == "int4-g32-i8act" || n == "cb4-g32-i8act")
     {
         let mut s = Scratch::for_weight(w, 1);
         for threads in [1, 2] {

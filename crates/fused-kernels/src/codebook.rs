@@ -7,6 +7,13 @@
 //! is 16 F32 entries (unused entries 0 for 2- and 3-bit codes) and decoding is a table lookup in
 //! registers on the SIMD paths. Activations stay F32 and are read unpadded (`ld = inp`).
 //!
+//! Int8 activations ([`crate::Activations::Int8`]) run on an int8 form of the same weight
+//! ([`CbRepr::q8`]): the levels rounded to int8 once per tensor (`l_k = round(L_k / δ)`,
+//! `δ = max|L| / 127`), stored as unsigned `u_k = l_k + 128` in a 16-byte table, the nibble
+//! codes in the INT4 row-interleaved layout, group scales `s·δ` and zero point 128. The INT4
+//! integer kernels (`avx2::q4il`) decode a nibble through the table in registers (`vpshufb`)
+//! and keep their exact integer sums, so every x86 path gives the scalar path's bits.
+//!
 //! The scalar kernel here is the reference: per (row, group) `Σ_j levels[code_j] · x_j` in column
 //! order, times the group scale, summed over groups in order — the same arithmetic as
 //! `squish_core::codebook::CbTensor::vec_dot`, so the runtime's scalar path equals the format's
@@ -16,7 +23,7 @@ use half::f16;
 use squish_core::codebook::{check_levels, row_bytes, unpack_code};
 
 use crate::error::{KernelError, Result, check_len};
-use crate::pack::{PackedWeight, RawWeight, Repr, check_dims};
+use crate::pack::{PackedWeight, QuantFormat, QuantRepr, RawWeight, Repr, check_dims};
 
 /// Borrowed codebook parts exactly as stored in a checkpoint.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +61,20 @@ pub(crate) struct CbRepr {
     pub scales: Vec<f32>,
     /// The table, padded with zeros to 16 entries.
     pub table: [f32; 16],
+    /// The int8-activation form (see the module docs).
+    pub q8: QuantRepr,
+}
+
+/// The levels rounded to int8 under one step `δ = max|L| / 127` (1 for an all-zero table),
+/// as unsigned codes `l + 128` (unused entries 128, i.e. zero): `(table, δ)`.
+pub(crate) fn int8_levels(levels: &[f32]) -> ([u8; 16], f32) {
+    let amax = levels.iter().fold(0f32, |m, l| m.max(l.abs()));
+    let delta = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+    let mut lut = [128u8; 16];
+    for (u, l) in lut.iter_mut().zip(levels) {
+        *u = ((l / delta).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
+    }
+    (lut, delta)
 }
 
 impl CbRepr {
@@ -108,6 +129,18 @@ impl PackedWeight {
         }
         let mut table = [0f32; 16];
         table[..levels.len()].copy_from_slice(levels);
+        let scales: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
+        let (lut, delta) = int8_levels(levels);
+        let q8 = QuantRepr::build(
+            QuantFormat::Int4Asym,
+            out,
+            inp,
+            group,
+            scales.iter().map(|s| s * delta).collect(),
+            vec![128; scales.len()],
+            Some(lut),
+            |r, c| unpack_code(bits, &codes[r * rrb..(r + 1) * rrb], c),
+        );
         let repr = CbRepr {
             bits,
             group,
@@ -115,8 +148,9 @@ impl PackedWeight {
             gb,
             row_bytes,
             codes: packed,
-            scales: scales.iter().map(|s| s.to_f32()).collect(),
+            scales,
             table,
+            q8,
         };
         Ok(PackedWeight {
             out,

@@ -15,7 +15,8 @@ pub enum Activations {
     #[default]
     F32,
     /// Activations quantized per weight group to int8 (scale absmax/127), integer
-    /// dot products. Ignored (treated as `F32`) for F32/F16 weights.
+    /// dot products (codebook weights use their int8-level form, `crate::codebook`).
+    /// Ignored (treated as `F32`) for F32/F16 weights.
     Int8,
 }
 
@@ -145,7 +146,7 @@ pub(crate) fn stage<'s>(
     scratch: &'s mut Scratch,
     opts: &MatOpts<'_>,
 ) -> Staged<'s> {
-    let q8 = opts.act == Activations::Int8 && matches!(w.repr, Repr::Quant(_));
+    let q8 = opts.act == Activations::Int8 && w.q8_repr().is_some();
     if q8 {
         let simd = dispatch::has_avx2(dispatch::resolve(opts.level));
         scratch.stage_q8(w, x, n, opts.norm, simd)
@@ -268,7 +269,8 @@ pub(crate) fn run_rows(
             }
             scalar::qf_rows(q, x, ld, n, r0, r1, y, ldy)
         }
-        (Repr::Quant(q), Staged::Q8 { xq, ld, a, b, .. }) => {
+        (Repr::Quant(_) | Repr::Codebook(_), Staged::Q8 { xq, ld, a, b, .. }) => {
+            let q = w.q8_repr().expect("quantized weights have an integer form");
             #[cfg(target_arch = "x86_64")]
             match level {
                 // SAFETY: `level` comes from dispatch::resolve: AVX2+FMA+F16C and AVX-512

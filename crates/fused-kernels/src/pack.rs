@@ -127,9 +127,85 @@ pub(crate) struct QuantRepr {
     pub zeros: Vec<u8>,
     /// INT4 only: row-interleaved copy for the int8-activation GEMV (empty for INT8).
     pub il: crate::interleave::Interleaved,
+    /// INT4 only: when set, a nibble `n` stands for the unsigned code `lut[n]` (8 bits; the
+    /// codebook weights' int8 form, `crate::codebook`), so `w = s·(lut[n] − z)`. Such a repr
+    /// only runs with int8 activations (the kernels apply the table in registers).
+    pub lut: Option<[u8; 16]>,
 }
 
 impl QuantRepr {
+    /// Repacks `out` rows of `inp` codes (`code(r, c)`: a nibble for 4 bits) into the padded
+    /// kernel layout: groups padded to whole [`CHUNK`]s with their zero point (code 0 when
+    /// `lut` is set: int8 activations are staged as 0 there), INT4 rows rounded up to an even
+    /// chunk count, plus the interleaved copy for INT4.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build(
+        format: QuantFormat,
+        out: usize,
+        inp: usize,
+        group: usize,
+        scales: Vec<f32>,   // [out, n_groups]
+        zeros: Vec<u8>,     // [out, n_groups]
+        lut: Option<[u8; 16]>,
+        code: impl Fn(usize, usize) -> u8,
+    ) -> QuantRepr {
+        let bits = format.bits();
+        let n_groups = inp.div_ceil(group);
+        let glen = group.min(inp);
+        let gp = glen.div_ceil(CHUNK) * CHUNK;
+        let mut row_chunks = n_groups * gp / CHUNK;
+        if bits == 4 {
+            row_chunks += row_chunks % 2;
+        }
+        let row_bytes = row_chunks * CHUNK * bits / 8;
+        let mut codes = vec![0u8; out * row_bytes]; // [out, row_bytes]
+        let mut unpacked = vec![0u8; n_groups * gp]; // [n_groups * gp] one padded row
+        for r in 0..out {
+            for (g, chunk) in unpacked.chunks_mut(gp).enumerate() {
+                chunk.fill(if lut.is_some() { 0 } else { zeros[r * n_groups + g] });
+                let start = g * group;
+                let end = (start + group).min(inp);
+                for (j, c) in chunk.iter_mut().zip(start..end) {
+                    *j = code(r, c);
+                }
+            }
+            let dst = &mut codes[r * row_bytes..(r + 1) * row_bytes];
+            if bits == 8 {
+                dst.copy_from_slice(&unpacked);
+            } else {
+                for (d, src) in dst.chunks_mut(CHUNK / 2).zip(unpacked.chunks(CHUNK)) {
+                    for i in 0..CHUNK / 2 {
+                        d[i] = src[i] | (src[i + CHUNK / 2] << 4);
+                    }
+                }
+            }
+        }
+        let zs = scales
+            .iter()
+            .zip(&zeros)
+            .map(|(s, z)| s * *z as f32)
+            .collect();
+        let mut q = QuantRepr {
+            format,
+            bits,
+            group,
+            n_groups,
+            gp,
+            row_chunks,
+            row_bytes,
+            codes,
+            scales,
+            zs,
+            zeros,
+            il: Default::default(),
+            lut,
+        };
+        if bits == 4 {
+            q.il = crate::interleave::Interleaved::build(&q, out);
+        }
+        q
+    }
+
     /// Length of the padded activation row one token needs: `row_chunks * CHUNK`.
     pub fn padded_in(&self) -> usize {
         self.row_chunks * CHUNK
@@ -192,6 +268,15 @@ impl PackedWeight {
         match &self.repr {
             Repr::Quant(q) => Some(q.format),
             _ => None,
+        }
+    }
+    /// The integer weights int8 activations run on: an INT8/INT4 repr itself, or a codebook's
+    /// int8 form (`crate::codebook`); `None` for F32/F16.
+    pub(crate) fn q8_repr(&self) -> Option<&QuantRepr> {
+        match &self.repr {
+            Repr::Quant(q) => Some(q),
+            Repr::Codebook(c) => Some(&c.q8),
+            Repr::F32(_) | Repr::F16(_) => None,
         }
     }
     /// Short format name ("f32", "f16", "int8-sym", ...).
@@ -285,61 +370,10 @@ impl PackedWeight {
                 value: -128,
             });
         }
-        let bits = format.bits();
-        let glen = group.min(inp);
-        let gp = glen.div_ceil(CHUNK) * CHUNK;
-        let mut row_chunks = n_groups * gp / CHUNK;
-        if bits == 4 {
-            row_chunks += row_chunks % 2;
-        }
-        let row_bytes = row_chunks * CHUNK * bits / 8;
-        let mut codes = vec![0u8; out * row_bytes]; // [out, row_bytes]
-        let mut unpacked = vec![0u8; n_groups * gp]; // [n_groups * gp] one padded row
-        for r in 0..out {
-            let raw = &qweight[r * rrb..(r + 1) * rrb];
-            for (g, chunk) in unpacked.chunks_mut(gp).enumerate() {
-                let z = zeros_u[r * n_groups + g];
-                chunk.fill(z);
-                let start = g * group;
-                let end = (start + group).min(inp);
-                for (j, c) in chunk.iter_mut().zip(start..end) {
-                    *j = raw_code(format, raw, c);
-                }
-            }
-            let dst = &mut codes[r * row_bytes..(r + 1) * row_bytes];
-            if bits == 8 {
-                dst.copy_from_slice(&unpacked);
-            } else {
-                for (d, src) in dst.chunks_mut(CHUNK / 2).zip(unpacked.chunks(CHUNK)) {
-                    for i in 0..CHUNK / 2 {
-                        d[i] = src[i] | (src[i + CHUNK / 2] << 4);
-                    }
-                }
-            }
-        }
         let scales_f: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
-        let zs = scales_f
-            .iter()
-            .zip(&zeros_u)
-            .map(|(s, z)| s * *z as f32)
-            .collect();
-        let mut q = QuantRepr {
-            format,
-            bits,
-            group,
-            n_groups,
-            gp,
-            row_chunks,
-            row_bytes,
-            codes,
-            scales: scales_f,
-            zs,
-            zeros: zeros_u,
-            il: Default::default(),
-        };
-        if bits == 4 {
-            q.il = crate::interleave::Interleaved::build(&q, out);
-        }
+        let q = QuantRepr::build(format, out, inp, group, scales_f, zeros_u, None, |raw_r, c| {
+            raw_code(format, &qweight[raw_r * rrb..(raw_r + 1) * rrb], c)
+        });
         Ok(PackedWeight {
             out,
             inp,
@@ -429,7 +463,8 @@ impl QuantRepr {
         } else {
             let (ch, i) = (p / CHUNK, p % CHUNK);
             let b = row[ch * CHUNK / 2 + i % (CHUNK / 2)];
-            if i < CHUNK / 2 { b & 0xF } else { b >> 4 }
+            let n = if i < CHUNK / 2 { b & 0xF } else { b >> 4 };
+            self.lut.map_or(n, |t| t[n as usize])
         }
     }
 }

@@ -58,7 +58,7 @@ pub(crate) fn f16_rows(
     }
 }
 
-/// Unsigned codes of one 32-element chunk of row `r`, chunk index `ch`.
+/// Unsigned codes of one 32-element chunk of row `r`, chunk index `ch` (through `q.lut` when set).
 #[inline]
 pub(crate) fn chunk_codes(q: &QuantRepr, r: usize, ch: usize) -> [u8; CHUNK] {
     let mut out = [0u8; CHUNK];
@@ -70,6 +70,9 @@ pub(crate) fn chunk_codes(q: &QuantRepr, r: usize, ch: usize) -> [u8; CHUNK] {
         for i in 0..CHUNK / 2 {
             out[i] = b[i] & 0xF;
             out[i + CHUNK / 2] = b[i] >> 4;
+        }
+        if let Some(t) = q.lut {
+            out.iter_mut().for_each(|u| *u = t[*u as usize]);
         }
     }
     out

@@ -89,9 +89,9 @@ impl Scratch {
 
     /// Grows the buffers (if needed) for `n` tokens of `w`.
     pub fn reserve(&mut self, w: &PackedWeight, n: usize) {
-        let (ld, ng) = match &w.repr {
-            Repr::Quant(q) => (q.padded_in(), q.n_groups),
-            _ => (w.inp, 1),
+        let (ld, ng) = match w.q8_repr() {
+            Some(q) => (q.padded_in().max(w.inp), q.n_groups),
+            None => (w.inp, 1),
         };
         grow(&mut self.xp, n * ld);
         grow(&mut self.xq, n * ld);
@@ -148,7 +148,7 @@ impl Scratch {
         norm: Option<RmsNorm<'_>>,
         simd: bool,
     ) -> Staged<'s> {
-        let Repr::Quant(q) = &w.repr else {
+        let Some(q) = w.q8_repr() else {
             unreachable!("stage_q8 is only called for quantized weights")
         };
         let (inp, ld, ng) = (w.inp, q.padded_in(), q.n_groups);

@@ -12,7 +12,9 @@ use squish_core::codebook::CbTensor;
 use squish_core::config::{LlamaConfig, ModelConfig};
 use squish_core::data::Rng;
 use squish_kernels::runtime::{Runtime, RuntimeOptions};
-use squish_kernels::{CodebookParts, MatOpts, PackedWeight, RawWeight, Scratch, dispatch};
+use squish_kernels::{
+    Activations, CodebookParts, MatOpts, PackedWeight, RawWeight, Scratch, SimdLevel, dispatch,
+};
 
 /// A random codebook tensor: sorted random levels, random codes, positive scales.
 fn random_cb(rng: &mut Rng, bits: u32, rows: usize, cols: usize, group: usize) -> CbTensor {
@@ -96,6 +98,81 @@ fn every_path_equals_the_scalar_reference_on_odd_widths() {
     }
 }
 
+/// `y = W·x` for `n` tokens with int8 activations on `level`.
+fn run_q8(w: &PackedWeight, x: &[f32], n: usize, level: SimdLevel) -> Vec<f32> {
+    let mut y = vec![0f32; n * w.out()];
+    let opts = MatOpts {
+        act: Activations::Int8,
+        level: Some(level),
+        ..MatOpts::default()
+    };
+    w.matmul_opts(x, n, &mut y, &mut Scratch::new(), &opts)
+        .unwrap();
+    y
+}
+
+/// The most that rounding the activations (per group, step `absmax/127`) and the levels (per
+/// tensor, step `max|L|/127`) to int8 can move row `r`'s dot with `x`, plus float rounding.
+fn int8_bound(c: &CbTensor, r: usize, x: &[f32]) -> f32 {
+    let delta = c.levels.iter().fold(0f32, |m, l| m.max(l.abs())) / 127.0;
+    let mut bound = 0f32;
+    for g in 0..c.n_groups() {
+        let cols = g * c.group..((g + 1) * c.group).min(c.cols);
+        let a = x[cols.clone()].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        let s = c.scales[r * c.n_groups() + g].to_f32();
+        for col in cols {
+            let l = c.levels[c.code(r, col) as usize].abs();
+            bound += s * (delta / 2.0 * (x[col].abs() + a / 2.0) + l * a / 2.0);
+        }
+    }
+    1.01 * bound + 4.0 * (c.cols + c.n_groups()) as f32 * f32::EPSILON * abs_dot(c, r, x) + 1e-6
+}
+
+/// Int8 activations on codebook weights (the levels rounded to int8, decoded through a table in
+/// registers): every x86 path gives the same bits for any token count (exact integer sums), and
+/// every path, the scalar one included, stays within the rounding bound of the exact dot.
+#[test]
+fn int8_activations_agree_across_paths_within_the_rounding_bound() {
+    let mut rng = Rng::new(21);
+    let levels = dispatch::supported();
+    for bits in 2..=4u32 {
+        for &inp in &[1usize, 17, 64, 172] {
+            for &group in &[inp, 16.min(inp), 64.min(inp)] {
+                let rows = 13;
+                let c = random_cb(&mut rng, bits, rows, inp, group);
+                let w = PackedWeight::from_codebook(parts(&c)).unwrap();
+                for n in [1usize, 5, 8, 12, 17] {
+                    let x = uniform(&mut rng, n * inp, 1.0);
+                    let ys: Vec<Vec<f32>> =
+                        levels.iter().map(|&l| run_q8(&w, &x, n, l)).collect();
+                    let what = format!("cb{bits} in={inp} g={group} n={n}");
+                    let x86: Vec<(&SimdLevel, &Vec<f32>)> = levels
+                        .iter()
+                        .zip(&ys)
+                        .filter(|(l, _)| !matches!(l, SimdLevel::Scalar | SimdLevel::Neon))
+                        .collect();
+                    for (l, y) in x86.iter().skip(1) {
+                        assert!(*y == x86[0].1, "{what}: {l:?} vs {:?}", x86[0].0);
+                    }
+                    for (l, y) in levels.iter().zip(&ys) {
+                        for t in 0..n {
+                            let xt = &x[t * inp..(t + 1) * inp];
+                            for r in 0..rows {
+                                let (got, want) = (y[t * rows + r], c.vec_dot(r, xt));
+                                let bound = int8_bound(&c, r, xt);
+                                assert!(
+                                    (got - want).abs() <= bound,
+                                    "{what} {l:?} [{t},{r}]: {got} vs {want} (bound {bound})"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn repacking_round_trips_exactly_and_get_dequantizes() {
     let mut rng = Rng::new(9);
@@ -136,17 +213,20 @@ fn threads_do_not_change_the_bits() {
     let w = PackedWeight::from_codebook(parts(&c)).unwrap();
     for n in [1usize, 7] {
         let x = uniform(&mut rng, n * 172, 1.0);
-        let run = |threads| {
-            let mut y = vec![0f32; n * 64];
-            let opts = MatOpts {
-                threads,
-                ..MatOpts::default()
+        for act in [Activations::F32, Activations::Int8] {
+            let run = |threads| {
+                let mut y = vec![0f32; n * 64];
+                let opts = MatOpts {
+                    threads,
+                    act,
+                    ..MatOpts::default()
+                };
+                w.matmul_opts(&x, n, &mut y, &mut Scratch::new(), &opts)
+                    .unwrap();
+                y
             };
-            w.matmul_opts(&x, n, &mut y, &mut Scratch::new(), &opts)
-                .unwrap();
-            y
-        };
-        assert_eq!(run(1), run(2), "n={n}");
+            assert_eq!(run(1), run(2), "n={n} {act:?}");
+        }
     }
 }
 

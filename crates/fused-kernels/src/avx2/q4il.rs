@@ -9,6 +9,12 @@
 //! in prefill (AVX-512VL's 32 vector registers hold the 8 accumulators). The integer sums are
 //! exact either way, so both kernels give the same bits.
 //!
+//! Codebook weights (`QuantRepr::lut`, `crate::codebook`) use the same layout and loops: each
+//! nibble is decoded in registers through the 16-byte table (`vpshufb`) to its 8-bit code `u`.
+//! `vpdpbusd` takes `u` directly; `vpmaddubsw` would saturate on `u · x` pair sums, so without
+//! VNNI `u = 16·h + l` is decoded into its two nibbles (two tables) and summed as two INT4
+//! halves, `Σ l·x + 16·Σ h·x`. Either way the sums are exact, so every path gives the same bits.
+//!
 //! The GEMV and the token-tiled GEMM repeat the unpack sequence on purpose: each is one register
 //! tile the compiler keeps in ymm registers.
 
@@ -52,7 +58,12 @@ pub(crate) unsafe fn q4il_rows(
     ldy: usize,
 ) {
     // SAFETY: AVX2 + FMA + F16C (this function's contract).
-    unsafe { rows::<false, 4>(q, out, xq, ld, a, b, n, r0, r1, y, ldy) }
+    unsafe {
+        match q.lut {
+            None => rows::<false, 4, false>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
+            Some(_) => rows::<false, 4, true>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
+        }
+    }
 }
 
 /// [`q4il_rows`] with `vpdpbusd` and 8-token tiles (same results).
@@ -76,17 +87,22 @@ pub(crate) unsafe fn q4il_rows_vnni(
     ldy: usize,
 ) {
     // SAFETY: every feature the VNNI body needs (this function's contract).
-    unsafe { rows::<true, 8>(q, out, xq, ld, a, b, n, r0, r1, y, ldy) }
+    unsafe {
+        match q.lut {
+            None => rows::<true, 8, false>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
+            Some(_) => rows::<true, 8, true>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
+        }
+    }
 }
 
 /// The body of [`q4il_rows`] (`V = false`, `TT = 4`) and [`q4il_rows_vnni`] (`V = true`,
-/// `TT = 8`), inlined into their feature sets.
+/// `TT = 8`), inlined into their feature sets; `L` when the nibbles go through `q.lut`.
 ///
 /// # Safety
 /// The caller's features (see the wrappers).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows<const V: bool, const TT: usize>(
+unsafe fn rows<const V: bool, const TT: usize, const L: bool>(
     q: &QuantRepr,
     out: usize,
     xq: &[i8], // [n, ld] (INT4 staging order)
@@ -103,6 +119,7 @@ unsafe fn rows<const V: bool, const TT: usize>(
     let (ng, cpg) = (q.n_groups, q.gp / CHUNK);
     let blocks = out.div_ceil(IL_ROWS);
     assert!(q.bits == 4 && il.chunks == ng * cpg && r0 <= r1 && r1 <= out);
+    assert_eq!(L, q.lut.is_some());
     assert!(il.codes.len() == blocks * il.block_bytes && il.block_bytes == il.chunks * 128);
     assert!(il.scales.len() == blocks * ng * IL_ROWS && il.zs.len() == il.scales.len());
     assert!(il.chunks.div_ceil(2) * 2 * CHUNK <= ld && n * ld <= xq.len());
@@ -110,7 +127,7 @@ unsafe fn rows<const V: bool, const TT: usize>(
     assert!(n == 0 || (n - 1) * ldy + (r1 - r0) <= y.len());
     if n == 1 {
         // SAFETY: bounds asserted above.
-        unsafe { gemv::<V>(q, xq, a, b, r0, r1, y) };
+        unsafe { gemv::<V, L>(q, xq, a, b, r0, r1, y) };
         return;
     }
     for blk in r0 / IL_ROWS..r1.div_ceil(IL_ROWS) {
@@ -119,7 +136,7 @@ unsafe fn rows<const V: bool, const TT: usize>(
         let mut t = 0;
         while t + TT <= n {
             // SAFETY: blk < blocks, t + TT <= n; sizes asserted above.
-            let acc = unsafe { tile::<V, TT>(q, blk, xq, ld, a, b, t) };
+            let acc = unsafe { tile::<V, TT, L>(q, blk, xq, ld, a, b, t) };
             for (j, v) in acc.iter().enumerate() {
                 // SAFETY: the caller's features include AVX2 + FMA + F16C.
                 unsafe { store(y, (t + j) * ldy, rb, lo, hi, r0, *v) };
@@ -128,7 +145,7 @@ unsafe fn rows<const V: bool, const TT: usize>(
         }
         while t + 4 <= n {
             // SAFETY: blk < blocks, t + 4 <= n; sizes asserted above.
-            let acc = unsafe { tile::<V, 4>(q, blk, xq, ld, a, b, t) };
+            let acc = unsafe { tile::<V, 4, L>(q, blk, xq, ld, a, b, t) };
             for (j, v) in acc.iter().enumerate() {
                 // SAFETY: as above.
                 unsafe { store(y, (t + j) * ldy, rb, lo, hi, r0, *v) };
@@ -137,7 +154,7 @@ unsafe fn rows<const V: bool, const TT: usize>(
         }
         while t < n {
             // SAFETY: blk < blocks, t < n; sizes asserted above.
-            let acc = unsafe { tile::<V, 1>(q, blk, xq, ld, a, b, t) };
+            let acc = unsafe { tile::<V, 1, L>(q, blk, xq, ld, a, b, t) };
             // SAFETY: as above.
             unsafe { store(y, t * ldy, rb, lo, hi, r0, acc[0]) };
             t += 1;
@@ -145,28 +162,155 @@ unsafe fn rows<const V: bool, const TT: usize>(
     }
 }
 
-/// `isum += lo·xl + hi·xh` per i32 lane (4 byte products each) with VNNI, or into the i16
-/// partial sums `s16` (widened per chunk) without.
+/// The nibble → code tables of a LUT weight (`q.lut`), each 16 bytes in both 128-bit lanes:
+/// the codes themselves (for `vpdpbusd`) and their low / high nibbles (for `vpmaddubsw`, whose
+/// i16 pair sums would saturate on 8-bit codes).
+#[derive(Clone, Copy)]
+struct Tables {
+    u: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+}
+
+impl Tables {
+    /// The registers for `lut` (zero tables when `None`; they are then never read).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn new(lut: Option<[u8; 16]>) -> Tables {
+        let t = lut.unwrap_or([0; 16]);
+        let split = |f: fn(u8) -> u8| -> [u8; 16] { std::array::from_fn(|k| f(t[k])) };
+        let (lo, hi) = (split(|u| u & 0xF), split(|u| u >> 4));
+        // SAFETY: AVX2 (this function's contract); each array holds 16 bytes.
+        unsafe {
+            let bc = |a: &[u8; 16]| {
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(a.as_ptr() as *const __m128i))
+            };
+            Tables {
+                u: bc(&t),
+                lo: bc(&lo),
+                hi: bc(&hi),
+            }
+        }
+    }
+}
+
+/// The weight operands of one 32-byte load (8 rows × 8 elements, low and high nibble halves):
+/// INT4: the nibbles; LUT with VNNI: their 8-bit codes; LUT without: the codes' low nibbles
+/// in `lo`/`hi` and high nibbles in `lo_h`/`hi_h` (`u = 16·high + low`).
+#[derive(Clone, Copy)]
+struct WOps {
+    lo: __m256i,
+    hi: __m256i,
+    lo_h: __m256i,
+    hi_h: __m256i,
+}
+
+/// Splits (and, when `L`, decodes through the tables) 32 code bytes.
 ///
 /// # Safety
-/// AVX2, plus AVX-512 VL + VNNI when `V`.
+/// AVX2.
 #[inline(always)]
-unsafe fn madd2<const V: bool>(
-    isum: &mut __m256i,
-    s16: &mut __m256i,
-    lo: __m256i,
-    xl: __m256i,
-    hi: __m256i,
-    xh: __m256i,
-) {
-    // SAFETY: the caller's features.
+unsafe fn decode<const V: bool, const L: bool>(w: __m256i, m: __m256i, t: &Tables) -> WOps {
+    // SAFETY: AVX2 (this function's contract).
     unsafe {
+        let lo = _mm256_and_si256(w, m);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), m);
+        match (L, V) {
+            (false, _) => WOps {
+                lo,
+                hi,
+                lo_h: lo,
+                hi_h: hi,
+            },
+            (true, true) => {
+                let (lo, hi) = (_mm256_shuffle_epi8(t.u, lo), _mm256_shuffle_epi8(t.u, hi));
+                WOps {
+                    lo,
+                    hi,
+                    lo_h: lo,
+                    hi_h: hi,
+                }
+            }
+            (true, false) => WOps {
+                lo: _mm256_shuffle_epi8(t.lo, lo),
+                hi: _mm256_shuffle_epi8(t.lo, hi),
+                lo_h: _mm256_shuffle_epi8(t.hi, lo),
+                hi_h: _mm256_shuffle_epi8(t.hi, hi),
+            },
+        }
+    }
+}
+
+/// Per-token integer partial sums: i32 lanes (one per row), plus (without VNNI) the i16 sums of
+/// the current chunk — `s16` for nibbles or codes' low nibbles, `s16h` for codes' high nibbles.
+#[derive(Clone, Copy)]
+struct ISum {
+    i32: __m256i,
+    s16: __m256i,
+    s16h: __m256i,
+}
+
+impl ISum {
+    /// Zero sums.
+    ///
+    /// # Safety
+    /// AVX.
+    #[inline(always)]
+    unsafe fn zero() -> ISum {
+        // SAFETY: AVX (this function's contract).
+        let z = unsafe { _mm256_setzero_si256() };
+        ISum {
+            i32: z,
+            s16: z,
+            s16h: z,
+        }
+    }
+
+    /// `+= lo·xl + hi·xh` per i32 lane (4 byte products each) with VNNI, or into the i16
+    /// partial sums without (widened per chunk by [`ISum::widen`]).
+    ///
+    /// # Safety
+    /// AVX2, plus AVX-512 VL + VNNI when `V`.
+    #[inline(always)]
+    unsafe fn madd2<const V: bool, const L: bool>(&mut self, w: &WOps, xl: __m256i, xh: __m256i) {
+        // SAFETY: the caller's features.
+        unsafe {
+            if V {
+                self.i32 = _mm256_dpbusd_epi32(self.i32, w.lo, xl);
+                self.i32 = _mm256_dpbusd_epi32(self.i32, w.hi, xh);
+            } else {
+                self.s16 = _mm256_add_epi16(self.s16, _mm256_maddubs_epi16(w.lo, xl));
+                self.s16 = _mm256_add_epi16(self.s16, _mm256_maddubs_epi16(w.hi, xh));
+                if L {
+                    self.s16h = _mm256_add_epi16(self.s16h, _mm256_maddubs_epi16(w.lo_h, xl));
+                    self.s16h = _mm256_add_epi16(self.s16h, _mm256_maddubs_epi16(w.hi_h, xh));
+                }
+            }
+        }
+    }
+
+    /// Without VNNI: adds the chunk's i16 sums to the i32 lanes (`s16 + 16·s16h`) and clears
+    /// them. Exact: a chunk's 4 sub-steps of nibble × int8 pair sums stay ≤ 8·2·15·127 = 30,480.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn widen<const V: bool, const L: bool>(&mut self) {
         if V {
-            *isum = _mm256_dpbusd_epi32(*isum, lo, xl);
-            *isum = _mm256_dpbusd_epi32(*isum, hi, xh);
-        } else {
-            *s16 = _mm256_add_epi16(*s16, _mm256_maddubs_epi16(lo, xl));
-            *s16 = _mm256_add_epi16(*s16, _mm256_maddubs_epi16(hi, xh));
+            return;
+        }
+        // SAFETY: AVX2 (this function's contract).
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            self.i32 = _mm256_add_epi32(self.i32, _mm256_madd_epi16(self.s16, ones));
+            self.s16 = _mm256_setzero_si256();
+            if L {
+                let sixteen = _mm256_set1_epi16(16);
+                self.i32 = _mm256_add_epi32(self.i32, _mm256_madd_epi16(self.s16h, sixteen));
+                self.s16h = _mm256_setzero_si256();
+            }
         }
     }
 }
@@ -178,23 +322,23 @@ unsafe fn madd2<const V: bool>(
 /// 128 code bytes at `wp` and activations `x + SUB_OFF[s] .. + 8` readable; AVX2 (+ VNNI
 /// when `V`).
 #[inline(always)]
-unsafe fn chunk1<const V: bool>(wp: *const u8, x: *const i8, m: __m256i, ones: __m256i) -> __m256i {
+unsafe fn chunk1<const V: bool, const L: bool>(
+    wp: *const u8,
+    x: *const i8,
+    m: __m256i,
+    t: &Tables,
+) -> __m256i {
     // SAFETY: caller guarantees the reads and features.
     unsafe {
-        let (mut isum, mut s16) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut sum = ISum::zero();
         for (s, off) in SUB_OFF.into_iter().enumerate() {
-            let w = _mm256_loadu_si256(wp.add(s * 32) as *const __m256i);
-            let lo = _mm256_and_si256(w, m);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), m);
+            let w = decode::<V, L>(_mm256_loadu_si256(wp.add(s * 32) as *const __m256i), m, t);
             let xl = _mm256_set1_epi32((x.add(off) as *const i32).read_unaligned());
             let xh = _mm256_set1_epi32((x.add(off + 4) as *const i32).read_unaligned());
-            madd2::<V>(&mut isum, &mut s16, lo, xl, hi, xh);
+            sum.madd2::<V, L>(&w, xl, xh);
         }
-        if V {
-            isum
-        } else {
-            _mm256_madd_epi16(s16, ones)
-        }
+        sum.widen::<V, L>();
+        sum.i32
     }
 }
 
@@ -204,7 +348,7 @@ unsafe fn chunk1<const V: bool>(wp: *const u8, x: *const i8, m: __m256i, ones: _
 /// # Safety
 /// AVX2 + FMA + F16C (+ VNNI when `V`); the bounds asserted by [`q4il_rows`] for `n = 1`.
 #[inline(always)]
-unsafe fn gemv<const V: bool>(
+unsafe fn gemv<const V: bool, const L: bool>(
     q: &QuantRepr,
     xq: &[i8],
     a: &[f32],
@@ -215,8 +359,8 @@ unsafe fn gemv<const V: bool>(
 ) {
     let il = &q.il;
     let (ng, cpg) = (q.n_groups, q.gp / CHUNK);
-    // SAFETY: AVX is implied by the caller's features.
-    let (m, ones) = unsafe { (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1)) };
+    // SAFETY: AVX2 is implied by the caller's features.
+    let (m, tabs) = unsafe { (_mm256_set1_epi8(0x0F), Tables::new(q.lut)) };
     let (x, ap, bp) = (xq.as_ptr(), a.as_ptr(), b.as_ptr());
     // SAFETY (whole body): blocks lie inside `il.codes` / `il.scales` / `il.zs`
     // (asserted sizes), chunk activations inside `xq[..ld]`, groups inside `a` /
@@ -231,7 +375,7 @@ unsafe fn gemv<const V: bool>(
                 for c in 0..cpg {
                     isum = _mm256_add_epi32(
                         isum,
-                        chunk1::<V>(wp, x.add(chunk_off(g * cpg + c)), m, ones),
+                        chunk1::<V, L>(wp, x.add(chunk_off(g * cpg + c)), m, &tabs),
                     );
                     wp = wp.add(4 * 32);
                 }
@@ -293,7 +437,7 @@ const SUB_OFF: [usize; 4] = [0, 8, CHUNK, CHUNK + 8];
 /// of its blocks and `t + T <= n` (the reads below are unchecked).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const V: bool, const T: usize>(
+unsafe fn tile<const V: bool, const T: usize, const L: bool>(
     q: &QuantRepr,
     blk: usize,
     xq: &[i8],
@@ -317,29 +461,25 @@ unsafe fn tile<const V: bool, const T: usize>(
         let ap = a.as_ptr().add(t * ng);
         let bp = b.as_ptr().add(t * ng);
         let m = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
+        let tabs = Tables::new(q.lut);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut ch = 0;
         for g in 0..ng {
-            let mut isum = [_mm256_setzero_si256(); T];
+            let mut isum = [ISum::zero(); T];
             for _ in 0..cpg {
                 let xo = chunk_off(ch);
-                let mut s16 = [_mm256_setzero_si256(); T];
                 for (s, off) in SUB_OFF.into_iter().enumerate() {
                     let w = _mm256_loadu_si256(wp.add(s * 32) as *const __m256i);
-                    let lo = _mm256_and_si256(w, m);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), m);
+                    let w = decode::<V, L>(w, m, &tabs);
                     for j in 0..T {
                         let x = xp[j].add(xo + off);
                         let xl = _mm256_set1_epi32((x as *const i32).read_unaligned());
                         let xh = _mm256_set1_epi32((x.add(4) as *const i32).read_unaligned());
-                        madd2::<V>(&mut isum[j], &mut s16[j], lo, xl, hi, xh);
+                        isum[j].madd2::<V, L>(&w, xl, xh);
                     }
                 }
-                if !V {
-                    for j in 0..T {
-                        isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(s16[j], ones));
-                    }
+                for sum in isum.iter_mut() {
+                    sum.widen::<V, L>();
                 }
                 wp = wp.add(4 * 32);
                 ch += 1;
@@ -348,7 +488,7 @@ unsafe fn tile<const V: bool, const T: usize>(
             let z = _mm256_loadu_ps(zp.add(g * IL_ROWS));
             for j in 0..T {
                 let sa = _mm256_mul_ps(s, _mm256_set1_ps(*ap.add(j * ng + g)));
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), sa, acc[j]);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j].i32), sa, acc[j]);
                 acc[j] = _mm256_fnmadd_ps(z, _mm256_set1_ps(*bp.add(j * ng + g)), acc[j]);
             }
         }
