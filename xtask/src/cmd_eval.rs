@@ -7,6 +7,9 @@ use squish_core::data::{EvalMode, EvalText};
 use squish_core::eval::{PerplexityReport, Protocol, perplexity};
 use squish_core::model::CpuBackend;
 use squish_core::tokenizer::Tokenizer;
+use squish_kernels::Activations;
+use squish_kernels::runtime::{Runtime, RuntimeOptions};
+use squish_kernels::speed::parse_activations;
 
 use crate::cmd_bench::Engine;
 use crate::common::{burn_model, load_checkpoint, progress_bar};
@@ -43,6 +46,10 @@ pub struct EvalArgs {
     /// Inference engine: the native runtime (default) or the burn reference.
     #[arg(long, value_enum, default_value_t = Engine::Native)]
     pub engine: Engine,
+    /// Activation precision of the native runtime for quantized weights: f32 (exact, default)
+    /// or int8 (the integer kernels: int8 activations per group, codebook levels as int8).
+    #[arg(long, default_value = "f32")]
+    pub act: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -58,6 +65,7 @@ pub fn evaluate_with(
     batch: usize,
     backend: &str,
     engine: Engine,
+    act: Activations,
     show_progress: bool,
 ) -> Result<PerplexityReport> {
     let _protocol = Protocol::parse(protocol)?;
@@ -67,12 +75,19 @@ pub fn evaluate_with(
     let mut burn;
     let mut native;
     let model: &mut dyn squish_core::eval::LogitsModel = match engine {
+        Engine::Burn if act != Activations::F32 => {
+            anyhow::bail!("--act int8 needs the native engine (burn runs float activations)")
+        }
         Engine::Burn => {
             burn = burn_model(&loaded.ckpt, backend)?;
             burn.as_logits_model()
         }
         Engine::Native => {
-            native = squish_kernels::runtime::Runtime::load(&loaded.ckpt)?;
+            let opts = RuntimeOptions {
+                act,
+                ..RuntimeOptions::default()
+            };
+            native = Runtime::load_with(&loaded.ckpt, opts)?;
             &mut native
         }
     };
@@ -127,6 +142,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         text.write(p)
             .with_context(|| format!("writing the evaluation text {}", p.display()))?;
     }
+    let act = parse_activations(&a.act).context("--act")?;
     let r = evaluate_with(
         &a.checkpoint,
         &text,
@@ -135,6 +151,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         a.batch,
         &a.backend,
         a.engine,
+        act,
         !a.json,
     )?;
     if a.json {

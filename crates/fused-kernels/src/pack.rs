@@ -144,8 +144,8 @@ impl QuantRepr {
         out: usize,
         inp: usize,
         group: usize,
-        scales: Vec<f32>,   // [out, n_groups]
-        zeros: Vec<u8>,     // [out, n_groups]
+        scales: Vec<f32>, // [out, n_groups]
+        zeros: Vec<u8>,   // [out, n_groups]
         lut: Option<[u8; 16]>,
         code: impl Fn(usize, usize) -> u8,
     ) -> QuantRepr {
@@ -162,7 +162,11 @@ impl QuantRepr {
         let mut unpacked = vec![0u8; n_groups * gp]; // [n_groups * gp] one padded row
         for r in 0..out {
             for (g, chunk) in unpacked.chunks_mut(gp).enumerate() {
-                chunk.fill(if lut.is_some() { 0 } else { zeros[r * n_groups + g] });
+                chunk.fill(if lut.is_some() {
+                    0
+                } else {
+                    zeros[r * n_groups + g]
+                });
                 let start = g * group;
                 let end = (start + group).min(inp);
                 for (j, c) in chunk.iter_mut().zip(start..end) {
@@ -371,9 +375,16 @@ impl PackedWeight {
             });
         }
         let scales_f: Vec<f32> = scales.iter().map(|s| s.to_f32()).collect();
-        let q = QuantRepr::build(format, out, inp, group, scales_f, zeros_u, None, |raw_r, c| {
-            raw_code(format, &qweight[raw_r * rrb..(raw_r + 1) * rrb], c)
-        });
+        let q = QuantRepr::build(
+            format,
+            out,
+            inp,
+            group,
+            scales_f,
+            zeros_u,
+            None,
+            |raw_r, c| raw_code(format, &qweight[raw_r * rrb..(raw_r + 1) * rrb], c),
+        );
         Ok(PackedWeight {
             out,
             inp,

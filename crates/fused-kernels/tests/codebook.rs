@@ -143,8 +143,7 @@ fn int8_activations_agree_across_paths_within_the_rounding_bound() {
                 let w = PackedWeight::from_codebook(parts(&c)).unwrap();
                 for n in [1usize, 5, 8, 12, 17] {
                     let x = uniform(&mut rng, n * inp, 1.0);
-                    let ys: Vec<Vec<f32>> =
-                        levels.iter().map(|&l| run_q8(&w, &x, n, l)).collect();
+                    let ys: Vec<Vec<f32>> = levels.iter().map(|&l| run_q8(&w, &x, n, l)).collect();
                     let what = format!("cb{bits} in={inp} g={group} n={n}");
                     let x86: Vec<(&SimdLevel, &Vec<f32>)> = levels
                         .iter()

@@ -31,6 +31,7 @@ pub fn eval(ctx: &Ctx, c: &super::config::EvalStage, fingerprint: &str) -> Resul
         c.batch,
         &c.backend,
         Engine::Burn,
+        squish_kernels::Activations::F32,
         true,
     )?;
     let command = format!(
