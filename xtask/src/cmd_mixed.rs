@@ -1,21 +1,22 @@
 //! `cargo xtask mixed`: an F32 checkpoint → mixed-precision checkpoint by squish-mixed's stage
-//! ([`squish_mixed::run`], as the pipeline's `mixed_precision` without its QAT): the flags map
-//! onto [`MixedStageConfig`]; per-tensor F16/INT8/INT4 from measured sensitivity under a byte,
-//! bits/param or ΔPPL budget.
+//! ([`squish_mixed::run`], as the pipeline's `mixed_precision`): the flags map onto
+//! [`MixedStageConfig`]; per-tensor F16/INT8/INT4/codebook formats from measured sensitivity
+//! under a byte, bits/param or ΔPPL budget, then QAT of the chosen mix (`--qat-steps`, distilled
+//! from the input; 0 = the post-training mix).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use squish_core::data::{
     DEFAULT_CALIBRATION_STORIES, EvalMode, EvalText, calibration_subset, locate_corpus_readonly,
-    read_stories,
+    read_stories, story_tokens,
 };
 use squish_core::tokenizer::Tokenizer;
 use squish_mixed::{
     Budget, CandidateFormat, MixedConfig, MixedEvent, MixedStageConfig, Objective, StageInput,
     check_budget, codebook_candidates, default_candidates, frontier_svg,
 };
-use squish_quant::{QuantEvent, calibration_windows};
+use squish_quant::{QatConfig, QatInit, QatScales, QatSettings, QuantEvent, calibration_windows};
 
 use crate::common::{load_checkpoint, progress_bar, save_with_tokenizer};
 
@@ -78,6 +79,34 @@ pub struct MixedArgs {
     /// Write the Pareto frontier SVG here.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// QAT of the chosen mix: optimizer steps (8 × 256 tokens each, lr 1e-3 decaying to 0,
+    /// distilled from the input, on the calibration text's stories); 0 = no QAT.
+    #[arg(long, default_value_t = 1000)]
+    pub qat_steps: usize,
+    /// QAT: peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub qat_lr: f64,
+}
+
+/// The QAT of the mix: `--qat-steps` steps of [`QatConfig::default`]'s training (batch 8 × 256),
+/// the learning rate decaying to 0, MSE-initialised latents; `None` for 0 steps.
+fn qat_settings(a: &MixedArgs) -> Result<Option<QatSettings>> {
+    if a.qat_steps == 0 {
+        return Ok(None);
+    }
+    let mut train = QatConfig::default().train;
+    train.steps = a.qat_steps;
+    train.lr = a.qat_lr;
+    train.min_lr = 0.0;
+    train.batch_size = 8;
+    train.seq_len = 256;
+    train.validate()?;
+    Ok(Some(QatSettings {
+        train,
+        init: QatInit::Mse,
+        scales: QatScales::default(),
+        dampen: 0.0,
+    }))
 }
 
 fn config(a: &MixedArgs, out_dir: &Path) -> Result<MixedConfig> {
@@ -126,7 +155,7 @@ pub fn run(a: &MixedArgs) -> Result<()> {
     let out_dir = a.out.parent().unwrap_or(Path::new(".")).to_path_buf();
     let cfg = MixedStageConfig {
         mixed: config(a, &out_dir)?,
-        qat: None,
+        qat: qat_settings(a)?,
     };
     crate::common::prepare_out(&a.out)?;
     let loaded = load_checkpoint(&a.checkpoint)?;
@@ -140,21 +169,27 @@ pub fn run(a: &MixedArgs) -> Result<()> {
     };
     let stories = read_stories(&path)?;
     let windows = calibration_windows(tok, &calibration_subset(&stories, a.calib_stories, 0), 256);
-    let valid = match &a.eval {
-        Some(p) => EvalText::load(p, EvalMode::Stories, None)
-            .context("reading evaluation text")?
-            .tokens(tok),
+    let eval_text = match &a.eval {
+        Some(p) => {
+            Some(EvalText::load(p, EvalMode::Stories, None).context("reading evaluation text")?)
+        }
+        None => None,
+    };
+    let valid = eval_text.as_ref().map_or_else(Vec::new, |t| t.tokens(tok));
+    let train = match cfg.qat {
+        Some(_) => story_tokens(tok, &stories),
         None => Vec::new(),
     };
     let input = StageInput {
         ckpt: &loaded.ckpt,
         calib: &windows,
-        train: &[],
+        train: &train,
         valid: &valid,
         bos: tok.bos_id(),
         teacher: None,
     };
     let pb = progress_bar(0, "sensitivity");
+    let qat_pb = progress_bar(a.qat_steps as u64, "QAT of the mix");
     let mut on_event = |e: &MixedEvent| match e {
         MixedEvent::Sensitivity { done, total, .. } => {
             pb.set_length(*total as u64);
@@ -166,6 +201,14 @@ pub fn run(a: &MixedArgs) -> Result<()> {
             tokens,
             seconds,
         }) => eprintln!("calibration: {windows} windows, {tokens} tokens ({seconds:.1} s)"),
+        MixedEvent::Quant(q) => {
+            pb.finish_and_clear(); // the sensitivities are done; one bar at a time
+            crate::stage_quant::show_quant_event(&qat_pb, q)
+        }
+        MixedEvent::QatExported {
+            mix_bytes,
+            qat_bytes,
+        } => eprintln!("QAT of the chosen mix: {mix_bytes} → {qat_bytes} bytes"),
         MixedEvent::Measured {
             label,
             file_bytes,
@@ -175,6 +218,8 @@ pub fn run(a: &MixedArgs) -> Result<()> {
     };
     let out = squish_mixed::run(&input, &cfg, &mut on_event)?;
     pb.finish_and_clear();
+    qat_pb.finish_and_clear();
+    let qat = out.report.qat;
     let report = out.report.mixed;
     // The budget holds for the file as written, with the output's tokenizer reference.
     save_with_tokenizer(&loaded, out.checkpoint, &a.out, |c| {
@@ -182,8 +227,32 @@ pub fn run(a: &MixedArgs) -> Result<()> {
         Ok(())
     })?;
     let file_bytes = std::fs::metadata(&a.out)?.len();
+    // The mix's own measurement is of the post-training mix; after QAT the file is measured again.
+    let qat_ppl = match (&qat, &eval_text) {
+        (Some(_), Some(text)) => Some(
+            crate::cmd_eval::evaluate_with(
+                &a.out,
+                text,
+                256,
+                "llama-cpp",
+                8,
+                "flex",
+                crate::cmd_bench::Engine::Native,
+                squish_kernels::Activations::F32,
+                true,
+            )?
+            .ppl,
+        ),
+        _ => None,
+    };
     if let Some(p) = &a.report {
-        squish_core::fsutil::atomic_write(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        let out = MixedOutput {
+            mixed: &report,
+            qat: qat.as_ref(),
+            qat_ppl,
+            file_bytes,
+        };
+        squish_core::fsutil::atomic_write(p, serde_json::to_string_pretty(&out)?.as_bytes())?;
     }
     if let Some(p) = &a.svg {
         squish_core::fsutil::atomic_write(p, frontier_svg(&report).as_bytes())?;
@@ -205,7 +274,29 @@ pub fn run(a: &MixedArgs) -> Result<()> {
             .prediction_error_pct
             .map_or("-".into(), |e| format!("{e:+.2} %"))
     );
+    if let Some(q) = &qat {
+        let dppl = match (qat_ppl, report.base_ppl) {
+            (Some(p), Some(b)) => format!(" ({:+.2} % vs F32)", (p / b - 1.0) * 100.0),
+            _ => String::new(),
+        };
+        println!(
+            "QAT of the mix: {} steps; PPL after QAT {}{dppl}",
+            a.qat_steps,
+            fmt(qat_ppl.or(q.row.ppl)),
+        );
+    }
     Ok(())
+}
+
+/// What `--report` writes: the mix (sensitivities, frontier, the measurement of the
+/// post-training mix), the QAT of it, and the final file's size and perplexity.
+#[derive(serde::Serialize)]
+struct MixedOutput<'a> {
+    mixed: &'a squish_mixed::MixedReport,
+    qat: Option<&'a squish_quant::QuantReport>,
+    /// PPL of the written file after QAT (llama-cpp protocol, ctx 256, native runtime).
+    qat_ppl: Option<f64>,
+    file_bytes: u64,
 }
 
 fn fmt(x: Option<f64>) -> String {
