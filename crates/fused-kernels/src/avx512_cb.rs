@@ -4,12 +4,16 @@
 //! 3-bit codes index the first 4 or 8 entries). A group's tail of fewer than 16 elements is
 //! decoded one by one, as the scalar reference does.
 //!
-//! Each token's sums are the same operations whatever the tile height, so prefill and decode give
-//! a token the same bits; they differ from the scalar reference only in summation order.
+//! Tiles are `R` rows × `T` tokens (`crate::avx2::drive`: 4 rows × 1 token in decode, 2 rows ×
+//! 4 tokens in prefill), so the rows' independent chains overlap and an activation load serves
+//! `R` rows. Each (row, token) sum is the same operations whatever the tile shape, so prefill and
+//! decode give a token the same bits; they differ from the scalar reference only in summation
+//! order.
 //!
 //! The tile driver mirrors `avx2::cb` line for line on purpose (16 lanes instead of 8): the
 //! intrinsics differ per ISA, so a shared generic would hide the instruction choice.
 
+use crate::avx2::drive;
 use crate::codebook::CbRepr;
 use std::arch::x86_64::*;
 
@@ -26,19 +30,7 @@ pub(crate) fn cb_rows(
     y: &mut [f32], // [n, ldy]
     ldy: usize,
 ) {
-    let mut t = 0;
-    while t + 4 <= n {
-        for r in r0..r1 {
-            cb_tile::<4>(q, inp, x, ld, r, t, y, ldy, r0);
-        }
-        t += 4;
-    }
-    while t < n {
-        for r in r0..r1 {
-            cb_tile::<1>(q, inp, x, ld, r, t, y, ldy, r0);
-        }
-        t += 1;
-    }
+    drive!(cb_tile, [], 4, 2, n, r0, r1, (q, inp, x, ld), y, ldy);
 }
 
 /// The 16 levels of the nibble codes in `b` (8 bytes, low nibble first).
@@ -52,10 +44,11 @@ fn decode16(b: u64, table: __m512) -> __m512 {
     _mm512_permutexvar_ps(idx, table)
 }
 
-/// One row × `T` tokens.
+/// `R` rows `r..r+R` × `T` tokens `t..t+T`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn cb_tile<const T: usize>(
+#[allow(clippy::too_many_arguments)]
+fn cb_tile<const R: usize, const T: usize>(
     q: &CbRepr,
     inp: usize,
     x: &[f32], // [n, ld]
@@ -68,41 +61,51 @@ fn cb_tile<const T: usize>(
 ) {
     // SAFETY: `table` is exactly 16 f32s.
     let table = unsafe { _mm512_loadu_ps(q.table.as_ptr()) };
-    let row = &q.codes[r * q.row_bytes..(r + 1) * q.row_bytes];
-    let xs: [&[f32]; T] = std::array::from_fn(|j| &x[(t + j) * ld..(t + j) * ld + inp]);
-    let mut acc = [_mm512_setzero_ps(); T];
-    let mut tail = [0f32; T];
+    let rows: [&[u8]; R] =
+        std::array::from_fn(|i| &q.codes[(r + i) * q.row_bytes..(r + i + 1) * q.row_bytes]);
+    let xs: [&[f32]; T] = std::array::from_fn(|k| &x[(t + k) * ld..(t + k) * ld + inp]);
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut tail = [[0f32; T]; R];
     for g in 0..q.n_groups {
         let len = q.group_len(g, inp);
-        let (gc, c0) = (&row[g * q.gb..(g + 1) * q.gb], g * q.group);
-        let s = q.scales[r * q.n_groups + g];
-        let mut part = [_mm512_setzero_ps(); T];
+        let c0 = g * q.group;
+        let mut part = [[_mm512_setzero_ps(); T]; R];
         let mut j = 0;
         while j + 16 <= len {
-            let bytes: [u8; 8] = gc[j / 2..j / 2 + 8].try_into().expect("8 bytes");
-            let w = decode16(u64::from_le_bytes(bytes), table);
-            for k in 0..T {
+            let xv: [__m512; T] = std::array::from_fn(|k| {
                 let xv = &xs[k][c0 + j..c0 + j + 16];
                 // SAFETY: `xv` holds exactly 16 floats.
-                let xv = unsafe { _mm512_loadu_ps(xv.as_ptr()) };
-                part[k] = _mm512_fmadd_ps(w, xv, part[k]);
+                unsafe { _mm512_loadu_ps(xv.as_ptr()) }
+            });
+            for i in 0..R {
+                let o = g * q.gb + j / 2;
+                let bytes: [u8; 8] = rows[i][o..o + 8].try_into().expect("8 bytes");
+                let w = decode16(u64::from_le_bytes(bytes), table);
+                for k in 0..T {
+                    part[i][k] = _mm512_fmadd_ps(w, xv[k], part[i][k]);
+                }
             }
             j += 16;
         }
-        let mut rest = [0f32; T];
-        for jj in j..len {
-            let l = q.table[q.code(r, g, jj) as usize];
+        for i in 0..R {
+            let mut rest = [0f32; T];
+            for jj in j..len {
+                let l = q.table[q.code(r + i, g, jj) as usize];
+                for k in 0..T {
+                    rest[k] += l * xs[k][c0 + jj];
+                }
+            }
+            let s = q.scales[(r + i) * q.n_groups + g];
+            let sv = _mm512_set1_ps(s);
             for k in 0..T {
-                rest[k] += l * xs[k][c0 + jj];
+                acc[i][k] = _mm512_fmadd_ps(sv, part[i][k], acc[i][k]);
+                tail[i][k] += s * rest[k];
             }
         }
-        let sv = _mm512_set1_ps(s);
-        for k in 0..T {
-            acc[k] = _mm512_fmadd_ps(sv, part[k], acc[k]);
-            tail[k] += s * rest[k];
-        }
     }
-    for k in 0..T {
-        y[(t + k) * ldy + r - ybase] = _mm512_reduce_add_ps(acc[k]) + tail[k];
+    for i in 0..R {
+        for k in 0..T {
+            y[(t + k) * ldy + r + i - ybase] = _mm512_reduce_add_ps(acc[i][k]) + tail[i][k];
+        }
     }
 }

@@ -4,12 +4,14 @@
 //! `vpermps` and a blend on bit 3 for 16 levels — then multiplied into F32 activations by FMA.
 //! A group's tail of fewer than 8 elements is decoded one by one, as the scalar reference does.
 //!
-//! Each token's sums are the same operations whatever the tile height, so prefill and decode give a
-//! token the same bits; they differ from the scalar reference only in summation order.
+//! Tiles are `R` rows × `T` tokens ([`super::drive`]: 4 rows × 1 token in decode, 1 row × 4
+//! tokens in prefill — 16 ymm registers hold no more), so the rows' independent chains overlap.
+//! Each (row, token) sum is the same operations whatever the tile shape, so prefill and decode
+//! give a token the same bits; they differ from the scalar reference only in summation order.
 //!
 //! `avx512_cb` mirrors this driver line for line on purpose (per-ISA intrinsics; see there).
 
-use super::hsum;
+use super::{drive, hsum};
 use crate::codebook::CbRepr;
 use std::arch::x86_64::*;
 
@@ -26,18 +28,10 @@ pub(crate) fn cb_rows(
     y: &mut [f32], // [n, ldy]
     ldy: usize,
 ) {
-    let mut t = 0;
-    while t + 4 <= n {
-        for r in r0..r1 {
-            cb_tile::<4>(q, inp, x, ld, r, t, y, ldy, r0);
-        }
-        t += 4;
-    }
-    while t < n {
-        for r in r0..r1 {
-            cb_tile::<1>(q, inp, x, ld, r, t, y, ldy, r0);
-        }
-        t += 1;
+    if q.bits == 4 {
+        drive!(cb_tile, [true], 4, 1, n, r0, r1, (q, inp, x, ld), y, ldy);
+    } else {
+        drive!(cb_tile, [false], 4, 1, n, r0, r1, (q, inp, x, ld), y, ldy);
     }
 }
 
@@ -59,30 +53,11 @@ fn decode8<const WIDE: bool>(b: u32, tlo: __m256, thi: __m256) -> __m256 {
     }
 }
 
-/// One row × `T` tokens.
+/// `R` rows `r..r+R` × `T` tokens `t..t+T`; `WIDE` for 16-level tables.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn cb_tile<const T: usize>(
-    q: &CbRepr,
-    inp: usize,
-    x: &[f32], // [n, ld]
-    ld: usize,
-    r: usize,
-    t: usize,
-    y: &mut [f32], // [n, ldy]
-    ldy: usize,
-    ybase: usize,
-) {
-    if q.bits == 4 {
-        cb_tile_w::<T, true>(q, inp, x, ld, r, t, y, ldy, ybase)
-    } else {
-        cb_tile_w::<T, false>(q, inp, x, ld, r, t, y, ldy, ybase)
-    }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn cb_tile_w<const T: usize, const WIDE: bool>(
+#[allow(clippy::too_many_arguments)]
+fn cb_tile<const WIDE: bool, const R: usize, const T: usize>(
     q: &CbRepr,
     inp: usize,
     x: &[f32], // [n, ld]
@@ -100,41 +75,51 @@ fn cb_tile_w<const T: usize, const WIDE: bool>(
             _mm256_loadu_ps(q.table.as_ptr().add(8)),
         )
     };
-    let row = &q.codes[r * q.row_bytes..(r + 1) * q.row_bytes];
-    let xs: [&[f32]; T] = std::array::from_fn(|j| &x[(t + j) * ld..(t + j) * ld + inp]);
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut tail = [0f32; T];
+    let rows: [&[u8]; R] =
+        std::array::from_fn(|i| &q.codes[(r + i) * q.row_bytes..(r + i + 1) * q.row_bytes]);
+    let xs: [&[f32]; T] = std::array::from_fn(|k| &x[(t + k) * ld..(t + k) * ld + inp]);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut tail = [[0f32; T]; R];
     for g in 0..q.n_groups {
         let len = q.group_len(g, inp);
-        let (gc, c0) = (&row[g * q.gb..(g + 1) * q.gb], g * q.group);
-        let s = q.scales[r * q.n_groups + g];
-        let mut part = [_mm256_setzero_ps(); T];
+        let c0 = g * q.group;
+        let mut part = [[_mm256_setzero_ps(); T]; R];
         let mut j = 0;
         while j + 8 <= len {
-            let b = u32::from_le_bytes([gc[j / 2], gc[j / 2 + 1], gc[j / 2 + 2], gc[j / 2 + 3]]);
-            let w = decode8::<WIDE>(b, tlo, thi);
-            for k in 0..T {
+            let xv: [__m256; T] = std::array::from_fn(|k| {
                 let xv = &xs[k][c0 + j..c0 + j + 8];
                 // SAFETY: `xv` holds exactly 8 floats.
-                let xv = unsafe { _mm256_loadu_ps(xv.as_ptr()) };
-                part[k] = _mm256_fmadd_ps(w, xv, part[k]);
+                unsafe { _mm256_loadu_ps(xv.as_ptr()) }
+            });
+            for i in 0..R {
+                let o = g * q.gb + j / 2;
+                let b: [u8; 4] = rows[i][o..o + 4].try_into().expect("4 bytes");
+                let w = decode8::<WIDE>(u32::from_le_bytes(b), tlo, thi);
+                for k in 0..T {
+                    part[i][k] = _mm256_fmadd_ps(w, xv[k], part[i][k]);
+                }
             }
             j += 8;
         }
-        let mut rest = [0f32; T];
-        for jj in j..len {
-            let l = q.table[q.code(r, g, jj) as usize];
+        for i in 0..R {
+            let mut rest = [0f32; T];
+            for jj in j..len {
+                let l = q.table[q.code(r + i, g, jj) as usize];
+                for k in 0..T {
+                    rest[k] += l * xs[k][c0 + jj];
+                }
+            }
+            let s = q.scales[(r + i) * q.n_groups + g];
+            let sv = _mm256_set1_ps(s);
             for k in 0..T {
-                rest[k] += l * xs[k][c0 + jj];
+                acc[i][k] = _mm256_fmadd_ps(sv, part[i][k], acc[i][k]);
+                tail[i][k] += s * rest[k];
             }
         }
-        let sv = _mm256_set1_ps(s);
-        for k in 0..T {
-            acc[k] = _mm256_fmadd_ps(sv, part[k], acc[k]);
-            tail[k] += s * rest[k];
-        }
     }
-    for k in 0..T {
-        y[(t + k) * ldy + r - ybase] = hsum(acc[k]) + tail[k];
+    for i in 0..R {
+        for k in 0..T {
+            y[(t + k) * ldy + r + i - ybase] = hsum(acc[i][k]) + tail[i][k];
+        }
     }
 }
