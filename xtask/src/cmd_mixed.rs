@@ -58,7 +58,8 @@ pub struct MixedArgs {
     /// Without GPTQ (no calibration statistics): MSE/RTN codes and a weight-error proxy.
     #[arg(long)]
     pub no_gptq: bool,
-    /// Perplexity text (llama-cpp protocol, ctx 256): measured PPL, additivity, frontier.
+    /// Perplexity text (llama-cpp protocol, ctx 256): measured PPL, additivity, frontier, and
+    /// QAT's validation (with QAT and no --eval: the corpus's valid.txt).
     #[arg(long)]
     pub eval: Option<PathBuf>,
     /// Mixed points on the frontier.
@@ -169,10 +170,19 @@ pub fn run(a: &MixedArgs) -> Result<()> {
     };
     let stories = read_stories(&path)?;
     let windows = calibration_windows(tok, &calibration_subset(&stories, a.calib_stories, 0), 256);
-    let eval_text = match &a.eval {
-        Some(p) => {
-            Some(EvalText::load(p, EvalMode::Stories, None).context("reading evaluation text")?)
-        }
+    // QAT validates on held-out text: --eval, else the corpus's valid.txt.
+    let eval_path = match (&a.eval, &cfg.qat) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(_)) => Some(locate_corpus_readonly().map(|(_, v)| v).context(
+            "QAT of the mix needs validation text: pass --eval, or --qat-steps 0 for no QAT",
+        )?),
+        (None, None) => None,
+    };
+    let eval_text = match &eval_path {
+        Some(p) => Some(
+            EvalText::load(p, EvalMode::Stories, None)
+                .with_context(|| format!("reading the evaluation text {}", p.display()))?,
+        ),
         None => None,
     };
     let valid = eval_text.as_ref().map_or_else(Vec::new, |t| t.tokens(tok));
@@ -221,9 +231,14 @@ pub fn run(a: &MixedArgs) -> Result<()> {
     qat_pb.finish_and_clear();
     let qat = out.report.qat;
     let report = out.report.mixed;
-    // The budget holds for the file as written, with the output's tokenizer reference.
+    // The budget holds for the file as written, with the output's tokenizer reference. (The
+    // report's `byte_limit` is the mix's: the budget less QAT_RESERVE_BYTES when QAT ran.)
+    let limit = cfg
+        .mixed
+        .budget
+        .byte_limit(loaded.ckpt.weights.param_count());
     save_with_tokenizer(&loaded, out.checkpoint, &a.out, |c| {
-        check_budget(c, report.byte_limit)?;
+        check_budget(c, limit)?;
         Ok(())
     })?;
     let file_bytes = std::fs::metadata(&a.out)?.len();
