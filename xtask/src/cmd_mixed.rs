@@ -87,6 +87,9 @@ pub struct MixedArgs {
     /// QAT: peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub qat_lr: f64,
+    /// QAT: oscillation dampening of the mix's codebook tensors (`QatConfig::dampen`); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub qat_dampen: f32,
 }
 
 /// The QAT of the mix: `--qat-steps` steps of [`QatConfig::default`]'s training (batch 8 × 256),
@@ -106,7 +109,7 @@ fn qat_settings(a: &MixedArgs) -> Result<Option<QatSettings>> {
         train,
         init: QatInit::Mse,
         scales: QatScales::default(),
-        dampen: 0.0,
+        dampen: a.qat_dampen,
     }))
 }
 
