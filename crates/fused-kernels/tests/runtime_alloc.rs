@@ -1,5 +1,6 @@
 //! The decode loop allocates nothing: a counting global allocator checks
-//! `Runtime::step` (both families) and a prefill within `max_batch` after warm-up.
+//! `Runtime::step` (both families; F32, INT8/INT4 and codebook weights) and a prefill within
+//! `max_batch` after warm-up.
 
 mod rt_common;
 
@@ -126,7 +127,16 @@ fn decode_and_prefill_do_not_allocate() {
     let q = quantize(&w, 32, |n| {
         Some(if n.contains("w1") { Fmt::Q8 } else { Fmt::Q4 })
     });
-    check(ModelConfig::Llama(c), &q, 77);
+    check(ModelConfig::Llama(c.clone()), &q, 77);
+    // Codebook weights (their int8 form under int8 activations) beside INT4.
+    let cb = quantize(&w, 32, |n| {
+        Some(if n.contains("attention") {
+            Fmt::Q4
+        } else {
+            Fmt::Cb4
+        })
+    });
+    check(ModelConfig::Llama(c), &cb, 77);
     let s = SsmMoeConfig {
         d_model: 32,
         n_layers: 2,

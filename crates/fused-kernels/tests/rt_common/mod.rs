@@ -54,6 +54,8 @@ pub enum Fmt {
     Q8Asym,
     Q4,
     Q4Asym,
+    /// A 4-bit codebook (16 fixed non-uniform levels, nearest codes, F16 group scales).
+    Cb4,
 }
 
 /// Round-to-nearest quantization of one `[rows, cols]` matrix at group `g`
@@ -62,6 +64,11 @@ pub fn quantize_tensor(v: &[f32], rows: usize, cols: usize, fmt: Fmt, g: usize) 
     if fmt == Fmt::F16 {
         return TensorData::F16(v.iter().map(|x| f16::from_f32(*x)).collect());
     }
+    if fmt == Fmt::Cb4 {
+        let levels: Vec<f32> = (0..16).map(|k| ((k as f32 - 7.5) / 7.5).powi(3)).collect();
+        let c = squish_core::codebook::CbTensor::from_float(v, rows, cols, g.min(cols), levels);
+        return TensorData::Codebook(c.unwrap());
+    }
     let g = g.min(cols);
     let ng = cols.div_ceil(g);
     let (bits, asym, qmax) = match fmt {
@@ -69,7 +76,7 @@ pub fn quantize_tensor(v: &[f32], rows: usize, cols: usize, fmt: Fmt, g: usize) 
         Fmt::Q8Asym => (QBits::Int8, true, 255.0),
         Fmt::Q4 => (QBits::Int4, false, 7.0),
         Fmt::Q4Asym => (QBits::Int4, true, 15.0),
-        Fmt::F16 => unreachable!(),
+        Fmt::F16 | Fmt::Cb4 => unreachable!(),
     };
     let mut levels = vec![0i32; rows * cols];
     let mut scales = Vec::with_capacity(rows * ng);
