@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 
 mod cb;
 mod q4il;
+mod q4il_ops;
 mod quant;
 pub(crate) mod ssm;
 pub(crate) use cb::cb_rows;
