@@ -90,6 +90,9 @@ pub struct MixedArgs {
     /// QAT: oscillation dampening of the mix's codebook tensors (`QatConfig::dampen`); 0 = off.
     #[arg(long, default_value_t = 0.0)]
     pub qat_dampen: f32,
+    /// QAT: weight of the distillation KL term (the rest is cross-entropy on the text).
+    #[arg(long, default_value_t = 1.0)]
+    pub qat_distill_alpha: f32,
 }
 
 /// The QAT of the mix: `--qat-steps` steps of [`QatConfig::default`]'s training (batch 8 × 256),
@@ -104,6 +107,7 @@ fn qat_settings(a: &MixedArgs) -> Result<Option<QatSettings>> {
     train.min_lr = 0.0;
     train.batch_size = 8;
     train.seq_len = 256;
+    train.distill_alpha = a.qat_distill_alpha;
     train.validate()?;
     Ok(Some(QatSettings {
         train,
