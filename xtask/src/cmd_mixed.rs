@@ -81,7 +81,7 @@ pub struct MixedArgs {
     #[arg(long)]
     pub svg: Option<PathBuf>,
     /// QAT of the chosen mix: optimizer steps (8 × 256 tokens each, lr 1e-3 decaying to 0,
-    /// distilled from the input, on the calibration text's stories); 0 = no QAT.
+    /// distilled from the input and trained on the calibration text's stories); 0 = no QAT.
     #[arg(long, default_value_t = 1000)]
     pub qat_steps: usize,
     /// QAT: peak learning rate.
@@ -90,13 +90,15 @@ pub struct MixedArgs {
     /// QAT: oscillation dampening of the mix's codebook tensors (`QatConfig::dampen`); 0 = off.
     #[arg(long, default_value_t = 0.0)]
     pub qat_dampen: f32,
-    /// QAT: weight of the distillation KL term (the rest is cross-entropy on the text).
-    #[arg(long, default_value_t = 1.0)]
+    /// QAT: weight of the distillation KL term (the rest is cross-entropy on the calibration
+    /// text's stories); 0.5 as `cargo xtask quantize`.
+    #[arg(long, default_value_t = 0.5)]
     pub qat_distill_alpha: f32,
 }
 
 /// The QAT of the mix: `--qat-steps` steps of [`QatConfig::default`]'s training (batch 8 × 256),
-/// the learning rate decaying to 0, MSE-initialised latents; `None` for 0 steps.
+/// the learning rate decaying to 0, half KL / half cross-entropy by default, MSE-initialised
+/// latents; `None` for 0 steps.
 fn qat_settings(a: &MixedArgs) -> Result<Option<QatSettings>> {
     if a.qat_steps == 0 {
         return Ok(None);

@@ -67,8 +67,11 @@ pub struct QuantizeArgs {
     /// QAT: linear warmup steps.
     #[arg(long, default_value_t = 20)]
     pub warmup: usize,
-    /// QAT: weight of the distillation KL term (the rest is cross-entropy on the text).
-    #[arg(long, default_value_t = 1.0)]
+    /// QAT: weight of the distillation KL term (the rest is cross-entropy on the calibration
+    /// text's stories). 0.5 measured best on stories260K (cb4 1000 steps +2.42 % vs +4.42 % at
+    /// 1.0); part of that is fine-tuning: the same recipe takes a near-lossless INT8 QAT to
+    /// −1.47 % below the F32 model.
+    #[arg(long, default_value_t = 0.5)]
     pub distill_alpha: f32,
     /// QAT: latent starting point: f32, rtn, mse, gptq.
     #[arg(long, default_value = "mse")]
@@ -414,7 +417,7 @@ mod tests {
         let table: QuantSettings = toml::from_str(
             "bits = 4\ngroup = 64\nmethod = \"qat\"\nsmall = \"f16\"\n[qat]\ninit = \"mse\"\n\
              [qat.train]\nsteps = 200\nbatch_size = 8\nseq_len = 512\nlr = 1e-3\nmin_lr = 0.0\n\
-             warmup_steps = 8\nweight_decay = 0.0\ndistill_alpha = 1.0",
+             warmup_steps = 8\nweight_decay = 0.0\ndistill_alpha = 0.5",
         )
         .unwrap();
         assert_eq!(cli.quant_config().unwrap(), table.quant_config().unwrap());
@@ -429,6 +432,7 @@ mod tests {
                 t.lr,
                 t.min_lr,
                 t.warmup_steps,
+                t.distill_alpha,
             )
         };
         assert_eq!(pick(c), pick(t));
