@@ -52,44 +52,52 @@ fn abs_dot(c: &CbTensor, r: usize, x: &[f32]) -> f32 {
         .sum()
 }
 
+/// 13-row codebook weights at 2, 3 and 4 bits on widths 1, 17, 64 and 172, each with groups as
+/// wide as the row, 16 and 64 (short last groups included).
+fn odd_width_cases(rng: &mut Rng) -> Vec<(CbTensor, PackedWeight)> {
+    let mut cases = Vec::new();
+    for bits in 2..=4u32 {
+        for &inp in &[1usize, 17, 64, 172] {
+            for &group in &[inp, 16.min(inp), 64.min(inp)] {
+                let c = random_cb(rng, bits, 13, inp, group);
+                let w = PackedWeight::from_codebook(parts(&c)).unwrap();
+                cases.push((c, w));
+            }
+        }
+    }
+    cases
+}
+
 #[test]
 fn every_path_equals_the_scalar_reference_on_odd_widths() {
     let mut rng = Rng::new(5);
     let levels = dispatch::supported();
-    for bits in 2..=4u32 {
-        for &inp in &[1usize, 17, 64, 172] {
-            for &group in &[inp, 16.min(inp), 64.min(inp)] {
-                let rows = 13;
-                let c = random_cb(&mut rng, bits, rows, inp, group);
-                let w = PackedWeight::from_codebook(parts(&c)).unwrap();
-                for n in [1usize, 5] {
-                    let x = uniform(&mut rng, n * inp, 1.0);
-                    for &level in &levels {
-                        let mut y = vec![0f32; n * rows];
-                        let opts = MatOpts {
-                            level: Some(level),
-                            ..MatOpts::default()
-                        };
-                        w.matmul_opts(&x, n, &mut y, &mut Scratch::new(), &opts)
-                            .unwrap();
-                        for t in 0..n {
-                            let xt = &x[t * inp..(t + 1) * inp];
-                            for r in 0..rows {
-                                let (got, want) = (y[t * rows + r], c.vec_dot(r, xt));
-                                // Two summation orders of `inp + n_groups` rounded terms.
-                                let tol = 2.0
-                                    * (inp + c.n_groups()) as f32
-                                    * f32::EPSILON
-                                    * abs_dot(&c, r, xt)
-                                    + 1e-12;
-                                assert!(
-                                    (got - want).abs() <= tol,
-                                    "{level:?} cb{bits} in={inp} g={group} n={n} [{t},{r}]: {got} vs {want}"
-                                );
-                                if level == squish_kernels::SimdLevel::Scalar {
-                                    assert_eq!(got, want, "scalar path is the reference");
-                                }
-                            }
+    for (c, w) in odd_width_cases(&mut rng) {
+        let (bits, rows, inp, group) = (c.bits, c.rows, c.cols, c.group);
+        for n in [1usize, 5] {
+            let x = uniform(&mut rng, n * inp, 1.0);
+            for &level in &levels {
+                let mut y = vec![0f32; n * rows];
+                let opts = MatOpts {
+                    level: Some(level),
+                    ..MatOpts::default()
+                };
+                w.matmul_opts(&x, n, &mut y, &mut Scratch::new(), &opts)
+                    .unwrap();
+                for t in 0..n {
+                    let xt = &x[t * inp..(t + 1) * inp];
+                    for r in 0..rows {
+                        let (got, want) = (y[t * rows + r], c.vec_dot(r, xt));
+                        // Two summation orders of `inp + n_groups` rounded terms.
+                        let tol =
+                            2.0 * (inp + c.n_groups()) as f32 * f32::EPSILON * abs_dot(&c, r, xt)
+                                + 1e-12;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{level:?} cb{bits} in={inp} g={group} n={n} [{t},{r}]: {got} vs {want}"
+                        );
+                        if level == squish_kernels::SimdLevel::Scalar {
+                            assert_eq!(got, want, "scalar path is the reference");
                         }
                     }
                 }
@@ -135,36 +143,30 @@ fn int8_bound(c: &CbTensor, r: usize, x: &[f32]) -> f32 {
 fn int8_activations_agree_across_paths_within_the_rounding_bound() {
     let mut rng = Rng::new(21);
     let levels = dispatch::supported();
-    for bits in 2..=4u32 {
-        for &inp in &[1usize, 17, 64, 172] {
-            for &group in &[inp, 16.min(inp), 64.min(inp)] {
-                let rows = 13;
-                let c = random_cb(&mut rng, bits, rows, inp, group);
-                let w = PackedWeight::from_codebook(parts(&c)).unwrap();
-                for n in [1usize, 5, 8, 12, 17] {
-                    let x = uniform(&mut rng, n * inp, 1.0);
-                    let ys: Vec<Vec<f32>> = levels.iter().map(|&l| run_q8(&w, &x, n, l)).collect();
-                    let what = format!("cb{bits} in={inp} g={group} n={n}");
-                    let x86: Vec<(&SimdLevel, &Vec<f32>)> = levels
-                        .iter()
-                        .zip(&ys)
-                        .filter(|(l, _)| !matches!(l, SimdLevel::Scalar | SimdLevel::Neon))
-                        .collect();
-                    for (l, y) in x86.iter().skip(1) {
-                        assert!(*y == x86[0].1, "{what}: {l:?} vs {:?}", x86[0].0);
-                    }
-                    for (l, y) in levels.iter().zip(&ys) {
-                        for t in 0..n {
-                            let xt = &x[t * inp..(t + 1) * inp];
-                            for r in 0..rows {
-                                let (got, want) = (y[t * rows + r], c.vec_dot(r, xt));
-                                let bound = int8_bound(&c, r, xt);
-                                assert!(
-                                    (got - want).abs() <= bound,
-                                    "{what} {l:?} [{t},{r}]: {got} vs {want} (bound {bound})"
-                                );
-                            }
-                        }
+    for (c, w) in odd_width_cases(&mut rng) {
+        let (bits, rows, inp, group) = (c.bits, c.rows, c.cols, c.group);
+        for n in [1usize, 5, 8, 12, 17] {
+            let x = uniform(&mut rng, n * inp, 1.0);
+            let ys: Vec<Vec<f32>> = levels.iter().map(|&l| run_q8(&w, &x, n, l)).collect();
+            let what = format!("cb{bits} in={inp} g={group} n={n}");
+            let x86: Vec<(&SimdLevel, &Vec<f32>)> = levels
+                .iter()
+                .zip(&ys)
+                .filter(|(l, _)| !matches!(l, SimdLevel::Scalar | SimdLevel::Neon))
+                .collect();
+            for (l, y) in x86.iter().skip(1) {
+                assert!(*y == x86[0].1, "{what}: {l:?} vs {:?}", x86[0].0);
+            }
+            for (l, y) in levels.iter().zip(&ys) {
+                for t in 0..n {
+                    let xt = &x[t * inp..(t + 1) * inp];
+                    for r in 0..rows {
+                        let (got, want) = (y[t * rows + r], c.vec_dot(r, xt));
+                        let bound = int8_bound(&c, r, xt);
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "{what} {l:?} [{t},{r}]: {got} vs {want} (bound {bound})"
+                        );
                     }
                 }
             }
