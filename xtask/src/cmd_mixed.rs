@@ -18,6 +18,8 @@ use squish_mixed::{
 };
 use squish_quant::{QatConfig, QatInit, QatScales, QatSettings, QuantEvent, calibration_windows};
 
+use squish_kernels::measure::{MeasureOptions, measure};
+
 use crate::common::{load_checkpoint, progress_bar, save_with_tokenizer};
 
 /// Arguments of `mixed`.
@@ -246,34 +248,28 @@ pub fn run(a: &MixedArgs) -> Result<()> {
         .mixed
         .budget
         .byte_limit(loaded.ckpt.weights.param_count());
-    save_with_tokenizer(&loaded, out.checkpoint, &a.out, |c| {
+    let saved = save_with_tokenizer(&loaded, out.checkpoint, &a.out, |c| {
         check_budget(c, limit)?;
         Ok(())
     })?;
     let file_bytes = std::fs::metadata(&a.out)?.len();
-    // The mix's own measurement is of the post-training mix; after QAT the file is measured again.
-    let qat_ppl = match (&qat, &eval_text) {
-        (Some(_), Some(text)) => Some(
-            crate::cmd_eval::evaluate_with(
-                &a.out,
-                text,
-                256,
-                "llama-cpp",
-                8,
-                "flex",
-                crate::cmd_bench::Engine::Native,
-                squish_kernels::Activations::F32,
-                true,
-            )?
-            .ppl,
-        ),
+    // The mix's own measurement is of the post-training mix; after QAT the written file is
+    // measured again (perplexity, llama-cpp protocol, ctx 256, and a greedy sample).
+    let measured = match (&qat, valid.is_empty()) {
+        (Some(_), false) => {
+            let opts = MeasureOptions::default();
+            Some(measure(&a.out, &saved, tok, &valid, &opts, &mut |_, _| {})?)
+        }
         _ => None,
     };
+    let qat_ppl = measured.as_ref().map(|m| m.ppl.ppl);
+    let sample = measured.as_ref().map(|m| m.sample.clone());
     if let Some(p) = &a.report {
         let out = MixedOutput {
             mixed: &report,
             qat: qat.as_ref(),
             qat_ppl,
+            greedy_sample: sample.as_deref(),
             file_bytes,
         };
         squish_core::fsutil::atomic_write(p, serde_json::to_string_pretty(&out)?.as_bytes())?;
@@ -308,6 +304,9 @@ pub fn run(a: &MixedArgs) -> Result<()> {
             a.qat_steps,
             fmt(qat_ppl.or(q.row.ppl)),
         );
+        if let Some(s) = &sample {
+            println!("greedy sample: {s}");
+        }
     }
     Ok(())
 }
@@ -320,6 +319,8 @@ struct MixedOutput<'a> {
     qat: Option<&'a squish_quant::QuantReport>,
     /// PPL of the written file after QAT (llama-cpp protocol, ctx 256, native runtime).
     qat_ppl: Option<f64>,
+    /// The written file's greedy continuation of BOS after QAT.
+    greedy_sample: Option<&'a str>,
     file_bytes: u64,
 }
 
