@@ -189,14 +189,12 @@ pub fn run(a: &MixedArgs) -> Result<()> {
         )?),
         (None, None) => None,
     };
-    let eval_text = match &eval_path {
-        Some(p) => Some(
-            EvalText::load(p, EvalMode::Stories, None)
-                .with_context(|| format!("reading the evaluation text {}", p.display()))?,
-        ),
-        None => None,
+    let valid = match &eval_path {
+        Some(p) => EvalText::load(p, EvalMode::Stories, None)
+            .with_context(|| format!("reading the evaluation text {}", p.display()))?
+            .tokens(tok),
+        None => Vec::new(),
     };
-    let valid = eval_text.as_ref().map_or_else(Vec::new, |t| t.tokens(tok));
     let train = match cfg.qat {
         Some(_) => story_tokens(tok, &stories),
         None => Vec::new(),

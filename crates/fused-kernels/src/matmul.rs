@@ -269,8 +269,10 @@ pub(crate) fn run_rows(
             }
             scalar::qf_rows(q, x, ld, n, r0, r1, y, ldy)
         }
-        (Repr::Quant(_) | Repr::Codebook(_), Staged::Q8 { xq, ld, a, b, .. }) => {
-            let q = w.q8_repr().expect("quantized weights have an integer form");
+        (_, Staged::Q8 { xq, ld, a, b, .. }) => {
+            let Some(q) = w.q8_repr() else {
+                unreachable!("int8 activations are only staged for quantized weights")
+            };
             #[cfg(target_arch = "x86_64")]
             match level {
                 // SAFETY: `level` comes from dispatch::resolve: AVX2+FMA+F16C and AVX-512
@@ -309,9 +311,6 @@ pub(crate) fn run_rows(
                 _ => {}
             }
             crate::codebook::cb_rows(q, inp, x, ld, n, r0, r1, y, ldy)
-        }
-        (_, Staged::Q8 { .. }) => {
-            unreachable!("int8 activations are only staged for quantized weights")
         }
     }
 }

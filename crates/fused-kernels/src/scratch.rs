@@ -90,7 +90,7 @@ impl Scratch {
     /// Grows the buffers (if needed) for `n` tokens of `w`.
     pub fn reserve(&mut self, w: &PackedWeight, n: usize) {
         let (ld, ng) = match w.q8_repr() {
-            Some(q) => (q.padded_in().max(w.inp), q.n_groups),
+            Some(q) => (q.padded_in(), q.n_groups),
             None => (w.inp, 1),
         };
         grow(&mut self.xp, n * ld);
