@@ -79,6 +79,7 @@
 pub mod assess;
 pub mod bench;
 pub mod cpu;
+pub mod recommend;
 pub mod report;
 pub mod simd;
 pub mod stage;
@@ -270,7 +271,7 @@ pub fn probe_with(opts: &ProbeOptions) -> HardwareReport {
         model_bytes: opts.model_bytes,
     };
     let assessment = assess::assess(&inputs);
-    let recommendations = assess::recommend(&inputs);
+    let recommendations = recommend::recommend(&inputs);
 
     HardwareReport {
         schema_version: SCHEMA_VERSION,

@@ -13,6 +13,8 @@ pub mod code;
 // Shared with build.rs; some items are used only there or by the tests.
 #[cfg_attr(not(test), allow(dead_code))]
 mod code_hash;
+#[cfg(test)]
+mod code_hash_tests;
 pub mod config;
 mod eval;
 mod import;
