@@ -73,9 +73,6 @@ pub struct MixedArgs {
     /// Sensitivity cache directory (default: `<out dir>/mixed_cache`).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Worker threads for the sensitivity runs.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -138,7 +135,9 @@ fn config(a: &MixedArgs, out_dir: &Path) -> Result<MixedConfig> {
         ),
         frontier_points: a.frontier_points,
         measure_frontier: !a.no_frontier,
-        threads: a.threads,
+        // The global `--threads` (a flag of this subcommand's own would shadow it, and the QAT
+        // below would train on its value).
+        threads: squish_core::threads::threads(),
         gptq: !a.no_gptq,
         objective: match a.objective.as_str() {
             "dnats" => Objective::DeltaNats,

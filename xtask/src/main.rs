@@ -32,8 +32,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Threads for training and the fused scan (0 = the physical cores). Results do not depend
-    /// on it: same config and seed give the same checkpoint bytes for any thread count.
+    /// Threads for training, the fused scan and `mixed`'s sensitivity runs (0 = the physical
+    /// cores). Results do not depend on it: same config and seed give the same checkpoint bytes
+    /// for any thread count.
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
 }
@@ -131,5 +132,31 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The global `--threads` reaches every command that trains: a subcommand flag of the same
+    /// name would shadow it (clap hands the subcommand's default up), and `xtask mixed`'s QAT
+    /// trained on one thread that way.
+    #[test]
+    fn training_commands_keep_the_global_thread_budget() {
+        let training: [&[&str]; 4] = [
+            &["mixed", "--checkpoint", "c", "--out", "o"],
+            &["quantize", "--checkpoint", "c", "--out", "o"],
+            &["prune", "--checkpoint", "c", "--out", "o"],
+            &["pipeline"],
+        ];
+        for args in training {
+            let parse = |extra: &[&str]| {
+                let v = ["cargo xtask"].iter().chain(args).chain(extra).copied();
+                Cli::try_parse_from(v).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            };
+            assert_eq!(parse(&[]).threads, 0, "{args:?}");
+            assert_eq!(parse(&["--threads", "3"]).threads, 3, "{args:?}");
+        }
     }
 }
