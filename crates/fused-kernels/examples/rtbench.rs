@@ -203,17 +203,17 @@ fn profile_one(rt: &mut Runtime, reps: usize) -> Res<(Ops, Ops)> {
 
 fn profile(c: &ModelConfig, w: &Weights, q4: &Weights, reps: usize) -> Res<()> {
     println!("load before: {}", loadavg().trim());
-    for level in levels() {
+    for (level, threads) in levels().into_iter().flat_map(|l| [(l, 1), (l, 2)]) {
         for (fmt, ws, act) in [
             ("f32", w, Activations::F32),
             ("int4+a8", q4, Activations::Int8),
         ] {
-            let mut rt = load(c, ws, level, act, 1)?;
+            let mut rt = load(c, ws, level, act, threads)?;
             let (pre, dec) = profile_one(&mut rt, reps)?;
             let tp: f64 = pre.iter().map(|t| t.1).sum();
             let td: f64 = dec.iter().map(|t| t.1).sum();
             println!(
-                "\n{} {fmt} (1 thread; per-op medians of {reps} runs): prefill {PREFILL} = {:.1} µs, decode = {:.2} µs/token",
+                "\n{} {fmt} ({threads} thread(s); per-op medians of {reps} runs, the calling thread's wall time): prefill {PREFILL} = {:.1} µs, decode = {:.2} µs/token",
                 level.as_str(),
                 tp * 1e6,
                 td / DECODE as f64 * 1e6
