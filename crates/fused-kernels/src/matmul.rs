@@ -6,7 +6,7 @@ use crate::pack::{PackedWeight, Repr};
 use crate::pool::{Disjoint, Pool, split};
 use crate::runtime::profile;
 use crate::scalar;
-use crate::scratch::{RmsNorm, Scratch, Staged};
+use crate::scratch::{RmsNorm, Scratch, StageBufs, Staged};
 
 /// Activation precision used with quantized weights.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,6 +100,10 @@ impl PackedWeight {
             return Ok(());
         }
         let level = dispatch::resolve(opts.level);
+        if let Some(p) = pool.filter(|p| p.threads() > 1 && n > 1) {
+            run_pool_staged(level, self, x, n, y, scratch, opts, p);
+            return Ok(());
+        }
         let st = {
             let _p = profile::span("activation staging (norm, int8)");
             stage(self, x, n, scratch, opts)
@@ -110,6 +114,64 @@ impl PackedWeight {
         }
         Ok(())
     }
+}
+
+/// Several tokens on a pool: every part stages its own tokens (the staging of a token depends
+/// on that token alone, so the same bits as staging all of them first) and multiplies them, so
+/// the staging is split too and its rows stay in the cache of the core that reads them. The
+/// profile charges the parts' staging to the matmul (spans time the calling thread only).
+#[allow(clippy::too_many_arguments)]
+fn run_pool_staged(
+    level: SimdLevel,
+    w: &PackedWeight,
+    x: &[f32], // [n, in]
+    n: usize,
+    y: &mut [f32], // [n, out]
+    scratch: &mut Scratch,
+    opts: &MatOpts<'_>,
+    p: &Pool,
+) {
+    let q8 = opts.act == Activations::Int8 && w.q8_repr().is_some();
+    let (inp, out, parts) = (w.inp, w.out, p.threads());
+    // Row widths of the staged buffers (as `Scratch::grow_for` sizes them).
+    let (ld, ng) = match (w.q8_repr(), &w.repr) {
+        (Some(q), _) if q8 => (q.padded_in(), q.n_groups),
+        (_, Repr::Quant(q)) => (q.padded_in(), 0),
+        _ => (inp, 0),
+    };
+    scratch.grow_for(w, n, q8);
+    let simd = dispatch::has_avx2(level);
+    let b = scratch.bufs();
+    let (xq_len, ab_len) = if q8 { (n * ld, n * ng) } else { (0, 0) };
+    let xp = Disjoint::new(&mut b.xp[..n * ld]);
+    let xq = Disjoint::new(&mut b.xq[..xq_len]);
+    let (ad, bd) = (
+        Disjoint::new(&mut b.a[..ab_len]),
+        Disjoint::new(&mut b.b[..ab_len]),
+    );
+    let yd = Disjoint::new(y);
+    p.run(&|k| {
+        let (t0, t1) = split(n, parts, k, 1);
+        if t0 >= t1 {
+            return;
+        }
+        let r = |l: usize, len: usize| if len == 0 { (0, 0) } else { (t0 * l, t1 * l) };
+        let ((p0, p1), (q0, q1), (g0, g1)) = (r(ld, n * ld), r(ld, xq_len), r(ng, ab_len));
+        // SAFETY: the parts' token ranges are disjoint (`split`), hence so are their rows of
+        // every buffer and of `y`.
+        let (bufs, yc) = unsafe {
+            let bufs = StageBufs {
+                xp: xp.range(p0, p1),
+                xq: xq.range(q0, q1),
+                a: ad.range(g0, g1),
+                b: bd.range(g0, g1),
+            };
+            (bufs, yd.range(t0 * out, t1 * out))
+        };
+        let xs = &x[t0 * inp..t1 * inp];
+        let st = bufs.stage(w, xs, t1 - t0, opts.norm, q8, simd);
+        run_rows(level, w, st, t1 - t0, 0, out, yc, out);
+    });
 }
 
 /// [`run_threaded`] on a persistent pool: the same splits (rows in multiples of 8 for one

@@ -67,6 +67,57 @@ impl<'a> Staged<'a> {
     }
 }
 
+/// The buffers one staging call writes: token rows `0..n` of its own (`xp` `[n, ld]` staged
+/// floats — for int8, row 0 is the temporary normalized row; `xq` `[n, ld]`; `a`, `b`
+/// `[n, ng]`). The whole [`Scratch`] on one thread, or one part's token rows on the pool.
+pub(crate) struct StageBufs<'s> {
+    pub xp: &'s mut [f32],
+    pub xq: &'s mut [i8],
+    pub a: &'s mut [f32],
+    pub b: &'s mut [f32],
+}
+
+impl<'s> StageBufs<'s> {
+    /// Stages `x: [n, in]` for `w` per `act` (int8 only for weights with an int8 form): the
+    /// same bits as [`Scratch`]'s staging of these rows.
+    pub(crate) fn stage(
+        mut self,
+        w: &PackedWeight,
+        x: &'s [f32],
+        n: usize,
+        norm: Option<RmsNorm<'_>>,
+        q8: bool,
+        simd: bool,
+    ) -> Staged<'s> {
+        match w.q8_repr() {
+            Some(q) if q8 => {
+                let (ld, ng) = (q.padded_in(), q.n_groups);
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    // SAFETY: `simd` is only set when AVX2 + FMA + F16C were detected.
+                    unsafe { stage_q8_avx2(&mut self, q, w.inp, x, n, norm) };
+                    return self.into_q8(n, ld, ng);
+                }
+                let _ = simd;
+                // SAFETY: the scalar instantiation has no CPU requirement.
+                unsafe { stage_q8_rows::<false>(&mut self, q, w.inp, x, n, norm) };
+                self.into_q8(n, ld, ng)
+            }
+            _ => stage_f32_rows(self.xp, w, x, n, norm),
+        }
+    }
+
+    fn into_q8(self, n: usize, ld: usize, ng: usize) -> Staged<'s> {
+        Staged::Q8 {
+            xq: &self.xq[..n * ld],
+            ld,
+            a: &self.a[..n * ng],
+            b: &self.b[..n * ng],
+            ng,
+        }
+    }
+}
+
 fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize(n, T::default());
@@ -108,80 +159,93 @@ impl Scratch {
         n: usize,
         norm: Option<RmsNorm<'_>>,
     ) -> Staged<'s> {
-        let inp = w.inp;
-        let (ld, group, gp) = match &w.repr {
-            Repr::Quant(q) => (q.padded_in(), q.group, q.gp),
-            _ if norm.is_none() => return Staged::F32 { x, ld: inp },
-            _ => (inp, inp, inp),
-        };
-        grow(&mut self.xp, n * ld);
-        let xp = &mut self.xp[..n * ld];
-        for (dst, src) in xp.chunks_mut(ld).zip(x.chunks(inp)) {
-            let inv = norm.map(|nm| inv_rms(src, nm.eps));
-            dst.fill(0.0);
-            for (dg, sg) in dst.chunks_mut(gp).zip(src.chunks(group)) {
-                dg[..sg.len()].copy_from_slice(sg);
-            }
-            if let (Some(nm), Some(inv)) = (norm, inv) {
-                for (dg, (sg, wg)) in dst
-                    .chunks_mut(gp)
-                    .zip(src.chunks(group).zip(nm.weight.chunks(group)))
-                {
-                    for ((d, s), wv) in dg.iter_mut().zip(sg).zip(wg) {
-                        *d = wv * (s * inv);
-                    }
-                }
-            }
-        }
-        Staged::F32 {
-            x: &self.xp[..n * ld],
-            ld,
-        }
+        self.grow_for(w, n, false);
+        stage_f32_rows(&mut self.xp, w, x, n, norm)
     }
 
     /// Stages int8 activations for a quantized `w` (per-group absmax/127).
     pub(crate) fn stage_q8<'s>(
         &'s mut self,
         w: &PackedWeight,
-        x: &[f32],
+        x: &'s [f32],
         n: usize,
         norm: Option<RmsNorm<'_>>,
         simd: bool,
     ) -> Staged<'s> {
-        let Some(q) = w.q8_repr() else {
-            unreachable!("stage_q8 is only called for quantized weights")
-        };
-        let (inp, ld, ng) = (w.inp, q.padded_in(), q.n_groups);
         assert!(
-            x.len() >= n * inp,
-            "stage_q8: {} activations < {n} × {inp}",
-            x.len()
+            w.q8_repr().is_some(),
+            "stage_q8 is only called for weights with an int8 form"
         );
-        grow(&mut self.xq, n * ld);
-        grow(&mut self.a, n * ng);
-        grow(&mut self.b, n * ng);
-        grow(&mut self.xp, inp);
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: `simd` is only set when AVX2 + FMA + F16C were detected.
-            unsafe { stage_q8_avx2(self, q, inp, x, n, norm) };
-            return self.staged_q8(n, ld, ng);
-        }
-        let _ = simd;
-        // SAFETY: the scalar instantiation has no CPU requirement.
-        unsafe { stage_q8_rows::<false>(self, q, inp, x, n, norm) };
-        self.staged_q8(n, ld, ng)
+        assert!(
+            x.len() >= n * w.inp,
+            "stage_q8: {} activations < {n} × {}",
+            x.len(),
+            w.inp
+        );
+        self.grow_for(w, n, true);
+        self.bufs().stage(w, x, n, norm, true, simd)
     }
 
-    fn staged_q8(&self, n: usize, ld: usize, ng: usize) -> Staged<'_> {
-        Staged::Q8 {
-            xq: &self.xq[..n * ld],
-            ld,
-            a: &self.a[..n * ng],
-            b: &self.b[..n * ng],
-            ng,
+    /// Grows the buffers the staging of `n` tokens of `w` writes (`q8`: int8 activations).
+    pub(crate) fn grow_for(&mut self, w: &PackedWeight, n: usize, q8: bool) {
+        match (w.q8_repr(), &w.repr) {
+            (Some(q), _) if q8 => {
+                let (ld, ng) = (q.padded_in(), q.n_groups);
+                grow(&mut self.xq, n * ld);
+                grow(&mut self.a, n * ng);
+                grow(&mut self.b, n * ng);
+                grow(&mut self.xp, n * ld);
+            }
+            (_, Repr::Quant(q)) => grow(&mut self.xp, n * q.padded_in()),
+            _ => grow(&mut self.xp, n * w.inp),
         }
     }
+
+    /// All four buffers as one [`StageBufs`].
+    pub(crate) fn bufs(&mut self) -> StageBufs<'_> {
+        StageBufs {
+            xp: &mut self.xp,
+            xq: &mut self.xq,
+            a: &mut self.a,
+            b: &mut self.b,
+        }
+    }
+}
+
+/// Stages float activations `x: [n, in]` for `w` into `xp` (grown by the caller): dense
+/// weights without a norm read `x` in place; otherwise rows are copied (normalized / padded).
+fn stage_f32_rows<'s>(
+    xp: &'s mut [f32],
+    w: &PackedWeight,
+    x: &'s [f32],
+    n: usize,
+    norm: Option<RmsNorm<'_>>,
+) -> Staged<'s> {
+    let inp = w.inp;
+    let (ld, group, gp) = match &w.repr {
+        Repr::Quant(q) => (q.padded_in(), q.group, q.gp),
+        _ if norm.is_none() => return Staged::F32 { x, ld: inp },
+        _ => (inp, inp, inp),
+    };
+    let xp = &mut xp[..n * ld];
+    for (dst, src) in xp.chunks_mut(ld).zip(x.chunks(inp)) {
+        let inv = norm.map(|nm| inv_rms(src, nm.eps));
+        dst.fill(0.0);
+        for (dg, sg) in dst.chunks_mut(gp).zip(src.chunks(group)) {
+            dg[..sg.len()].copy_from_slice(sg);
+        }
+        if let (Some(nm), Some(inv)) = (norm, inv) {
+            for (dg, (sg, wg)) in dst
+                .chunks_mut(gp)
+                .zip(src.chunks(group).zip(nm.weight.chunks(group)))
+            {
+                for ((d, s), wv) in dg.iter_mut().zip(sg).zip(wg) {
+                    *d = wv * (s * inv);
+                }
+            }
+        }
+    }
+    Staged::F32 { x: xp, ld }
 }
 
 /// [`stage_q8_rows`] compiled with AVX2 (the element loops vectorise; the
@@ -192,7 +256,7 @@ impl Scratch {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn stage_q8_avx2(
-    s: &mut Scratch,
+    s: &mut StageBufs<'_>,
     q: &crate::pack::QuantRepr,
     inp: usize,
     x: &[f32],
@@ -212,7 +276,7 @@ unsafe fn stage_q8_avx2(
 /// `SIMD = true` only where AVX2 + FMA + F16C are available (`stage_q8_avx2`).
 #[inline(always)]
 unsafe fn stage_q8_rows<const SIMD: bool>(
-    s: &mut Scratch,
+    s: &mut StageBufs<'_>,
     q: &crate::pack::QuantRepr,
     inp: usize,
     x: &[f32],
