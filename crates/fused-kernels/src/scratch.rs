@@ -78,8 +78,8 @@ pub(crate) struct StageBufs<'s> {
 }
 
 impl<'s> StageBufs<'s> {
-    /// Stages `x: [n, in]` for `w` per `act` (int8 only for weights with an int8 form): the
-    /// same bits as [`Scratch`]'s staging of these rows.
+    /// Stages `x: [n, in]` for `w` — int8 when `q8` and `w` has an int8 form, else floats;
+    /// `simd`: AVX2 + FMA + F16C detected. The same bits as [`Scratch`]'s staging of these rows.
     pub(crate) fn stage(
         mut self,
         w: &PackedWeight,
