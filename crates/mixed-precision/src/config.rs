@@ -295,11 +295,51 @@ impl MixedConfig {
         }
         Ok(())
     }
+
+    /// SHA-256 of the settings that decide the written file (the provenance's `config_hash`):
+    /// the config without the knobs that only change speed or what else gets measured —
+    /// `threads`, `cache_dir`, `measure_frontier`, `frontier_points` — so the same settings give
+    /// the same checkpoint bytes for any thread count or cache location.
+    pub fn result_hash(&self) -> Result<String> {
+        let canonical = MixedConfig {
+            threads: 1,
+            cache_dir: None,
+            measure_frontier: true,
+            frontier_points: 0,
+            ..self.clone()
+        };
+        let json = serde_json::to_vec(&canonical).map_err(|e| Error::invalid(e.to_string()))?;
+        Ok(squish_core::fsutil::sha256_hex(&json))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_hash_ignores_speed_and_measurement_knobs_only() {
+        let base = MixedConfig::default();
+        let h = base.result_hash().unwrap();
+        let same = MixedConfig {
+            threads: 4,
+            cache_dir: Some("elsewhere".into()),
+            measure_frontier: false,
+            frontier_points: 3,
+            ..base.clone()
+        };
+        assert_eq!(same.result_hash().unwrap(), h);
+        let other = MixedConfig {
+            calib_windows: 16,
+            ..base.clone()
+        };
+        assert_ne!(other.result_hash().unwrap(), h);
+        let other = MixedConfig {
+            budget: Budget::BitsPerParam(3.5),
+            ..base
+        };
+        assert_ne!(other.result_hash().unwrap(), h);
+    }
 
     #[test]
     fn labels_round_trip_and_bad_labels_are_errors() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use squish_core::checkpoint::{self, Checkpoint, Provenance};
-use squish_core::{Error, Result, fsutil};
+use squish_core::{Result, fsutil};
 use squish_quant::Calibration;
 
 use crate::config::{CandidateFormat, MixedConfig};
@@ -231,11 +231,10 @@ pub fn mixed_checkpoint(
         tensors: items.len(),
         options: items.iter().map(|i| i.options.len()).sum(),
     });
-    let cfg_json = serde_json::to_vec(cfg).map_err(|e| Error::invalid(e.to_string()))?;
     let prov = Provenance {
         stage: "mixed_precision".into(),
         parent_sha256: Some(parent.clone()),
-        config_hash: Some(fsutil::sha256_hex(&cfg_json)),
+        config_hash: Some(cfg.result_hash()?),
         tool: format!("squish-mixed {}", env!("CARGO_PKG_VERSION")),
         details: BTreeMap::from([("budget".to_string(), cfg.budget.label())]),
     };
