@@ -6,13 +6,13 @@
 
 mod rt_common;
 
-use rt_common::{random_llama, tokens};
+use rt_common::{Fmt, quantize, random_llama, tokens};
 use squish_core::checkpoint::Weights;
 use squish_core::config::{LlamaConfig, ModelConfig, SsmMoeConfig};
 use squish_core::model::ssm_moe_weights::init_weights;
 use squish_core::quant::QBits;
 use squish_kernels::runtime::{Runtime, RuntimeOptions, rtn_quantize};
-use squish_kernels::{Activations, dispatch};
+use squish_kernels::{Activations, SimdLevel, dispatch};
 
 /// Every position's logits of a 160-token prefill (chunks of 128), then 6 decoded tokens' logits.
 fn logits(c: &ModelConfig, w: &Weights, opts: RuntimeOptions) -> Vec<f32> {
@@ -26,6 +26,33 @@ fn logits(c: &ModelConfig, w: &Weights, opts: RuntimeOptions) -> Vec<f32> {
     out
 }
 
+/// `w`'s logits at 2 and 3 threads equal its 1-thread logits, bit for bit.
+fn same_for_any_thread_count(
+    name: &str,
+    c: &ModelConfig,
+    w: &Weights,
+    level: SimdLevel,
+    act: Activations,
+) {
+    let opts = |threads| RuntimeOptions {
+        level: Some(level),
+        act,
+        threads,
+        max_batch: 128,
+    };
+    let one = logits(c, w, opts(1));
+    assert!(one.iter().all(|v| v.is_finite()), "{name}");
+    for threads in [2, 3] {
+        let many = logits(c, w, opts(threads));
+        let diff = one.iter().zip(&many).filter(|(a, b)| a != b).count();
+        assert!(
+            diff == 0,
+            "{name} {level:?}: {diff} of {} logits differ at {threads} threads",
+            one.len()
+        );
+    }
+}
+
 fn check(name: &str, c: &ModelConfig, w: &Weights) {
     let q4 = rtn_quantize(w, QBits::Int4, 32).unwrap();
     for level in dispatch::supported() {
@@ -34,23 +61,7 @@ fn check(name: &str, c: &ModelConfig, w: &Weights) {
             ("int4", &q4, Activations::F32),
             ("int4+a8", &q4, Activations::Int8),
         ] {
-            let opts = |threads| RuntimeOptions {
-                level: Some(level),
-                act,
-                threads,
-                max_batch: 128,
-            };
-            let one = logits(c, ws, opts(1));
-            assert!(one.iter().all(|v| v.is_finite()), "{name} {fmt}");
-            for threads in [2, 3] {
-                let many = logits(c, ws, opts(threads));
-                let diff = one.iter().zip(&many).filter(|(a, b)| a != b).count();
-                assert!(
-                    diff == 0,
-                    "{name} {fmt} {level:?}: {diff} of {} logits differ at {threads} threads",
-                    one.len()
-                );
-            }
+            same_for_any_thread_count(&format!("{name} {fmt}"), c, ws, level, act);
         }
     }
 }
@@ -86,5 +97,24 @@ fn ssm_moe_logits_are_identical_for_any_thread_count() {
     // d_inner 70: channel parts end off the 8-lane grid (scalar tails stay where they were).
     let c = SsmMoeConfig { d_inner: 70, ..c };
     let w = init_weights(&c, 4).unwrap();
-    check("ssm_moe d_inner 70", &ModelConfig::SsmMoe(c), &w);
+    check("ssm_moe d_inner 70", &ModelConfig::SsmMoe(c.clone()), &w);
+    // A mixed-precision file: experts' gate INT4 and up INT8 (the SwiGLU's unstacked form, its
+    // gate/up values in each part's scratch), the router F16, the rest F32.
+    let mixed = quantize(&w, 32, |n| {
+        if n.ends_with("w1.weight") {
+            Some(Fmt::Q4)
+        } else if n.ends_with("w3.weight") {
+            Some(Fmt::Q8)
+        } else if n.contains("router") {
+            Some(Fmt::F16)
+        } else {
+            None
+        }
+    });
+    for level in dispatch::supported() {
+        for act in [Activations::F32, Activations::Int8] {
+            let name = format!("ssm_moe mixed {act:?}");
+            same_for_any_thread_count(&name, &ModelConfig::SsmMoe(c.clone()), &mixed, level, act);
+        }
+    }
 }

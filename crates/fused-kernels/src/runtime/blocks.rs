@@ -4,7 +4,7 @@
 use squish_core::checkpoint::Weights;
 use squish_core::{Error, Result};
 
-use super::{Exec, Logits, load};
+use super::{Exec, Logits, Split, load};
 use crate::pack::PackedWeight;
 use crate::scratch::{RmsNorm, Scratch};
 
@@ -26,14 +26,13 @@ enum GateUp {
     /// `w1 ‖ w3` stacked row-wise, `[2·hidden, d]`: one matmul (one activation staging, one
     /// kernel call) gives each token's gate then up values.
     Stacked(PackedWeight),
-    /// Formats differ (mixed precision): `w1`, `w3` `[hidden, d]` each and their
-    /// `[2, cap, hidden]` outputs.
-    Pair(PackedWeight, PackedWeight, Vec<f32>),
+    /// Formats differ (mixed precision): `w1`, `w3` `[hidden, d]` each.
+    Pair(PackedWeight, PackedWeight),
 }
 
 impl SwiGlu {
     /// Loads `w1`, `w2`, `w3` named by `names` for model width `d`.
-    pub fn load(w: &Weights, names: [&str; 3], d: usize, cap: usize) -> Result<Self> {
+    pub fn load(w: &Weights, names: [&str; 3], d: usize) -> Result<Self> {
         let hidden = load::dim0(w, names[0])?;
         let w2 = load::matrix(w, names[1], d, hidden)?;
         let parts = [
@@ -45,7 +44,7 @@ impl SwiGlu {
             load::Stacked::Split(mut ws) => {
                 let w3 = ws.pop().expect("two parts");
                 let w1 = ws.pop().expect("two parts");
-                GateUp::Pair(w1, w3, vec![0.0; 2 * cap * hidden])
+                GateUp::Pair(w1, w3)
             }
         };
         Ok(SwiGlu {
@@ -55,18 +54,21 @@ impl SwiGlu {
         })
     }
 
-    /// Grows `s` so that [`SwiGlu::up`] never allocates for up to `n` tokens (the
-    /// stacked form borrows `s.tmp`; the pair form owns its buffer).
+    /// Grows `s` so that [`SwiGlu::up`] never allocates for up to `n` tokens (both forms keep
+    /// their gate and up values in `s.tmp`).
     pub fn reserve(&self, s: &mut Scratch, n: usize) {
-        if matches!(self.gate_up, GateUp::Stacked(_)) && s.tmp.len() < 2 * n * self.hidden {
+        if s.tmp.len() < 2 * n * self.hidden {
             s.tmp.resize(2 * n * self.hidden, 0.0);
         }
     }
 
-    /// `hid [n, hidden] = silu(W1 x) ⊙ (W3 x)` for `x [n, d]` (optionally normed).
+    /// `hid [n, hidden] = silu(W1 x) ⊙ (W3 x)` for `x [n, d]` (optionally normed); `split`
+    /// says whether the matmuls may use the pool.
+    #[allow(clippy::too_many_arguments)]
     pub fn up(
-        &mut self,
+        &self,
         ex: &Exec,
+        split: Split,
         x: &[f32],
         n: usize,
         hid: &mut [f32],
@@ -79,16 +81,16 @@ impl SwiGlu {
                 .swiglu(o, g, u)
                 .map_err(|e| Error::invalid(e.to_string()))
         };
-        match &mut self.gate_up {
+        let mut tmp = std::mem::take(&mut s.tmp);
+        if tmp.len() < 2 * n * h {
+            tmp.resize(2 * n * h, 0.0);
+        }
+        let r = match &self.gate_up {
             GateUp::Stacked(gu) => {
                 let d = gu.inp();
                 // [n, 2·hidden]: token t's gate values, then its up values.
-                let mut tmp = std::mem::take(&mut s.tmp);
-                if tmp.len() < 2 * n * h {
-                    tmp.resize(2 * n * h, 0.0);
-                }
-                let r = ex.mm(gu, &x[..n * d], n, &mut tmp[..2 * n * h], s, norm);
-                let r = r.and_then(|()| {
+                let r = ex.mm_split(split, gu, &x[..n * d], n, &mut tmp[..2 * n * h], s, norm);
+                r.and_then(|()| {
                     for (o, gu_t) in hid[..n * h]
                         .chunks_exact_mut(h)
                         .zip(tmp.chunks_exact(2 * h))
@@ -97,26 +99,26 @@ impl SwiGlu {
                         swiglu(o, g, u)?;
                     }
                     Ok(())
-                });
-                s.tmp = tmp;
-                r
+                })
             }
-            GateUp::Pair(w1, w3, tmp) => {
+            GateUp::Pair(w1, w3) => {
                 let d = w1.inp();
-                let half = tmp.len() / 2;
-                let (g, u) = tmp.split_at_mut(half);
-                ex.mm(w1, &x[..n * d], n, g, s, norm)?;
-                ex.mm(w3, &x[..n * d], n, u, s, norm)?;
-                swiglu(&mut hid[..n * h], &g[..n * h], &u[..n * h])
+                // [n, hidden] gate values, then [n, hidden] up values.
+                let (g, u) = tmp[..2 * n * h].split_at_mut(n * h);
+                ex.mm_split(split, w1, &x[..n * d], n, g, s, norm)
+                    .and_then(|()| ex.mm_split(split, w3, &x[..n * d], n, u, s, norm))
+                    .and_then(|()| swiglu(&mut hid[..n * h], g, u))
             }
-        }
+        };
+        s.tmp = tmp;
+        r
     }
 
     /// The weights, for scratch sizing and prefetching (no allocation: called per token).
     pub fn weights(&self) -> impl Iterator<Item = &PackedWeight> {
         let (first, second) = match &self.gate_up {
             GateUp::Stacked(gu) => (gu, None),
-            GateUp::Pair(w1, w3, _) => (w1, Some(w3)),
+            GateUp::Pair(w1, w3) => (w1, Some(w3)),
         };
         std::iter::once(first)
             .chain(second)

@@ -13,7 +13,7 @@ use squish_core::{Error, Result};
 use super::load::{self, Stacked};
 use super::profile;
 use super::vecops::{add, attend, attend_pair};
-use super::{Exec, Family, Head, Logits, SwiGlu, reserve};
+use super::{Exec, Family, Head, Logits, Split, SwiGlu, reserve};
 use crate::pool::{Disjoint, split};
 use crate::scratch::{RmsNorm, Scratch};
 
@@ -112,7 +112,7 @@ impl LlamaRt {
                 qkv,
                 wo: load::matrix(w, &n[4], d, qd)?,
                 ffn_norm: load::vector(w, &n[5], &[d])?,
-                ffn: SwiGlu::load(w, [&n[6], &n[7], &n[8]], d, cap)?,
+                ffn: SwiGlu::load(w, [&n[6], &n[7], &n[8]], d)?,
                 nh,
                 nkv,
             });
@@ -450,7 +450,7 @@ impl Family for LlamaRt {
             });
             {
                 let _p = profile::span("ffn w1/w3 matmul + swiglu");
-                layer.ffn.up(ex, x, n, hid, s, norm)?;
+                layer.ffn.up(ex, Split::Pool, x, n, hid, s, norm)?;
             }
             {
                 let _p = profile::span("ffn w2 matmul");

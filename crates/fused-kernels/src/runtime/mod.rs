@@ -29,7 +29,8 @@
 //! Threads: `threads > 1` starts a persistent [`crate::pool::Pool`] with the runtime (workers
 //! spin, then park, between calls). Matmuls of at least [`PAR_MIN_MACS`] multiply-adds split
 //! their rows (one token) or tokens (prefill) over it, Llama's attention splits its query
-//! tokens, SsmMoe's conv/scan splits its channels; smaller work stays on the calling thread.
+//! tokens; SsmMoe runs each layer as five pool jobs split by tokens (matmuls, norms, routing,
+//! experts) or channels (conv, scan); smaller work stays on the calling thread.
 //! Every split keeps each output's arithmetic unchanged, so the logits are bit-identical for any
 //! thread count. [`profile`] times each operation (opt-in).
 
@@ -101,6 +102,15 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// Where a matmul runs: split over the pool (when big enough), or on the calling thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Split {
+    /// Rows (one token) or tokens split over the pool from [`PAR_MIN_MACS`] multiply-adds.
+    Pool,
+    /// The calling thread only: the caller is one part of a pool job already.
+    Here,
+}
+
 /// Resolved execution settings shared by the families.
 #[derive(Debug)]
 pub(crate) struct Exec {
@@ -112,7 +122,8 @@ pub(crate) struct Exec {
 }
 
 impl Exec {
-    /// `y [n, out] = W · x [n, in]` with an optional fused RMSNorm on `x`.
+    /// `y [n, out] = W · x [n, in]` with an optional fused RMSNorm on `x`, split over the pool
+    /// when it reaches [`PAR_MIN_MACS`].
     pub fn mm(
         &self,
         w: &PackedWeight,
@@ -122,7 +133,38 @@ impl Exec {
         s: &mut Scratch,
         norm: Option<RmsNorm<'_>>,
     ) -> Result<()> {
-        let pool = self.pool_for(n * w.out() * w.inp(), PAR_MIN_MACS);
+        self.mm_split(Split::Pool, w, x, n, y, s, norm)
+    }
+
+    /// [`Exec::mm`] on the calling thread (work that is already one part of a pool job).
+    pub fn mm_here(
+        &self,
+        w: &PackedWeight,
+        x: &[f32],
+        n: usize,
+        y: &mut [f32],
+        s: &mut Scratch,
+        norm: Option<RmsNorm<'_>>,
+    ) -> Result<()> {
+        self.mm_split(Split::Here, w, x, n, y, s, norm)
+    }
+
+    /// [`Exec::mm`] or [`Exec::mm_here`], as `split` says.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mm_split(
+        &self,
+        split: Split,
+        w: &PackedWeight,
+        x: &[f32],
+        n: usize,
+        y: &mut [f32],
+        s: &mut Scratch,
+        norm: Option<RmsNorm<'_>>,
+    ) -> Result<()> {
+        let pool = match split {
+            Split::Pool => self.pool_for(n * w.out() * w.inp(), PAR_MIN_MACS),
+            Split::Here => None,
+        };
         let opts = MatOpts {
             act: self.act,
             level: Some(self.level),

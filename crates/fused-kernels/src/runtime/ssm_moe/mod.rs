@@ -10,6 +10,11 @@
 //! renormalised over the chosen; tokens are grouped per expert so only routed
 //! experts run, each as one GEMM over its tokens. Widths per layer / expert come
 //! from the tensor shapes (pruned checkpoints).
+//!
+//! This file holds the weights, state and buffers; `forward.rs` the pass itself (five pool
+//! phases per layer, split by tokens or by channels).
+
+mod forward;
 
 use squish_core::checkpoint::Weights;
 use squish_core::config::SsmMoeConfig;
@@ -17,13 +22,11 @@ use squish_core::model::ssm_moe_weights::{expert_name, experts_in_layer, router_
 use squish_core::model::structure::residual_width;
 use squish_core::{Error, Result};
 
-use super::ssm_ops::{conv_silu, mul_silu, scan_t, softplus_bias};
-use super::vecops::{add, axpy};
+use super::load;
 use super::{Exec, Family, Head, Logits, SwiGlu, reserve};
-use super::{load, profile};
 use crate::PackedWeight;
-use crate::pool::{Disjoint, split};
-use crate::scratch::{RmsNorm, Scratch};
+use crate::pool::split;
+use crate::scratch::Scratch;
 use std::sync::Mutex;
 
 /// One block's weights and recurrent state.
@@ -147,10 +150,6 @@ pub(crate) struct SsmRt {
     hn: Vec<f32>,
     /// `[cap, E_max]` router logits → probabilities.
     rl: Vec<f32>,
-    /// `[E_max]` sorted probabilities of one token.
-    sorted: Vec<f32>,
-    /// Per expert: (token, gate) routed to it; capacity `cap` each.
-    routes: Vec<Vec<(usize, f32)>>,
     /// `[cap, d]` gathered expert inputs.
     g: Vec<f32>,
     /// `[cap, h_max]` expert hidden activations.
@@ -159,7 +158,21 @@ pub(crate) struct SsmRt {
     eo: Vec<f32>,
     /// `[cap, d]` gated sum of expert outputs.
     moe: Vec<f32>,
+    /// One per thread: what a part of the token-split phases needs for itself.
+    parts: Vec<Mutex<PartBufs>>,
+    /// The classifier's scratch.
     s: Scratch,
+}
+
+/// The buffers one token range of a prefill (or the one thread) works in: the matmuls' staging
+/// scratch and the MoE routing.
+#[derive(Debug)]
+struct PartBufs {
+    s: Scratch,
+    /// `[E_max]` sorted probabilities of one token.
+    sorted: Vec<f32>,
+    /// Per expert: (token within the range, gate) routed to it; capacity `cap` each.
+    routes: Vec<Vec<(usize, f32)>>,
 }
 
 impl SsmRt {
@@ -182,7 +195,7 @@ impl SsmRt {
             let experts = (0..ne)
                 .map(|e| {
                     let n = ["w1", "w2", "w3"].map(|m| expert_name(i, e, m));
-                    SwiGlu::load(w, [&n[0], &n[1], &n[2]], d, cap)
+                    SwiGlu::load(w, [&n[0], &n[1], &n[2]], d)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let a_log = load::vector(w, &ssm_name(i, "A_log"), &[di, ns])?;
@@ -221,17 +234,31 @@ impl SsmRt {
             .flat_map(|l| l.experts.iter().map(|e| e.hidden))
             .max()
             .unwrap_or(0);
+        // Every part's scratch can stage any matmul (and SwiGLU) of the model for `cap` tokens.
+        let part_scratch = || {
+            let mut s = Scratch::new();
+            for l in &layers {
+                let ws = [&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj, &l.router];
+                reserve(
+                    &mut s,
+                    ws.into_iter()
+                        .chain(l.experts.iter().flat_map(|e| e.weights())),
+                    cap,
+                );
+                l.experts.iter().for_each(|e| e.reserve(&mut s, cap));
+            }
+            s
+        };
+        let parts = (0..threads.max(1))
+            .map(|_| {
+                Mutex::new(PartBufs {
+                    s: part_scratch(),
+                    sorted: vec![0.0; emax],
+                    routes: (0..emax).map(|_| Vec::with_capacity(cap)).collect(),
+                })
+            })
+            .collect();
         let mut s = Scratch::new();
-        for l in &layers {
-            let ws = [&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj, &l.router];
-            reserve(
-                &mut s,
-                ws.into_iter()
-                    .chain(l.experts.iter().flat_map(|e| e.weights())),
-                cap,
-            );
-            l.experts.iter().for_each(|e| e.reserve(&mut s, cap));
-        }
         reserve(&mut s, [&head.cls], cap);
         Ok(SsmRt {
             layers,
@@ -251,12 +278,11 @@ impl SsmRt {
             o: vec![0.0; cap * d],
             hn: vec![0.0; cap * d],
             rl: vec![0.0; cap * emax],
-            sorted: vec![0.0; emax],
-            routes: (0..emax).map(|_| Vec::with_capacity(cap)).collect(),
             g: vec![0.0; cap * d],
             hid: vec![0.0; cap * hmax],
             eo: vec![0.0; cap * d],
             moe: vec![0.0; cap * d],
+            parts,
             s,
             head,
         })
@@ -284,172 +310,7 @@ impl Family for SsmRt {
     }
 
     fn forward(&mut self, ex: &Exec, tokens: &[u32], _pos0: usize, out: Logits<'_>) -> Result<()> {
-        let SsmRt {
-            head,
-            layers,
-            eps,
-            k,
-            ns,
-            r,
-            top_k,
-            x,
-            xz,
-            xc,
-            dbc,
-            dt,
-            delta,
-            y,
-            o,
-            hn,
-            rl,
-            sorted,
-            routes,
-            g,
-            hid,
-            eo,
-            moe,
-            s,
-            ..
-        } = self;
-        let (n, d, k, ns, r) = (tokens.len(), head.d, *k, *ns, *r);
-        let nd = n * d;
-        let w = r + 2 * ns;
-        {
-            let _p = profile::span("embedding");
-            head.embed(tokens, x)?;
-        }
-        for l in layers.iter_mut() {
-            let di = l.di;
-            // --- SSM mixer ---
-            let sp = profile::span("in_proj matmul");
-            ex.mm(
-                &l.in_proj,
-                x,
-                n,
-                xz,
-                s,
-                Some(RmsNorm {
-                    weight: &l.ssm_norm,
-                    eps: *eps,
-                }),
-            )?;
-            drop(sp);
-            let sp = profile::span("conv + silu");
-            let pool = ex.pool_for(n * di * ns, SSM_PAR_MIN);
-            // Runs `f` on every non-empty channel part (locked): on the pool, or in order on this
-            // thread. A part is empty when there are more threads than 16-channel blocks.
-            let each_part = |f: &(dyn Fn(&mut Chans) + Sync)| {
-                let run = |part: usize| {
-                    let mut g = l.chans[part].lock().unwrap_or_else(|e| e.into_inner());
-                    if g.c0 != g.c1 {
-                        f(&mut g);
-                    }
-                };
-                match pool {
-                    Some(p) if p.threads() == l.chans.len() => p.run(&run),
-                    _ => (0..l.chans.len()).for_each(run),
-                }
-            };
-            {
-                let (xz, xcd) = (&xz[..], Disjoint::new(&mut xc[..n * di]));
-                each_part(&|ch| {
-                    let (c0, c1) = (ch.c0, ch.c1);
-                    for t in 0..n {
-                        let xin = &xz[t * 2 * di + c0..t * 2 * di + c1];
-                        // SAFETY: token t's channels c0..c1 belong to this part alone.
-                        let xo = unsafe { xcd.range(t * di + c0, t * di + c1) };
-                        conv_silu(ex.level, &ch.win, &ch.taps, &ch.conv_b, xin, xo);
-                        if k > 1 {
-                            let w = c1 - c0;
-                            ch.win.copy_within(w.., 0);
-                            ch.win[(k - 2) * w..].copy_from_slice(xin);
-                        }
-                    }
-                });
-            }
-            drop(sp);
-            let sp = profile::span("x_proj + dt_proj matmul");
-            ex.mm(&l.x_proj, xc, n, dbc, s, None)?;
-            for t in 0..n {
-                dt[t * r..(t + 1) * r].copy_from_slice(&dbc[t * w..t * w + r]);
-            }
-            ex.mm(&l.dt_proj, dt, n, delta, s, None)?;
-            drop(sp);
-            let sp = profile::span("softplus + scan + gate");
-            {
-                let (xz, xc, dbc) = (&xz[..], &xc[..], &dbc[..]);
-                let dd = Disjoint::new(&mut delta[..n * di]);
-                let yd = Disjoint::new(&mut y[..n * di]);
-                each_part(&|ch| {
-                    let (c0, c1) = (ch.c0, ch.c1);
-                    for t in 0..n {
-                        // SAFETY: token t's channels c0..c1 belong to this part alone.
-                        let (dlt, yt) = unsafe {
-                            (
-                                dd.range(t * di + c0, t * di + c1),
-                                yd.range(t * di + c0, t * di + c1),
-                            )
-                        };
-                        softplus_bias(ex.level, dlt, &ch.dt_bias);
-                        let (b, c) = dbc[t * w + r..(t + 1) * w].split_at(ns);
-                        let xt = &xc[t * di + c0..t * di + c1];
-                        scan_t(ex.level, xt, dlt, b, c, &ch.a, &ch.dskip, &mut ch.h, yt);
-                        let z0 = t * 2 * di + di;
-                        mul_silu(ex.level, yt, &xz[z0 + c0..z0 + c1]);
-                    }
-                });
-            }
-            drop(sp);
-            let sp = profile::span("out_proj matmul");
-            ex.mm(&l.out_proj, y, n, o, s, None)?;
-            drop(sp);
-            let sp = profile::span("moe norm + router + routing");
-            add(&mut x[..nd], &o[..nd]);
-            // --- MoE ---
-            for (hr, xr) in hn[..nd].chunks_exact_mut(d).zip(x[..nd].chunks_exact(d)) {
-                ex.ops
-                    .rmsnorm(hr, xr, &l.moe_norm, *eps)
-                    .map_err(|e| Error::invalid(e.to_string()))?;
-            }
-            let ne = l.experts.len();
-            ex.mm(&l.router, hn, n, rl, s, None)?;
-            let kk = (*top_k).min(ne);
-            routes.iter_mut().for_each(Vec::clear);
-            for t in 0..n {
-                let p = &mut rl[t * ne..(t + 1) * ne];
-                ex.ops.softmax(p);
-                let so = &mut sorted[..ne];
-                so.copy_from_slice(p);
-                so.sort_unstable_by(|a, b| b.total_cmp(a));
-                let kth = so[kk - 1];
-                let sum: f32 = p.iter().filter(|&&v| v >= kth).sum();
-                for (e, &pv) in p.iter().enumerate() {
-                    if pv >= kth {
-                        routes[e].push((t, pv / sum));
-                    }
-                }
-            }
-            drop(sp);
-            let _p = profile::span("experts (swiglu matmuls)");
-            moe[..nd].fill(0.0);
-            for (ex_w, route) in l.experts.iter_mut().zip(routes.iter()) {
-                let m = route.len();
-                if m == 0 {
-                    continue;
-                }
-                for (j, &(t, _)) in route.iter().enumerate() {
-                    g[j * d..(j + 1) * d].copy_from_slice(&hn[t * d..(t + 1) * d]);
-                }
-                ex_w.up(ex, g, m, hid, s, None)?;
-                ex.mm(&ex_w.w2, hid, m, eo, s, None)?;
-                for (j, &(t, gate)) in route.iter().enumerate() {
-                    axpy(&mut moe[t * d..(t + 1) * d], gate, &eo[j * d..(j + 1) * d]);
-                }
-            }
-            add(&mut x[..nd], &moe[..nd]);
-        }
-        let _p = profile::span("classifier");
-        head.logits(ex, x, n, out, s)
+        self.run(ex, tokens, out)
     }
 }
 
