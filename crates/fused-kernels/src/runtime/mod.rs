@@ -37,6 +37,7 @@
 mod blocks;
 mod llama;
 mod load;
+mod phases;
 pub mod profile;
 mod rtn;
 mod ssm_moe;
@@ -136,20 +137,7 @@ impl Exec {
         self.mm_split(Split::Pool, w, x, n, y, s, norm)
     }
 
-    /// [`Exec::mm`] on the calling thread (work that is already one part of a pool job).
-    pub fn mm_here(
-        &self,
-        w: &PackedWeight,
-        x: &[f32],
-        n: usize,
-        y: &mut [f32],
-        s: &mut Scratch,
-        norm: Option<RmsNorm<'_>>,
-    ) -> Result<()> {
-        self.mm_split(Split::Here, w, x, n, y, s, norm)
-    }
-
-    /// [`Exec::mm`] or [`Exec::mm_here`], as `split` says.
+    /// [`Exec::mm`], or on the calling thread alone when `split` is [`Split::Here`].
     #[allow(clippy::too_many_arguments)]
     pub fn mm_split(
         &self,

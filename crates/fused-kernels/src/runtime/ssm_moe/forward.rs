@@ -13,53 +13,15 @@
 //! expert order — depends on that token alone, and a channel phase gives each part its own
 //! `Chans` (multiples of 16 channels); so the logits are bit-identical for any thread count.
 
-use std::sync::{Mutex, MutexGuard};
-
 use squish_core::{Error, Result};
 
 use super::{Chans, Layer, PartBufs, SSM_PAR_MIN, SsmRt};
-use crate::pool::{Disjoint, Pool, split};
+use crate::pool::{Disjoint, Pool};
+use crate::runtime::phases::{Tokens, lock};
 use crate::runtime::ssm_ops::{conv_silu, mul_silu, scan_t, softplus_bias};
 use crate::runtime::vecops::{add, axpy};
-use crate::runtime::{Exec, Logits, PAR_MIN_MACS, Split, profile};
+use crate::runtime::{Exec, Logits, Split, profile};
 use crate::scratch::RmsNorm;
-
-/// Locks `m`, ignoring poisoning (a panicking part re-raises on the caller anyway).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Runs a token phase over tokens `0..n`.
-struct Tokens<'a> {
-    n: usize,
-    parts: &'a [Mutex<PartBufs>],
-    /// The pool, when the batch is long enough and there is one [`PartBufs`] per thread.
-    pool: Option<&'a Pool>,
-}
-
-impl Tokens<'_> {
-    /// Calls `f(t0, t1, bufs)` for every part's non-empty token range `t0..t1` (on the pool) or
-    /// once for `0..n` (on this thread); returns the first error.
-    fn run(&self, f: &(dyn Fn(usize, usize, &mut PartBufs) -> Result<()> + Sync)) -> Result<()> {
-        let Some(p) = self.pool else {
-            return f(0, self.n, &mut lock(&self.parts[0]));
-        };
-        let parts = self.parts.len();
-        let first_err: Mutex<Option<Error>> = Mutex::new(None);
-        p.run(&|k| {
-            let (t0, t1) = split(self.n, parts, k, 1);
-            if t0 < t1
-                && let Err(e) = f(t0, t1, &mut lock(&self.parts[k]))
-            {
-                lock(&first_err).get_or_insert(e);
-            }
-        });
-        match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Runs `f` on every non-empty channel part of `l` (locked): on `pool`, or in order on this
 /// thread. A part is empty when there are more threads than 16-channel blocks.
@@ -101,8 +63,10 @@ struct MoeRows<'a> {
 /// Phase 5 on `m` tokens: `x += out_proj(y)`; then `x += Σ_e gate_e · expert_e(RMSNorm(x))`
 /// over each token's top-k experts (burn's tie rule: every expert with probability ≥ the k-th
 /// largest), gates renormalised over the chosen, experts in index order.
+#[allow(clippy::too_many_arguments)]
 fn out_proj_moe(
     ex: &Exec,
+    split: Split,
     l: &Layer,
     eps: f32,
     top_k: usize,
@@ -113,7 +77,7 @@ fn out_proj_moe(
     let PartBufs { s, sorted, routes } = pb;
     let d = l.out_proj.out();
     let md = m * d;
-    ex.mm_here(&l.out_proj, r.y, m, r.o, s, None)?;
+    ex.mm_split(split, &l.out_proj, r.y, m, r.o, s, None)?;
     add(&mut r.x[..md], &r.o[..md]);
     let sp = profile::span("moe norm + router + routing");
     for (hr, xr) in r.hn[..md]
@@ -125,7 +89,7 @@ fn out_proj_moe(
             .map_err(|e| Error::invalid(e.to_string()))?;
     }
     let ne = l.experts.len();
-    ex.mm_here(&l.router, r.hn, m, r.rl, s, None)?;
+    ex.mm_split(split, &l.router, r.hn, m, r.rl, s, None)?;
     let kk = top_k.min(ne);
     routes.iter_mut().for_each(Vec::clear);
     for t in 0..m {
@@ -153,8 +117,8 @@ fn out_proj_moe(
         for (j, &(t, _)) in route.iter().enumerate() {
             r.g[j * d..(j + 1) * d].copy_from_slice(&r.hn[t * d..(t + 1) * d]);
         }
-        expert.up(ex, Split::Here, r.g, me, r.hid, s, None)?;
-        ex.mm_here(&expert.w2, r.hid, me, r.eo, s, None)?;
+        expert.up(ex, split, r.g, me, r.hid, s, None)?;
+        ex.mm_split(split, &expert.w2, r.hid, me, r.eo, s, None)?;
         for (j, &(t, gate)) in route.iter().enumerate() {
             axpy(
                 &mut r.moe[t * d..(t + 1) * d],
@@ -206,13 +170,7 @@ impl SsmRt {
         }
         for l in layers.iter() {
             let di = l.di;
-            let tk = Tokens {
-                n,
-                parts,
-                pool: ex
-                    .pool_for(n * d * di, PAR_MIN_MACS)
-                    .filter(|p| p.threads() == parts.len()),
-            };
+            let tk = Tokens::new(ex, n, n * d * di, parts);
             let chans_pool = ex.pool_for(n * di * ns, SSM_PAR_MIN);
 
             // 1. tokens: in_proj, the SSM norm fused.
@@ -223,11 +181,20 @@ impl SsmRt {
                     weight: &l.ssm_norm,
                     eps,
                 };
-                tk.run(&|t0, t1, pb| {
+                tk.run(&|p| {
+                    let (t0, t1) = (p.t0, p.t1);
                     // SAFETY: tokens t0..t1 belong to this part alone.
                     let xzr = unsafe { xzd.range(t0 * 2 * di, t1 * 2 * di) };
                     let xs = &xr[t0 * d..t1 * d];
-                    ex.mm_here(&l.in_proj, xs, t1 - t0, xzr, &mut pb.s, Some(norm))
+                    ex.mm_split(
+                        p.split,
+                        &l.in_proj,
+                        xs,
+                        t1 - t0,
+                        xzr,
+                        &mut p.bufs.s,
+                        Some(norm),
+                    )
                 })?;
             }
             drop(sp);
@@ -260,8 +227,9 @@ impl SsmRt {
                 let dbcd = Disjoint::new(&mut dbc[..n * w]);
                 let dtd = Disjoint::new(&mut dt[..n * r]);
                 let dld = Disjoint::new(&mut delta[..n * di]);
-                tk.run(&|t0, t1, pb| {
-                    let m = t1 - t0;
+                tk.run(&|p| {
+                    let (t0, t1, m) = (p.t0, p.t1, p.t1 - p.t0);
+                    let s = &mut p.bufs.s;
                     // SAFETY: tokens t0..t1 belong to this part alone.
                     let (dbc, dt, dl) = unsafe {
                         (
@@ -270,11 +238,11 @@ impl SsmRt {
                             dld.range(t0 * di, t1 * di),
                         )
                     };
-                    ex.mm_here(&l.x_proj, &xcr[t0 * di..t1 * di], m, dbc, &mut pb.s, None)?;
+                    ex.mm_split(p.split, &l.x_proj, &xcr[t0 * di..t1 * di], m, dbc, s, None)?;
                     for j in 0..m {
                         dt[j * r..(j + 1) * r].copy_from_slice(&dbc[j * w..j * w + r]);
                     }
-                    ex.mm_here(&l.dt_proj, dt, m, dl, &mut pb.s, None)
+                    ex.mm_split(p.split, &l.dt_proj, dt, m, dl, s, None)
                 })?;
             }
             drop(sp);
@@ -316,7 +284,8 @@ impl SsmRt {
                         .map(|b| Disjoint::new(&mut b[..n * d]));
                 let rld = Disjoint::new(&mut rl[..n * ne]);
                 let hidd = Disjoint::new(&mut hid[..n * hmax]);
-                tk.run(&|t0, t1, pb| {
+                tk.run(&|p| {
+                    let (t0, t1) = (p.t0, p.t1);
                     let (a, b) = (t0 * d, t1 * d);
                     // SAFETY: tokens t0..t1 belong to this part alone, and so do its rows of the
                     // gather buffers (a range routes at most its own tokens to an expert).
@@ -333,7 +302,7 @@ impl SsmRt {
                             moe: moed.range(a, b),
                         }
                     };
-                    out_proj_moe(ex, l, eps, top_k, t1 - t0, rows, pb)
+                    out_proj_moe(ex, p.split, l, eps, top_k, t1 - t0, rows, p.bufs)
                 })?;
             }
             drop(sp);

@@ -3,6 +3,10 @@
 //! stacked Q/K/V GEMM + RoPE on interleaved pairs, GQA attention over a
 //! transposed KV cache, fused SwiGLU FFN, tied or separate classifier. Per-layer head counts
 //! and FFN widths come from the tensor shapes (head-pruned checkpoints keep `head_size`).
+//!
+//! A layer is three pool jobs (`runtime/phases.rs`): tokens (q ‖ k ‖ v, RoPE, cache writes),
+//! attention (query tokens of equal cost, `attention.rs`), tokens (wo + residual, the FFN +
+//! residual); so every token's work stays on one core from one hand-off to the next.
 
 use squish_core::checkpoint::Weights;
 use squish_core::config::LlamaConfig;
@@ -10,12 +14,17 @@ use squish_core::model::llama_names::layer_tensor_names;
 use squish_core::model::structure::residual_width;
 use squish_core::{Error, Result};
 
-use super::load::{self, Stacked};
-use super::profile;
-use super::vecops::{add, attend, attend_pair};
-use super::{Exec, Family, Head, Logits, Split, SwiGlu, reserve};
+mod attention;
+
 use crate::pool::{Disjoint, split};
+use crate::runtime::load::{self, Stacked};
+use crate::runtime::phases::Tokens;
+use crate::runtime::profile;
+use crate::runtime::vecops::add;
+use crate::runtime::{Exec, Family, Head, Logits, SwiGlu, reserve};
 use crate::scratch::{RmsNorm, Scratch};
+use attention::{ATT_PAR_MIN, Attn, rope, split_by_cost};
+use std::sync::Mutex;
 
 /// One transformer block.
 #[derive(Debug)]
@@ -73,6 +82,9 @@ pub(crate) struct LlamaRt {
     sc: Vec<f32>,
     /// `[threads, qd]` scaled queries of one token, per thread.
     qh: Vec<f32>,
+    /// One matmul scratch per thread (the token phases' parts).
+    parts: Vec<Mutex<Scratch>>,
+    /// The classifier's scratch.
     s: Scratch,
 }
 
@@ -153,19 +165,18 @@ impl LlamaRt {
             .map(|_| qd.max(kvd))
             .max()
             .unwrap_or(0);
+        // Every part's scratch can stage any matmul (and SwiGLU) of the layers for `cap` tokens.
+        let part_scratch = || {
+            let mut s = Scratch::new();
+            for l in &layers {
+                let ws = l.qkv.weights().into_iter().chain([&l.wo]);
+                reserve(&mut s, ws.chain(l.ffn.weights()), cap);
+                l.ffn.reserve(&mut s, cap);
+            }
+            Mutex::new(s)
+        };
+        let parts = (0..threads.max(1)).map(|_| part_scratch()).collect();
         let mut s = Scratch::new();
-        for l in &layers {
-            reserve(
-                &mut s,
-                l.qkv
-                    .weights()
-                    .into_iter()
-                    .chain([&l.wo])
-                    .chain(l.ffn.weights()),
-                cap,
-            );
-            l.ffn.reserve(&mut s, cap);
-        }
         reserve(&mut s, [&head.cls], cap);
         let ld = seq.next_multiple_of(8);
         let cache = c.n_layers * kvd * ld;
@@ -189,103 +200,10 @@ impl LlamaRt {
             hid: vec![0.0; cap * hmax],
             sc: vec![0.0; threads * 2 * ld],
             qh: vec![0.0; threads * qd],
+            parts,
             s,
             head,
         })
-    }
-}
-
-/// Rotates the interleaved pairs of every head in `v` (`[heads·hs]`).
-fn rope(v: &mut [f32], cos: &[f32], sin: &[f32], hs: usize) {
-    for head in v.chunks_exact_mut(hs) {
-        for (i, (c, s)) in cos.iter().zip(sin).enumerate() {
-            let (v0, v1) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = v0 * c - v1 * s;
-            head[2 * i + 1] = v0 * s + v1 * c;
-        }
-    }
-}
-
-/// Smallest attention (`Σ_t positions attended · query width`) split over the worker pool.
-const ATT_PAR_MIN: usize = 1 << 16;
-
-/// Token range of `part` when `n` tokens at positions `pos0..` are split into `parts` of about
-/// equal attention cost (token `t` attends `pos0 + t + 1` positions).
-fn split_by_cost(n: usize, pos0: usize, parts: usize, part: usize) -> (usize, usize) {
-    let cost = |t: usize| t * (2 * pos0 + t + 1) / 2; // Σ_{u<t} (pos0 + u + 1)
-    let total = cost(n);
-    let bound = |k: usize| {
-        if k >= parts {
-            return n;
-        }
-        let want = total * k / parts;
-        (0..=n).find(|&t| cost(t) >= want).unwrap_or(n)
-    };
-    (bound(part), bound(part + 1))
-}
-
-/// One layer's attention inputs: `q ‖ k ‖ v` rows and this layer's KV cache.
-struct Attn<'a> {
-    /// `[n, tot]` projected (and rotated) q ‖ k ‖ v.
-    qkv: &'a [f32],
-    tot: usize,
-    qd: usize,
-    /// `[nkv, hs, ld]` keys of this layer.
-    kc: &'a [f32],
-    /// `[nkv, hs, ld]` values of this layer.
-    vc: &'a [f32],
-    ld: usize,
-    hs: usize,
-    /// Query heads per KV head.
-    rep: usize,
-    pos0: usize,
-    scale: f32,
-}
-
-impl Attn<'_> {
-    /// Attention of tokens `t0..t1` for KV heads `kh0..kh1` (and their query heads) into
-    /// `out`: `[t1 − t0, qd]` for all heads, or the `[(kh1 − kh0)·rep·hs]` columns of those
-    /// heads of one token. `sc [2·ld]`, `qh [≥ qd]` are this part's scratch.
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        ops: &crate::Ops,
-        t0: usize,
-        t1: usize,
-        kh0: usize,
-        kh1: usize,
-        sc: &mut [f32],
-        qh: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let (hs, ld, rep, qd) = (self.hs, self.ld, self.rep, self.qd);
-        let c0 = kh0 * rep * hs;
-        let width = (kh1 - kh0) * rep * hs;
-        for t in t0..t1 {
-            let p = self.pos0 + t;
-            let q = &self.qkv[t * self.tot + c0..t * self.tot + c0 + width];
-            for (qv, v) in qh.iter_mut().zip(q) {
-                *qv = v * self.scale;
-            }
-            let orow = &mut out[(t - t0) * width..(t - t0 + 1) * width];
-            debug_assert!(width == qd || t1 - t0 == 1);
-            for kh in kh0..kh1 {
-                let kb = kh * hs * ld;
-                let (kt, vt) = (&self.kc[kb..kb + hs * ld], &self.vc[kb..kb + hs * ld]);
-                // GQA: the `rep` query heads of this KV head, in pairs (offsets within the part).
-                let (mut h, hend) = ((kh - kh0) * rep, (kh - kh0 + 1) * rep);
-                while h + 2 <= hend {
-                    let (a0, a1) = orow[h * hs..(h + 2) * hs].split_at_mut(hs);
-                    let qs = [&qh[h * hs..(h + 1) * hs], &qh[(h + 1) * hs..(h + 2) * hs]];
-                    attend_pair(ops, qs, kt, vt, ld, p + 1, sc, [a0, a1]);
-                    h += 2;
-                }
-                if h < hend {
-                    let o = &mut orow[h * hs..(h + 1) * hs];
-                    attend(ops, &qh[h * hs..(h + 1) * hs], kt, vt, ld, p + 1, sc, o);
-                }
-            }
-        }
     }
 }
 
@@ -323,7 +241,9 @@ impl Family for LlamaRt {
             hid,
             sc,
             qh,
+            parts,
             s,
+            cap,
             ..
         } = self;
         let (n, d, hs, ld, kvd_max) = (tokens.len(), head.d, *hs, *ld, *kvd_max);
@@ -343,47 +263,70 @@ impl Family for LlamaRt {
                 layers[l].wo.prefetch();
                 layers[l].ffn.weights().for_each(|w| w.prefetch());
             }
-            let layer = &mut layers[l];
-            let norm = Some(RmsNorm {
-                weight: &layer.attn_norm,
-                eps: *eps,
-            });
+            let layer = &layers[l];
+            let tk = Tokens::new(ex, n, n * d * tot, parts);
+            let lbase = l * kvd_max * ld;
+            // Tokens: q ‖ k ‖ v (attention norm fused), RoPE on q and k, k and v into the cache.
+            let sp = profile::span("qkv matmul");
             {
-                let _p = profile::span("qkv matmul");
-                match &layer.qkv {
-                    Stacked::Fused(w) => ex.mm(w, x, n, qkv, s, norm)?,
-                    Stacked::Split(ws) => {
-                        let mut col = 0;
-                        for w in ws {
-                            let r = w.out();
-                            ex.mm(w, x, n, part, s, norm)?;
-                            for t in 0..n {
-                                qkv[t * tot + col..t * tot + col + r]
-                                    .copy_from_slice(&part[t * r..(t + 1) * r]);
+                let xr = &x[..];
+                let norm = Some(RmsNorm {
+                    weight: &layer.attn_norm,
+                    eps: *eps,
+                });
+                let pl = part.len() / (*cap).max(1);
+                let (qkvd, partd) = (
+                    Disjoint::new(&mut qkv[..n * tot]),
+                    Disjoint::new(&mut part[..n * pl]),
+                );
+                let (kcd, vcd) = (Disjoint::new(&mut kc[..]), Disjoint::new(&mut vc[..]));
+                let (cos, sin) = (&cos[..], &sin[..]);
+                tk.run(&|p| {
+                    let (t0, t1, m, s) = (p.t0, p.t1, p.t1 - p.t0, &mut *p.bufs);
+                    let xs = &xr[t0 * d..t1 * d];
+                    // SAFETY: tokens t0..t1 belong to this part alone.
+                    let qkv = unsafe { qkvd.range(t0 * tot, t1 * tot) };
+                    match &layer.qkv {
+                        Stacked::Fused(w) => ex.mm_split(p.split, w, xs, m, qkv, s, norm)?,
+                        Stacked::Split(ws) => {
+                            // SAFETY: as above.
+                            let part = unsafe { partd.range(t0 * pl, t1 * pl) };
+                            let mut col = 0;
+                            for w in ws {
+                                let r = w.out();
+                                ex.mm_split(p.split, w, xs, m, part, s, norm)?;
+                                for t in 0..m {
+                                    qkv[t * tot + col..t * tot + col + r]
+                                        .copy_from_slice(&part[t * r..(t + 1) * r]);
+                                }
+                                col += r;
                             }
-                            col += r;
                         }
                     }
-                }
+                    let _rope = profile::span("rope + kv cache");
+                    for t in 0..m {
+                        let pos = pos0 + t0 + t;
+                        let row = &mut qkv[t * tot..(t + 1) * tot];
+                        rope(
+                            &mut row[..qd + kvd],
+                            &cos[pos * half..(pos + 1) * half],
+                            &sin[pos * half..(pos + 1) * half],
+                            hs,
+                        );
+                        for j in 0..kvd {
+                            let i = lbase + j * ld + pos;
+                            // SAFETY: position `pos` (column of the cache) is this part's
+                            // token alone; nothing reads the cache during the phase.
+                            unsafe {
+                                kcd.range(i, i + 1)[0] = row[qd + j];
+                                vcd.range(i, i + 1)[0] = row[qd + kvd + j];
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
             }
-            let lbase = l * kvd_max * ld;
-            let rope_span = profile::span("rope + kv cache");
-            for t in 0..n {
-                let p = pos0 + t;
-                let row = &mut qkv[t * tot..(t + 1) * tot];
-                // RoPE on q (nh heads) and k (nkv heads), right after the projection.
-                rope(
-                    &mut row[..qd + kvd],
-                    &cos[p * half..(p + 1) * half],
-                    &sin[p * half..(p + 1) * half],
-                    hs,
-                );
-                for j in 0..kvd {
-                    kc[lbase + j * ld + p] = row[qd + j];
-                    vc[lbase + j * ld + p] = row[qd + kvd + j];
-                }
-            }
-            drop(rope_span);
+            drop(sp);
             {
                 let _p = profile::span("attention");
                 let a = Attn {
@@ -439,24 +382,43 @@ impl Family for LlamaRt {
                     }
                 }
             }
+            // Tokens: wo + residual, then the FFN (its norm fused) + residual.
+            let sp = profile::span("wo matmul");
             {
-                let _p = profile::span("wo matmul");
-                ex.mm(&layer.wo, att, n, o, s, None)?;
+                let att = &att[..];
+                let norm = Some(RmsNorm {
+                    weight: &layer.ffn_norm,
+                    eps: *eps,
+                });
+                let hl = hid.len() / (*cap).max(1);
+                let (xd, od) = (
+                    Disjoint::new(&mut x[..n * d]),
+                    Disjoint::new(&mut o[..n * d]),
+                );
+                let hidd = Disjoint::new(&mut hid[..n * hl]);
+                tk.run(&|p| {
+                    let (t0, t1, m, s) = (p.t0, p.t1, p.t1 - p.t0, &mut *p.bufs);
+                    // SAFETY: tokens t0..t1 belong to this part alone.
+                    let (x, o, hid) = unsafe {
+                        (
+                            xd.range(t0 * d, t1 * d),
+                            od.range(t0 * d, t1 * d),
+                            hidd.range(t0 * hl, t1 * hl),
+                        )
+                    };
+                    ex.mm_split(p.split, &layer.wo, &att[t0 * qd..t1 * qd], m, o, s, None)?;
+                    add(x, o);
+                    {
+                        let _p = profile::span("ffn w1/w3 matmul + swiglu");
+                        layer.ffn.up(ex, p.split, x, m, hid, s, norm)?;
+                    }
+                    let _p = profile::span("ffn w2 matmul");
+                    ex.mm_split(p.split, &layer.ffn.w2, hid, m, o, s, None)?;
+                    add(x, o);
+                    Ok(())
+                })?;
             }
-            add(&mut x[..n * d], &o[..n * d]);
-            let norm = Some(RmsNorm {
-                weight: &layer.ffn_norm,
-                eps: *eps,
-            });
-            {
-                let _p = profile::span("ffn w1/w3 matmul + swiglu");
-                layer.ffn.up(ex, Split::Pool, x, n, hid, s, norm)?;
-            }
-            {
-                let _p = profile::span("ffn w2 matmul");
-                ex.mm(&layer.ffn.w2, hid, n, o, s, None)?;
-            }
-            add(&mut x[..n * d], &o[..n * d]);
+            drop(sp);
         }
         let _p = profile::span("classifier");
         head.logits(ex, x, n, out, s)
