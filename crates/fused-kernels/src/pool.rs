@@ -7,6 +7,8 @@
 //! (the closure may borrow the caller's stack, like `std::thread::scope`). Parts are claimed
 //! from an atomic counter by whichever thread is free, the caller included: on a host where a
 //! worker is descheduled (shared cores), the caller runs its parts instead of waiting for it.
+//! A worker that wakes up on its caller's CPU moves itself to another CPU of its mask once
+//! (Linux; the mask is restored, nothing is pinned): see `cpu`.
 //! Which thread runs a part never changes what it computes: callers split work by part index,
 //! so results are identical for any thread count. A pool that is already running a job
 //! (another thread's, or a nested call from inside a part) runs the parts one after another on
@@ -43,6 +45,8 @@ struct Shared {
     quit: AtomicBool,
     /// A worker's part panicked (re-raised on the calling thread).
     panicked: AtomicBool,
+    /// The CPU the caller of the current job runs on (`usize::MAX` = unknown).
+    caller_cpu: AtomicUsize,
 }
 
 // SAFETY: `job` is written by the single caller holding `Pool::busy` before `next` is reset to
@@ -82,6 +86,7 @@ impl Pool {
             wake: Condvar::new(),
             quit: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
+            caller_cpu: AtomicUsize::new(usize::MAX),
         });
         let mut pool = Pool {
             shared,
@@ -127,6 +132,7 @@ impl Pool {
         unsafe { *sh.job.get() = Some(job) };
         sh.parts.store(n, Ordering::Relaxed);
         sh.done.store(0, Ordering::Relaxed);
+        sh.caller_cpu.store(cpu::current(), Ordering::Relaxed);
         sh.next.store(0, Ordering::SeqCst);
         sh.epoch.fetch_add(1, Ordering::SeqCst);
         if sh.sleepers.load(Ordering::SeqCst) > 0 {
@@ -201,6 +207,10 @@ fn worker(sh: &Shared) {
         if sh.quit.load(Ordering::Acquire) {
             return;
         }
+        let caller = sh.caller_cpu.load(Ordering::Relaxed);
+        if caller != usize::MAX && cpu::current() == caller {
+            cpu::move_off(caller);
+        }
         loop {
             let k = sh.next.fetch_add(1, Ordering::AcqRel);
             if k >= sh.parts.load(Ordering::Acquire) {
@@ -217,6 +227,54 @@ fn worker(sh: &Shared) {
             sh.done.fetch_add(1, Ordering::AcqRel);
         }
     }
+}
+
+/// Where threads run. A worker woken from its park is often placed on the CPU of the thread that
+/// woke it (the scheduler's wake-affine heuristic), and on a small VM the idle CPU may not pull it
+/// over before the job ends: the two then share one CPU and the job takes as long as on one
+/// thread, or longer (measured on the 2-vCPU host: 2-thread prefill at 0.4–1.0× of 1 thread in
+/// about half of the runs). A worker that finds itself on its caller's CPU moves off it once.
+mod cpu {
+    /// The CPU this thread runs on (`usize::MAX` if unknown).
+    #[cfg(target_os = "linux")]
+    pub fn current() -> usize {
+        // SAFETY: sched_getcpu takes no arguments and only reads the thread's CPU.
+        let c = unsafe { libc::sched_getcpu() };
+        usize::try_from(c).unwrap_or(usize::MAX)
+    }
+
+    /// Migrates this thread to another CPU of its affinity mask than `cpu` (if it has one),
+    /// then restores the mask, so the thread is not pinned.
+    #[cfg(target_os = "linux")]
+    pub fn move_off(cpu: usize) {
+        // SAFETY: cpu_set_t is plain data (all-zero is the empty set); the libc calls get a
+        // valid pointer and its size, and CPU_* touch bits below CPU_SETSIZE only (checked).
+        unsafe {
+            let mut mask: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            if libc::sched_getaffinity(0, size, &mut mask) != 0
+                || cpu >= libc::CPU_SETSIZE as usize
+                || libc::CPU_COUNT(&mask) < 2
+            {
+                return;
+            }
+            let mut others = mask;
+            libc::CPU_CLR(cpu, &mut others);
+            if libc::sched_setaffinity(0, size, &others) == 0 {
+                libc::sched_setaffinity(0, size, &mask);
+            }
+        }
+    }
+
+    /// Unknown off Linux.
+    #[cfg(not(target_os = "linux"))]
+    pub fn current() -> usize {
+        usize::MAX
+    }
+
+    /// Nothing to do off Linux.
+    #[cfg(not(target_os = "linux"))]
+    pub fn move_off(_cpu: usize) {}
 }
 
 /// Splits `0..len` into `parts` contiguous ranges whose inner bounds are multiples of `align`;
@@ -332,6 +390,37 @@ mod tests {
         });
         // The poisoned `busy` lock makes later jobs run serially, still complete.
         assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    /// Moving a worker off its caller's CPU leaves it unpinned: its affinity mask is the same
+    /// afterwards, and the CPU it reports is one the mask allows.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn moving_off_a_cpu_restores_the_affinity_mask() {
+        let mask = || {
+            // SAFETY: all-zero cpu_set_t is the empty set; valid pointer and size.
+            unsafe {
+                let mut m: libc::cpu_set_t = std::mem::zeroed();
+                let size = std::mem::size_of::<libc::cpu_set_t>();
+                assert_eq!(libc::sched_getaffinity(0, size, &mut m), 0);
+                (0..libc::CPU_SETSIZE as usize)
+                    .filter(|&c| libc::CPU_ISSET(c, &m))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let before = mask();
+        let here = cpu::current();
+        assert!(
+            before.contains(&here),
+            "running on CPU {here}, mask {before:?}"
+        );
+        cpu::move_off(here);
+        assert_eq!(mask(), before);
+        let now = cpu::current();
+        assert!(
+            before.contains(&now),
+            "running on CPU {now}, mask {before:?}"
+        );
     }
 
     #[test]
