@@ -13,6 +13,8 @@
 //! expert order — depends on that token alone, and a channel phase gives each part its own
 //! `Chans` (multiples of 16 channels); so the logits are bit-identical for any thread count.
 
+use std::sync::Mutex;
+
 use squish_core::{Error, Result};
 
 use super::{Chans, Layer, PartBufs, SSM_PAR_MIN, SsmRt};
@@ -23,18 +25,23 @@ use crate::runtime::vecops::{add, axpy};
 use crate::runtime::{Exec, Logits, Split, profile};
 use crate::scratch::RmsNorm;
 
-/// Runs `f` on every non-empty channel part of `l` (locked): on `pool`, or in order on this
-/// thread. A part is empty when there are more threads than 16-channel blocks.
-fn each_chans(l: &Layer, pool: Option<&Pool>, f: &(dyn Fn(&mut Chans) + Sync)) {
-    let run = |part: usize| {
-        let mut g = lock(&l.chans[part]);
-        if g.c0 != g.c1 {
-            f(&mut g);
+/// Runs `f` on every non-empty channel part of a layer: on `pool` (each part locked), or in
+/// order on this thread (no locks). A part is empty when there are more threads than 16-channel
+/// blocks.
+fn each_chans(chans: &mut [Mutex<Chans>], pool: Option<&Pool>, f: &(dyn Fn(&mut Chans) + Sync)) {
+    let nonempty = |c: &mut Chans| {
+        if c.c0 != c.c1 {
+            f(c);
         }
     };
     match pool {
-        Some(p) if p.threads() == l.chans.len() => p.run(&run),
-        _ => (0..l.chans.len()).for_each(run),
+        Some(p) if p.threads() == chans.len() => {
+            let chans = &*chans;
+            p.run(&|part| nonempty(&mut lock(&chans[part])));
+        }
+        _ => chans
+            .iter_mut()
+            .for_each(|c| nonempty(c.get_mut().unwrap_or_else(|e| e.into_inner()))),
     }
 }
 
@@ -168,7 +175,7 @@ impl SsmRt {
             let _p = profile::span("embedding");
             head.embed(tokens, x)?;
         }
-        for l in layers.iter() {
+        for l in layers.iter_mut() {
             let di = l.di;
             let tk = Tokens::new(ex, n, n * d * di, parts);
             let chans_pool = ex.pool_for(n * di * ns, SSM_PAR_MIN);
@@ -203,7 +210,7 @@ impl SsmRt {
             let sp = profile::span("conv + silu");
             {
                 let (xz, xcd) = (&xz[..], Disjoint::new(&mut xc[..n * di]));
-                each_chans(l, chans_pool, &|ch| {
+                each_chans(&mut l.chans, chans_pool, &|ch| {
                     let (c0, c1) = (ch.c0, ch.c1);
                     for t in 0..n {
                         let xin = &xz[t * 2 * di + c0..t * 2 * di + c1];
@@ -253,7 +260,7 @@ impl SsmRt {
                 let (xz, xc, dbc) = (&xz[..], &xc[..], &dbc[..]);
                 let dd = Disjoint::new(&mut delta[..n * di]);
                 let yd = Disjoint::new(&mut y[..n * di]);
-                each_chans(l, chans_pool, &|ch| {
+                each_chans(&mut l.chans, chans_pool, &|ch| {
                     let (c0, c1) = (ch.c0, ch.c1);
                     for t in 0..n {
                         // SAFETY: token t's channels c0..c1 belong to this part alone.
