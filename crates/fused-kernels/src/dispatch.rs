@@ -78,6 +78,23 @@ fn runnable(level: SimdLevel) -> bool {
     }
 }
 
+/// True if the CPU has AVX-512 VBMI (`vpermb`), which the codebook × int8 kernels use inside the
+/// `Avx512Vnni` level when present (`avx2::q4il_rows_vbmi`; same bits as without).
+pub(crate) fn has_vbmi() -> bool {
+    static VBMI: OnceLock<bool> = OnceLock::new();
+    *VBMI.get_or_init(vbmi_feature)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn vbmi_feature() -> bool {
+    std::arch::is_x86_feature_detected!("avx512vbmi")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn vbmi_feature() -> bool {
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 fn avx2_features() -> bool {
     std::arch::is_x86_feature_detected!("avx2")

@@ -338,6 +338,11 @@ pub(crate) fn run_rows(
             #[cfg(target_arch = "x86_64")]
             match level {
                 // SAFETY: `level` comes from dispatch::resolve: AVX2+FMA+F16C and AVX-512
+                // F/BW/VL + VNNI were detected; `has_vbmi` detected AVX-512 VBMI.
+                SimdLevel::Avx512Vnni if q.bits == 4 && q.lut.is_some() && dispatch::has_vbmi() => unsafe {
+                    return crate::avx2::q4il_rows_vbmi(q, w.out, xq, ld, a, b, n, r0, r1, y, ldy);
+                },
+                // SAFETY: `level` comes from dispatch::resolve: AVX2+FMA+F16C and AVX-512
                 // F/BW/VL + VNNI were detected.
                 SimdLevel::Avx512Vnni if q.bits == 4 => unsafe {
                     return crate::avx2::q4il_rows_vnni(q, w.out, xq, ld, a, b, n, r0, r1, y, ldy);

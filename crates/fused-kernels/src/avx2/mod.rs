@@ -19,7 +19,7 @@ mod q4il_ops;
 mod quant;
 pub(crate) mod ssm;
 pub(crate) use cb::cb_rows;
-pub(crate) use q4il::{q4il_rows, q4il_rows_vnni};
+pub(crate) use q4il::{q4il_rows, q4il_rows_vbmi, q4il_rows_vnni};
 pub(crate) use quant::{check_tile, finish_q8, q8_rows, qf_rows};
 
 /// Runs a tile kernel over tokens `0..n` and rows `r0..r1`: rows are walked in

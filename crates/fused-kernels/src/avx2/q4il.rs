@@ -61,8 +61,8 @@ pub(crate) unsafe fn q4il_rows(
     // SAFETY: AVX2 + FMA + F16C (this function's contract).
     unsafe {
         match q.lut {
-            None => rows::<false, 4, false>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
-            Some(_) => rows::<false, 4, true>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
+            None => rows::<false, 4, false, false>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
+            Some(_) => rows::<false, 4, true, false>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
         }
     }
 }
@@ -90,20 +90,50 @@ pub(crate) unsafe fn q4il_rows_vnni(
     // SAFETY: every feature the VNNI body needs (this function's contract).
     unsafe {
         match q.lut {
-            None => rows::<true, 8, false>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
-            Some(_) => rows::<true, 8, true>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
+            None => rows::<true, 8, false, false>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
+            Some(_) => rows::<true, 8, true, false>(q, out, xq, ld, a, b, n, r0, r1, y, ldy),
         }
     }
 }
 
-/// The body of [`q4il_rows`] (`V = false`, `TT = 4`) and [`q4il_rows_vnni`] (`V = true`,
-/// `TT = 8`), inlined into their feature sets; `L` when the nibbles go through `q.lut`.
+/// [`q4il_rows_vnni`] for codebook weights (`q.lut`) on CPUs with AVX-512 VBMI: the nibbles are
+/// decoded with `vpermb` (see `q4il_ops::decode`). Same integer sums, so the same bits.
+///
+/// # Safety
+/// AVX2 + FMA + F16C + AVX-512 F/BW/VL/VNNI/VBMI must be available. All other preconditions
+/// are asserted.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn q4il_rows_vbmi(
+    q: &QuantRepr,
+    out: usize,
+    xq: &[i8], // [n, ld] (INT4 staging order)
+    ld: usize,
+    a: &[f32], // [n, ng]
+    b: &[f32], // [n, ng]
+    n: usize,
+    r0: usize,
+    r1: usize,
+    y: &mut [f32], // [n, ldy]
+    ldy: usize,
+) {
+    assert!(
+        q.lut.is_some(),
+        "q4il_rows_vbmi decodes codebook weights only"
+    );
+    // SAFETY: every feature the VBMI body needs (this function's contract).
+    unsafe { rows::<true, 8, true, true>(q, out, xq, ld, a, b, n, r0, r1, y, ldy) }
+}
+
+/// The body of [`q4il_rows`] (`V = false`, `TT = 4`), [`q4il_rows_vnni`] (`V = true`,
+/// `TT = 8`) and [`q4il_rows_vbmi`] (`P = true`), inlined into their feature sets; `L` when the
+/// nibbles go through `q.lut`, `P` when they are decoded with `vpermb`.
 ///
 /// # Safety
 /// The caller's features (see the wrappers).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows<const V: bool, const TT: usize, const L: bool>(
+unsafe fn rows<const V: bool, const TT: usize, const L: bool, const P: bool>(
     q: &QuantRepr,
     out: usize,
     xq: &[i8], // [n, ld] (INT4 staging order)
@@ -128,7 +158,7 @@ unsafe fn rows<const V: bool, const TT: usize, const L: bool>(
     assert!(n == 0 || (n - 1) * ldy + (r1 - r0) <= y.len());
     if n == 1 {
         // SAFETY: bounds asserted above.
-        unsafe { gemv::<V, L>(q, xq, a, b, r0, r1, y) };
+        unsafe { gemv::<V, L, P>(q, xq, a, b, r0, r1, y) };
         return;
     }
     for blk in r0 / IL_ROWS..r1.div_ceil(IL_ROWS) {
@@ -137,7 +167,7 @@ unsafe fn rows<const V: bool, const TT: usize, const L: bool>(
         let mut t = 0;
         while t + TT <= n {
             // SAFETY: blk < blocks, t + TT <= n; sizes asserted above.
-            let acc = unsafe { tile::<V, TT, L>(q, blk, xq, ld, a, b, t) };
+            let acc = unsafe { tile::<V, TT, L, P>(q, blk, xq, ld, a, b, t) };
             for (j, v) in acc.iter().enumerate() {
                 // SAFETY: the caller's features include AVX2 + FMA + F16C.
                 unsafe { store(y, (t + j) * ldy, rb, lo, hi, r0, *v) };
@@ -146,7 +176,7 @@ unsafe fn rows<const V: bool, const TT: usize, const L: bool>(
         }
         while t + 4 <= n {
             // SAFETY: blk < blocks, t + 4 <= n; sizes asserted above.
-            let acc = unsafe { tile::<V, 4, L>(q, blk, xq, ld, a, b, t) };
+            let acc = unsafe { tile::<V, 4, L, P>(q, blk, xq, ld, a, b, t) };
             for (j, v) in acc.iter().enumerate() {
                 // SAFETY: as above.
                 unsafe { store(y, (t + j) * ldy, rb, lo, hi, r0, *v) };
@@ -155,7 +185,7 @@ unsafe fn rows<const V: bool, const TT: usize, const L: bool>(
         }
         while t < n {
             // SAFETY: blk < blocks, t < n; sizes asserted above.
-            let acc = unsafe { tile::<V, 1, L>(q, blk, xq, ld, a, b, t) };
+            let acc = unsafe { tile::<V, 1, L, P>(q, blk, xq, ld, a, b, t) };
             // SAFETY: as above.
             unsafe { store(y, t * ldy, rb, lo, hi, r0, acc[0]) };
             t += 1;
@@ -170,7 +200,7 @@ unsafe fn rows<const V: bool, const TT: usize, const L: bool>(
 /// 128 code bytes at `wp` and activations `x + SUB_OFF[s] .. + 8` readable; AVX2 (+ VNNI
 /// when `V`).
 #[inline(always)]
-unsafe fn chunk1<const V: bool, const L: bool>(
+unsafe fn chunk1<const V: bool, const L: bool, const P: bool>(
     wp: *const u8,
     x: *const i8,
     m: __m256i,
@@ -180,7 +210,7 @@ unsafe fn chunk1<const V: bool, const L: bool>(
     unsafe {
         let mut sum = ISum::zero();
         for (s, off) in SUB_OFF.into_iter().enumerate() {
-            let w = decode::<V, L>(_mm256_loadu_si256(wp.add(s * 32) as *const __m256i), m, t);
+            let w = decode::<V, L, P>(_mm256_loadu_si256(wp.add(s * 32) as *const __m256i), m, t);
             let xl = _mm256_set1_epi32((x.add(off) as *const i32).read_unaligned());
             let xh = _mm256_set1_epi32((x.add(off + 4) as *const i32).read_unaligned());
             sum.madd2::<V, L>(&w, xl, xh);
@@ -196,7 +226,7 @@ unsafe fn chunk1<const V: bool, const L: bool>(
 /// # Safety
 /// AVX2 + FMA + F16C (+ VNNI when `V`); the bounds asserted by [`q4il_rows`] for `n = 1`.
 #[inline(always)]
-unsafe fn gemv<const V: bool, const L: bool>(
+unsafe fn gemv<const V: bool, const L: bool, const P: bool>(
     q: &QuantRepr,
     xq: &[i8],
     a: &[f32],
@@ -223,7 +253,7 @@ unsafe fn gemv<const V: bool, const L: bool>(
                 for c in 0..cpg {
                     isum = _mm256_add_epi32(
                         isum,
-                        chunk1::<V, L>(wp, x.add(chunk_off(g * cpg + c)), m, &tabs),
+                        chunk1::<V, L, P>(wp, x.add(chunk_off(g * cpg + c)), m, &tabs),
                     );
                     wp = wp.add(4 * 32);
                 }
@@ -285,7 +315,7 @@ const SUB_OFF: [usize; 4] = [0, 8, CHUNK, CHUNK + 8];
 /// of its blocks and `t + T <= n` (the reads below are unchecked).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const V: bool, const T: usize, const L: bool>(
+unsafe fn tile<const V: bool, const T: usize, const L: bool, const P: bool>(
     q: &QuantRepr,
     blk: usize,
     xq: &[i8],
@@ -318,7 +348,7 @@ unsafe fn tile<const V: bool, const T: usize, const L: bool>(
                 let xo = chunk_off(ch);
                 for (s, off) in SUB_OFF.into_iter().enumerate() {
                     let w = _mm256_loadu_si256(wp.add(s * 32) as *const __m256i);
-                    let w = decode::<V, L>(w, m, &tabs);
+                    let w = decode::<V, L, P>(w, m, &tabs);
                     for j in 0..T {
                         let x = xp[j].add(xo + off);
                         let xl = _mm256_set1_epi32((x as *const i32).read_unaligned());
@@ -341,5 +371,72 @@ unsafe fn tile<const V: bool, const T: usize, const L: bool>(
             }
         }
         acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codebook::CodebookParts;
+    use crate::dispatch::{self, SimdLevel};
+    use crate::pack::PackedWeight;
+    use crate::scratch::{Scratch, Staged};
+    use half::f16;
+    use squish_core::codebook::CbTensor;
+    use squish_core::data::Rng;
+
+    /// On a CPU with VBMI the runtime takes the `vpermb` decode for codebook weights, so the
+    /// `vpshufb` one of the same VNNI kernel is compared with it here: the same bits for 2/3/4-bit
+    /// codes on widths 1, 17, 64, 172 (short last groups) and 1–17 tokens (GEMV and every tile).
+    #[test]
+    fn vbmi_decode_equals_the_pshufb_decode() {
+        if dispatch::detect() != SimdLevel::Avx512Vnni || !dispatch::has_vbmi() {
+            return;
+        }
+        let mut rng = Rng::new(8);
+        for bits in 2..=4u32 {
+            for &inp in &[1usize, 17, 64, 172] {
+                for &group in &[inp, 16.min(inp), 64.min(inp)] {
+                    let rows = 13;
+                    let mut levels: Vec<f32> =
+                        (0..1 << bits).map(|_| rng.f32() * 2.0 - 1.0).collect();
+                    levels.sort_by(f32::total_cmp);
+                    let codes: Vec<u8> = (0..rows * inp)
+                        .map(|_| rng.below(1 << bits) as u8)
+                        .collect();
+                    let scales = (0..rows * inp.div_ceil(group))
+                        .map(|_| f16::from_f32(0.01 + rng.f32()))
+                        .collect();
+                    let c = CbTensor::from_codes(bits, rows, inp, group, &codes, scales, levels)
+                        .unwrap();
+                    let w = PackedWeight::from_codebook(CodebookParts {
+                        bits,
+                        out: rows,
+                        inp,
+                        group,
+                        codes: &c.codes,
+                        scales: &c.scales,
+                        levels: &c.levels,
+                    })
+                    .unwrap();
+                    let q = w.q8_repr().unwrap();
+                    for n in [1usize, 3, 4, 8, 9, 17] {
+                        let x: Vec<f32> = (0..n * inp).map(|_| rng.f32() * 2.0 - 1.0).collect();
+                        let mut s = Scratch::new();
+                        let Staged::Q8 { xq, ld, a, b, .. } = s.stage_q8(&w, &x, n, None, true)
+                        else {
+                            unreachable!("int8 staging")
+                        };
+                        let mut y = [vec![0f32; n * rows], vec![0f32; n * rows]];
+                        // SAFETY: AVX-512 VNNI and VBMI (with AVX2/FMA/F16C/F/BW/VL) detected above.
+                        unsafe {
+                            q4il_rows_vnni(q, rows, xq, ld, a, b, n, 0, rows, &mut y[0], rows);
+                            q4il_rows_vbmi(q, rows, xq, ld, a, b, n, 0, rows, &mut y[1], rows);
+                        }
+                        assert!(y[0] == y[1], "cb{bits} in={inp} g={group} n={n}");
+                    }
+                }
+            }
+        }
     }
 }
