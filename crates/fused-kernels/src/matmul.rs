@@ -116,6 +116,85 @@ impl PackedWeight {
     }
 }
 
+/// Activations normed and quantized to int8 once for several weights that read the same
+/// staging ([`stage_shared`]), e.g. Q/K/V or gate/up whose codebooks differ, so they cannot be
+/// stacked into one weight.
+pub(crate) struct SharedStage<'s> {
+    st: Staged<'s>,
+    n: usize,
+    level: SimdLevel,
+    key: StagingKey,
+}
+
+/// What an int8 staging depends on: input width, code width and group layout.
+type StagingKey = (usize, usize, usize, usize, usize, usize);
+
+impl PackedWeight {
+    /// The int8 staging this weight reads (`None`: no int8 form).
+    fn staging_key(&self) -> Option<StagingKey> {
+        self.q8_repr()
+            .map(|q| (self.inp, q.bits, q.group, q.n_groups, q.gp, q.row_chunks))
+    }
+}
+
+/// Stages `x [n, in]` (optionally normed) to int8 once for `ws`, on the calling thread; `None`
+/// when the weights do not all read the same staging (then each is run on its own).
+pub(crate) fn stage_shared<'s, 'w>(
+    ws: impl IntoIterator<Item = &'w PackedWeight>,
+    x: &'s [f32], // [n, in]
+    n: usize,
+    scratch: &'s mut Scratch,
+    norm: Option<RmsNorm<'_>>,
+    level: SimdLevel,
+) -> Result<Option<SharedStage<'s>>> {
+    let mut ws = ws.into_iter();
+    let Some(w0) = ws.next() else {
+        return Ok(None);
+    };
+    let Some(key) = w0.staging_key() else {
+        return Ok(None);
+    };
+    if ws.any(|w| w.staging_key() != Some(key)) {
+        return Ok(None);
+    }
+    check_len("x", n * w0.inp, x.len())?;
+    if let Some(nm) = norm {
+        check_len("norm weight", w0.inp, nm.weight.len())?;
+    }
+    let level = dispatch::resolve(Some(level));
+    let st = scratch.stage_q8(w0, x, n, norm, dispatch::has_avx2(level));
+    Ok(Some(SharedStage { st, n, level, key }))
+}
+
+impl SharedStage<'_> {
+    /// `y[t·ldy + r] = (W · x_t)[r]` for one of the weights the activations were staged for.
+    pub(crate) fn run(&self, w: &PackedWeight, y: &mut [f32], ldy: usize) -> Result<()> {
+        if w.staging_key() != Some(self.key) {
+            return Err(crate::error::KernelError::Shape(
+                "SharedStage::run: the weight reads another staging".into(),
+            ));
+        }
+        if self.n > 0 {
+            if ldy < w.out {
+                return Err(crate::error::KernelError::Shape(format!(
+                    "output stride {ldy} < {} rows",
+                    w.out
+                )));
+            }
+            let need = (self.n - 1) * ldy + w.out;
+            if y.len() < need {
+                return Err(crate::error::KernelError::Length {
+                    what: "y",
+                    expected: need,
+                    got: y.len(),
+                });
+            }
+            run_rows(self.level, w, self.st, self.n, 0, w.out, y, ldy);
+        }
+        Ok(())
+    }
+}
+
 /// Several tokens on a pool: every part stages its own tokens (the staging of a token depends
 /// on that token alone, so the same bits as staging all of them first) and multiplies them, so
 /// the staging is split too and its rows stay in the cache of the core that reads them. The
@@ -379,5 +458,93 @@ pub(crate) fn run_rows(
             }
             crate::codebook::cb_rows(q, inp, x, ld, n, r0, r1, y, ldy)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codebook::CodebookParts;
+    use half::f16;
+    use squish_core::codebook::CbTensor;
+    use squish_core::data::Rng;
+
+    /// A 4-bit codebook weight `[out, inp]` (group 16) with its own random levels.
+    fn cb4(rng: &mut Rng, out: usize, inp: usize) -> PackedWeight {
+        let mut levels: Vec<f32> = (0..16).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        levels.sort_by(f32::total_cmp);
+        let codes: Vec<u8> = (0..out * inp).map(|_| rng.below(16) as u8).collect();
+        let scales = (0..out * inp.div_ceil(16))
+            .map(|_| f16::from_f32(0.01 + rng.f32()))
+            .collect();
+        let c = CbTensor::from_codes(4, out, inp, 16, &codes, scales, levels).unwrap();
+        PackedWeight::from_codebook(CodebookParts {
+            bits: 4,
+            out,
+            inp,
+            group: 16,
+            codes: &c.codes,
+            scales: &c.scales,
+            levels: &c.levels,
+        })
+        .unwrap()
+    }
+
+    /// Staging once for weights with different codebooks (Q/K/V-like, written side by side into
+    /// one row) gives each weight's own int8 matmul bit for bit; other stagings are refused.
+    #[test]
+    fn shared_staging_equals_staging_per_weight() {
+        let mut rng = Rng::new(3);
+        let (inp, outs) = (40, [24usize, 8, 8]);
+        let ws: Vec<PackedWeight> = outs.iter().map(|&o| cb4(&mut rng, o, inp)).collect();
+        let nw: Vec<f32> = (0..inp).map(|_| 0.5 + rng.f32()).collect();
+        let norm = Some(RmsNorm {
+            weight: &nw,
+            eps: 1e-5,
+        });
+        let tot: usize = outs.iter().sum();
+        for level in dispatch::supported() {
+            for n in [1usize, 5, 9] {
+                let x: Vec<f32> = (0..n * inp).map(|_| rng.f32() * 2.0 - 1.0).collect();
+                let opts = MatOpts {
+                    act: Activations::Int8,
+                    level: Some(level),
+                    norm,
+                    threads: 1,
+                };
+                let mut want = vec![0f32; n * tot];
+                let mut col = 0;
+                for w in &ws {
+                    let mut y = vec![0f32; n * w.out];
+                    w.matmul_opts(&x, n, &mut y, &mut Scratch::new(), &opts)
+                        .unwrap();
+                    for t in 0..n {
+                        want[t * tot + col..t * tot + col + w.out]
+                            .copy_from_slice(&y[t * w.out..(t + 1) * w.out]);
+                    }
+                    col += w.out;
+                }
+                let mut s = Scratch::new();
+                let sh = stage_shared(&ws, &x, n, &mut s, norm, level)
+                    .unwrap()
+                    .expect("same staging");
+                let mut got = vec![0f32; n * tot];
+                let mut col = 0;
+                for w in &ws {
+                    sh.run(w, &mut got[col..], tot).unwrap();
+                    col += w.out;
+                }
+                assert!(got == want, "{level:?} n={n}");
+                assert!(sh.run(&ws[0], &mut got[..1], tot).is_err(), "short output");
+            }
+        }
+        let other = cb4(&mut rng, 8, 48);
+        let x = vec![0.5f32; inp];
+        let mut s = Scratch::new();
+        let none = stage_shared([&ws[0], &other], &x, 1, &mut s, None, SimdLevel::Scalar);
+        assert!(
+            none.unwrap().is_none(),
+            "different input widths share no staging"
+        );
     }
 }

@@ -105,9 +105,19 @@ impl SwiGlu {
                 let d = w1.inp();
                 // [n, hidden] gate values, then [n, hidden] up values.
                 let (g, u) = tmp[..2 * n * h].split_at_mut(n * h);
-                ex.mm_split(split, w1, &x[..n * d], n, g, s, norm)
-                    .and_then(|()| ex.mm_split(split, w3, &x[..n * d], n, u, s, norm))
-                    .and_then(|()| swiglu(&mut hid[..n * h], g, u))
+                let xs = &x[..n * d];
+                // Int8 activations: staged once for both when their layouts agree.
+                let r = match ex.stage_shared(split, [&*w1, &*w3], xs, n, s, norm) {
+                    Ok(Some(sh)) => sh
+                        .run(w1, g, h)
+                        .and_then(|()| sh.run(w3, u, h))
+                        .map_err(|e| Error::invalid(format!("matmul: {e}"))),
+                    Ok(None) => ex
+                        .mm_split(split, w1, xs, n, g, s, norm)
+                        .and_then(|()| ex.mm_split(split, w3, xs, n, u, s, norm)),
+                    Err(e) => Err(e),
+                };
+                r.and_then(|()| swiglu(&mut hid[..n * h], g, u))
             }
         };
         s.tmp = tmp;

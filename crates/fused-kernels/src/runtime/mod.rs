@@ -52,7 +52,7 @@ pub(crate) use blocks::{Head, SwiGlu};
 pub use rtn::rtn_quantize;
 
 use crate::dispatch::{self, SimdLevel};
-use crate::matmul::{Activations, MatOpts};
+use crate::matmul::{Activations, MatOpts, SharedStage};
 use crate::ops::Ops;
 use crate::pack::PackedWeight;
 use crate::pool::Pool;
@@ -160,6 +160,31 @@ impl Exec {
             threads: 1,
         };
         w.matmul_pooled(&x[..n * w.inp()], n, &mut y[..n * w.out()], s, &opts, pool)
+            .map_err(|e| Error::invalid(format!("matmul: {e}")))
+    }
+
+    /// Int8 activations staged once for several weights (`ws`) that read the same staging, on the
+    /// calling thread; `None` with float activations, when the stagings differ, or when `split`
+    /// would put this work on the pool (then each weight runs through [`Exec::mm_split`]).
+    pub fn stage_shared<'s, 'w>(
+        &self,
+        split: Split,
+        ws: impl IntoIterator<Item = &'w PackedWeight> + Clone,
+        x: &'s [f32],
+        n: usize,
+        s: &'s mut Scratch,
+        norm: Option<RmsNorm<'_>>,
+    ) -> Result<Option<SharedStage<'s>>> {
+        if self.act != Activations::Int8 {
+            return Ok(None);
+        }
+        if split == Split::Pool {
+            let macs: usize = ws.clone().into_iter().map(|w| n * w.out() * w.inp()).sum();
+            if self.pool_for(macs, PAR_MIN_MACS).is_some() {
+                return Ok(None);
+            }
+        }
+        crate::matmul::stage_shared(ws, x, n, s, norm, self.level)
             .map_err(|e| Error::invalid(format!("matmul: {e}")))
     }
 

@@ -289,17 +289,28 @@ impl Family for LlamaRt {
                     match &layer.qkv {
                         Stacked::Fused(w) => ex.mm_split(p.split, w, xs, m, qkv, s, norm)?,
                         Stacked::Split(ws) => {
-                            // SAFETY: as above.
-                            let part = unsafe { partd.range(t0 * pl, t1 * pl) };
-                            let mut col = 0;
-                            for w in ws {
-                                let r = w.out();
-                                ex.mm_split(p.split, w, xs, m, part, s, norm)?;
-                                for t in 0..m {
-                                    qkv[t * tot + col..t * tot + col + r]
-                                        .copy_from_slice(&part[t * r..(t + 1) * r]);
+                            // Int8 activations: staged once for Q, K and V when their layouts
+                            // agree, each writing its columns of q ‖ k ‖ v directly.
+                            if let Some(sh) = ex.stage_shared(p.split, ws.iter(), xs, m, s, norm)? {
+                                let mut col = 0;
+                                for w in ws {
+                                    sh.run(w, &mut qkv[col..], tot)
+                                        .map_err(|e| Error::invalid(format!("matmul: {e}")))?;
+                                    col += w.out();
                                 }
-                                col += r;
+                            } else {
+                                // SAFETY: as above.
+                                let part = unsafe { partd.range(t0 * pl, t1 * pl) };
+                                let mut col = 0;
+                                for w in ws {
+                                    let r = w.out();
+                                    ex.mm_split(p.split, w, xs, m, part, s, norm)?;
+                                    for t in 0..m {
+                                        qkv[t * tot + col..t * tot + col + r]
+                                            .copy_from_slice(&part[t * r..(t + 1) * r]);
+                                    }
+                                    col += r;
+                                }
                             }
                         }
                     }
