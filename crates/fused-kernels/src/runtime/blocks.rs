@@ -107,7 +107,7 @@ impl SwiGlu {
                 let (g, u) = tmp[..2 * n * h].split_at_mut(n * h);
                 let xs = &x[..n * d];
                 // Int8 activations: staged once for both when their layouts agree.
-                let r = match ex.stage_shared(split, [&*w1, &*w3], xs, n, s, norm) {
+                let r = match ex.stage_shared(split, [w1, w3], xs, n, s, norm) {
                     Ok(Some(sh)) => sh
                         .run(w1, g, h)
                         .and_then(|()| sh.run(w3, u, h))
