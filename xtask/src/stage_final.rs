@@ -78,6 +78,12 @@ struct MeasuredReport {
     /// `pruned`'s INT4 copy, measured.
     #[serde(default)]
     int4_summary: Option<StageSummary>,
+    /// A quant stage's codebook copy (`cb4`, …), measured.
+    #[serde(default)]
+    codebook_label: Option<String>,
+    /// See `codebook_label`.
+    #[serde(default)]
+    codebook_summary: Option<StageSummary>,
 }
 
 /// What the final report reads from the `kernels` report.
@@ -127,6 +133,9 @@ fn rows(ctx: &Ctx, c: &FinalStage, kernels: &KernelsReport) -> Result<Vec<StageR
         push(stage.clone(), &r.summary);
         if let Some(s4) = &r.int4_summary {
             push(format!("{stage}+int4"), s4);
+        }
+        if let (Some(label), Some(sc)) = (&r.codebook_label, &r.codebook_summary) {
+            push(format!("{stage}+{label}"), sc);
         }
     }
     Ok(out)

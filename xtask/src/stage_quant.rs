@@ -27,6 +27,11 @@ pub struct QuantStage {
     pub reference: String,
     /// Settings of squish-quant's stage (`[stages.<name>.quant]`).
     pub quant: QuantSettings,
+    /// Also quantize the same input with a learned codebook (`[stages.<name>.codebook]`, e.g.
+    /// 4-bit levels per tensor beside the INT4 grid), written to `<name>/cb<bits>/` and reported
+    /// as the row `<name>+cb<bits>`.
+    #[serde(default)]
+    pub codebook: Option<QuantSettings>,
 }
 
 /// A progress bar for a quantization stage: QAT steps when `settings` train, hidden otherwise.
@@ -109,13 +114,14 @@ pub fn quantize_and_measure(
     Ok((report, m))
 }
 
-/// Runs the stage; returns (JSON, Markdown) of its report and the checkpoint path.
+/// Runs the stage; returns (JSON, Markdown) of its report and the extra files it wrote (the
+/// codebook copy's checkpoint and tokenizer).
 pub fn run(
     ctx: &Ctx,
     stage: &str,
     c: &QuantStage,
     fingerprint: &str,
-) -> Result<(serde_json::Value, String)> {
+) -> Result<(serde_json::Value, String, Vec<std::path::PathBuf>)> {
     let t0 = std::time::Instant::now();
     let input = load_input(ctx, &c.input)?;
     let out = ctx.checkpoint_path(stage);
@@ -140,6 +146,45 @@ pub fn run(
             .unwrap_or_default()
     );
     let command = quant_command(&c.quant, &input.loaded.path, &out);
+    let (mut extra, mut cb_md, mut cb_json) = (Vec::new(), String::new(), serde_json::Value::Null);
+    if let Some(q) = &c.codebook {
+        let label = format!("cb{}", q.bits);
+        let qout = out
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(&label)
+            .join("model.safetensors");
+        let (qr, qm) = quantize_and_measure(
+            ctx,
+            &input,
+            &input.loaded.ckpt,
+            &input.sha256,
+            q,
+            stage,
+            &qout,
+            reference,
+        )?;
+        println!(
+            "  [{stage}] + {label} ({}): {} bytes, PPL {:.4}{}",
+            q.method.name(),
+            qm.file_bytes,
+            qm.ppl.ppl,
+            reference
+                .map(|r| format!(" (Δ {:+.2} %)", 100.0 * (qm.ppl.ppl / r - 1.0)))
+                .unwrap_or_default()
+        );
+        cb_md = format!(
+            "\n## {} → {label}, {} ({})\n\n| what | value |\n|---|---|\n{}| bits/param (vs F32 parameters) | {:.3} |\n\nCommand: `{}`\n",
+            c.input,
+            qr.method,
+            qout.display(),
+            summary_md(&qm, &input.eval, reference),
+            qm.file_bytes as f64 * 8.0 / qr.parameters.max(1) as f64,
+            quant_command(q, &input.loaded.path, &qout)
+        );
+        cb_json = json!({"label": label, "summary": summary(&qm, &input.eval, reference, 0.0), "quantization": qr});
+        extra.extend(crate::common::checkpoint_files(&qout)?);
+    }
     let json = json!({
         "stage": stage,
         "command": command,
@@ -148,6 +193,9 @@ pub fn run(
         "summary": summary(&m, &input.eval, reference, seconds),
         "quantization": report,
         "settings": c,
+        "codebook_label": cb_json["label"],
+        "codebook_summary": cb_json["summary"],
+        "codebook_quantization": cb_json["quantization"],
     });
     let md = format!(
         "# Stage `{stage}` — {} of `{}`\n\n| what | value |\n|---|---|\n{}| bits/param (vs F32 parameters) | {:.3} |\n| kept F32/F16 bytes | {} ({:.1} % of tensor bytes) |\n| mean layer-output error (calibration) | {} |\n\nCommand: `{command}`\n{}",
@@ -162,6 +210,6 @@ pub fn run(
             .map(|e| format!("{e:.4}"))
             .unwrap_or_else(|| "-".into()),
         sample_md(&ctx.cfg.data, &m)
-    );
-    Ok((json, md))
+    ) + &cb_md;
+    Ok((json, md, extra))
 }

@@ -106,9 +106,11 @@ pub fn run_stage(ctx: &Ctx, stage: &str, fingerprint: &str) -> Result<Vec<PathBu
         Stage::Eval(c) => super::eval::eval(ctx, c, fingerprint),
         Stage::Baseline(c) => super::baseline::baseline(ctx, c, fingerprint),
         Stage::Int4Native(c) => {
-            let (json, md) = crate::stage_quant::run(ctx, stage, c, fingerprint)?;
+            let (json, md, extra) = crate::stage_quant::run(ctx, stage, c, fingerprint)?;
             let (rj, rm) = write_report(ctx, stage, &json, &md)?;
-            checkpoint_outputs(ctx, stage, vec![rj, rm])
+            let mut out = checkpoint_outputs(ctx, stage, vec![rj, rm])?;
+            out.extend(extra);
+            Ok(out)
         }
         Stage::Pruned(c) => {
             let (json, md, extra) = crate::stage_prune::run(ctx, stage, c, fingerprint)?;
