@@ -117,11 +117,8 @@ pub(crate) unsafe fn q4il_rows_vbmi(
     y: &mut [f32], // [n, ldy]
     ldy: usize,
 ) {
-    assert!(
-        q.lut.is_some(),
-        "q4il_rows_vbmi decodes codebook weights only"
-    );
-    // SAFETY: every feature the VBMI body needs (this function's contract).
+    // SAFETY: every feature the VBMI body needs (this function's contract); `rows` asserts that
+    // `q` is a codebook weight (`L = true`).
     unsafe { rows::<true, 8, true, true>(q, out, xq, ld, a, b, n, r0, r1, y, ldy) }
 }
 

@@ -5,7 +5,6 @@
 //! token's arithmetic depends on that token alone (the kernels' results do not depend on the
 //! batch), so the bits do not depend on the ranges, i.e. on the thread count.
 
-use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard};
 
 use squish_core::{Error, Result};
@@ -35,7 +34,7 @@ pub(crate) struct Part<'b, B> {
 /// Runs a token phase over tokens `0..n`.
 pub(crate) enum Tokens<'a, B> {
     /// On the calling thread, in part 0's buffers (borrowed: no lock per phase).
-    Here(usize, RefCell<&'a mut B>),
+    Here(usize, &'a mut B),
     /// Split over the pool, one part's buffers per thread.
     Pool(usize, &'a Pool, &'a [Mutex<B>]),
 }
@@ -48,21 +47,20 @@ impl<'a, B: Send> Tokens<'a, B> {
             Some(p) if p.threads() == parts.len() => Tokens::Pool(n, p, parts),
             _ => {
                 let first = parts[0].get_mut().unwrap_or_else(|e| e.into_inner());
-                Tokens::Here(n, RefCell::new(first))
+                Tokens::Here(n, first)
             }
         }
     }
 
     /// Calls `f` for every part's non-empty token range (on the pool) or once for `0..n` (on
     /// this thread); returns the first error.
-    pub fn run(&self, f: &(dyn Fn(Part<'_, B>) -> Result<()> + Sync)) -> Result<()> {
+    pub fn run(&mut self, f: &(dyn Fn(Part<'_, B>) -> Result<()> + Sync)) -> Result<()> {
         let (n, p, bufs) = match self {
-            Tokens::Here(n, b) => {
-                let mut bufs = b.borrow_mut();
+            Tokens::Here(n, bufs) => {
                 return f(Part {
                     t0: 0,
                     t1: *n,
-                    bufs: &mut bufs,
+                    bufs,
                     split: Split::Pool,
                 });
             }
@@ -71,12 +69,11 @@ impl<'a, B: Send> Tokens<'a, B> {
         let first_err: Mutex<Option<Error>> = Mutex::new(None);
         p.run(&|k| {
             let (t0, t1) = split(n, bufs.len(), k, 1);
-            let bufs = &mut lock(&bufs[k]);
             if t0 < t1
                 && let Err(e) = f(Part {
                     t0,
                     t1,
-                    bufs,
+                    bufs: &mut lock(&bufs[k]),
                     split: Split::Here,
                 })
             {

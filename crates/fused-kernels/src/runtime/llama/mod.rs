@@ -264,7 +264,7 @@ impl Family for LlamaRt {
                 layers[l].ffn.weights().for_each(|w| w.prefetch());
             }
             let layer = &layers[l];
-            let tk = Tokens::new(ex, n, n * d * tot, parts);
+            let mut tk = Tokens::new(ex, n, n * d * tot, parts);
             let lbase = l * kvd_max * ld;
             // Tokens: q ‖ k ‖ v (attention norm fused), RoPE on q and k, k and v into the cache.
             let sp = profile::span("qkv matmul");

@@ -177,7 +177,7 @@ impl SsmRt {
         }
         for l in layers.iter_mut() {
             let di = l.di;
-            let tk = Tokens::new(ex, n, n * d * di, parts);
+            let mut tk = Tokens::new(ex, n, n * d * di, parts);
             let chans_pool = ex.pool_for(n * di * ns, SSM_PAR_MIN);
 
             // 1. tokens: in_proj, the SSM norm fused.
