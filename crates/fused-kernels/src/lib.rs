@@ -46,6 +46,7 @@ pub mod pool;
 pub mod runtime;
 mod scalar;
 mod scratch;
+mod shared_stage;
 pub mod speed;
 
 #[cfg(target_arch = "x86_64")]

@@ -52,11 +52,12 @@ pub(crate) use blocks::{Head, SwiGlu};
 pub use rtn::rtn_quantize;
 
 use crate::dispatch::{self, SimdLevel};
-use crate::matmul::{Activations, MatOpts, SharedStage};
+use crate::matmul::{Activations, MatOpts};
 use crate::ops::Ops;
 use crate::pack::PackedWeight;
 use crate::pool::Pool;
 use crate::scratch::{RmsNorm, Scratch};
+use crate::shared_stage::SharedStage;
 
 /// Smallest matmul (`tokens · out · in` multiply-adds) that is split over the worker pool
 /// when [`RuntimeOptions::threads`] > 1 (smaller ones cost less than the hand-off).
@@ -184,7 +185,7 @@ impl Exec {
                 return Ok(None);
             }
         }
-        crate::matmul::stage_shared(ws, x, n, s, norm, self.level)
+        crate::shared_stage::stage_shared(ws, x, n, s, norm, self.level)
             .map_err(|e| Error::invalid(format!("matmul: {e}")))
     }
 
